@@ -1,0 +1,137 @@
+"""``apt generate``: sample text from a trained run's model."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from dataclasses import field
+from pathlib import Path
+from typing import Any
+
+from apt.errors import CheckpointError
+from apt.errors import UsageError
+
+
+__all__ = ["InferenceHost", "load_run_model", "register"]
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``generate`` command."""
+    p = subparsers.add_parser("generate", help="sample text from a trained run",
+                              description="Sample text from RUN_DIR's model (config.yaml + model.safetensors).")
+    p.add_argument("--run", type=Path, required=True, metavar="RUN_DIR", help="a run folder written by apt train")
+    p.add_argument("--prompt", default="", help="text to continue (default: empty)")
+    p.add_argument("--max-new-tokens", type=int, default=200, metavar="N")
+    p.add_argument("--temperature", type=float, default=0.8, metavar="T", help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=None, metavar="K")
+    p.add_argument("--seed", type=int, default=0, metavar="S")
+    p.add_argument("--weights", metavar="NAME", help="a 'weights' provider to take weights from (e.g. align's 'stable')")
+    p.set_defaults(func=run)
+
+
+@dataclass
+class InferenceHost:
+    """What plugins see as ``trainer`` while a model is rebuilt outside training.
+
+    It has the attributes plugins use to change a model (``model``, ``config``,
+    ``registry``, ``device`` ...) and a no-op :meth:`sync_optimizer`.
+    """
+
+    config: Any
+    plugin_manager: Any
+    model: Any = None
+    run_dir: Path | None = None
+    epoch: int = 0
+    global_step: int = 0
+    rank: int = 0
+    world_size: int = 1
+    is_global_zero: bool = True
+    optimizer: Any = None
+    lr_scheduler: Any = None
+    device: Any = field(default="cpu")
+
+    @property
+    def registry(self) -> Any:
+        return self.plugin_manager.registry
+
+    @property
+    def schedule(self) -> Any:
+        return self.plugin_manager.schedule
+
+    def sync_optimizer(self) -> None:
+        """No optimizer outside training."""
+
+    def request_stop(self, reason: str, source: str | None = None) -> None:
+        """Nothing to stop outside training."""
+
+
+def load_run_model(run_dir: Path, weights: str | None = None) -> tuple[Any, Any]:
+    """Rebuild the model of ``run_dir`` as it was at the end of training and load its weights.
+
+    The run's plugins are loaded again (``config.yaml``), ``on_model_built`` fires and
+    every scheduled plugin is brought to its end-of-run state, so plugin-made layers
+    (MoE experts) exist before the weights load.
+
+    :returns: ``(model, plugin_manager)``; the model is in eval mode on the CPU.
+    """
+    import torch
+
+    from apt.core import APTConfig
+    from apt.model import GPT
+    from apt.plugins import PluginManager
+    from apt.train import load_weights
+
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        raise UsageError(f"{str(run_dir)!r} is not a run folder: it has no config.yaml (give the folder apt train made)")
+    config = APTConfig.from_yaml(cfg_path)
+    config.training.resume = None
+    pm = PluginManager()
+    pm.load_from_config(config)
+    pm.setup_all()
+    tc = config.training
+    host = InferenceHost(config=config, plugin_manager=pm, run_dir=run_dir, device=torch.device("cpu"))
+    pm.apply_schedule(host, epoch=0, step=0)
+    torch.manual_seed(tc.seed)
+    host.model = GPT(config.model, pm.registry)
+    for replacement in pm.hook_manager.trigger("on_model_built", trainer=host, model=host.model, config=config):
+        host.model = replacement
+    host.epoch, host.global_step = tc.max_epochs - 1, tc.total_steps
+    pm.apply_schedule(host, epoch=host.epoch, step=host.global_step)
+    if weights is not None:
+        if "weights" not in pm.registry.kinds() or not pm.registry.has("weights", weights):
+            names = pm.registry.list_providers("weights") if "weights" in pm.registry.kinds() else []
+            raise UsageError(
+                f"--weights {weights!r}: no 'weights' provider of that name; available: {', '.join(names) or 'none'} "
+                "(providers come from the run's plugins)"
+            )
+        load_weights(host.model, pm.registry.build("weights", weights, run_dir=run_dir))
+    else:
+        path = run_dir / "model.safetensors"
+        if not path.is_file():
+            raise CheckpointError(f"{str(path)!r} does not exist: the run did not finish (apt train writes it at the end)",
+                                  path=str(path))
+        load_weights(host.model, path)
+    host.model.eval()
+    return host.model, pm
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from apt.data import ByteTokenizer
+
+    if args.max_new_tokens < 0 or args.temperature < 0 or (args.top_k is not None and args.top_k <= 0):
+        raise UsageError("--max-new-tokens and --temperature must be >= 0 and --top-k > 0")
+    model, pm = load_run_model(args.run, args.weights)
+    try:
+        tok = ByteTokenizer()
+        ids = tok.encode(args.prompt) or [ord("\n")]  # an empty prompt starts a new line
+        idx = torch.tensor([ids], dtype=torch.long)  # (1, T)
+        generator = torch.Generator().manual_seed(args.seed)
+        out = model.generate(idx, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                             generator=generator)
+        print(tok.decode(out[0].tolist()))
+    finally:
+        pm.teardown_all()
+    return 0

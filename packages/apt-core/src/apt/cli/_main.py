@@ -1,0 +1,66 @@
+"""Argument parsing and error policy of the ``apt`` command.
+
+Each command lives in its own module exposing ``register(subparsers)``, which adds its
+parser and sets ``func`` to a handler ``(args) -> int``. User mistakes (:class:`UsageError`)
+print as one line on stderr and exit 2; any other exception is a bug and keeps its
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from apt.errors import UsageError
+
+
+__all__ = ["build_parser", "main"]
+
+# Command modules, imported lazily by name so that `apt --help` stays fast.
+_COMMANDS = ("_train", "_plot", "_generate", "_plugins", "_scaffold")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from apt import __version__
+
+    parser = argparse.ArgumentParser(prog="apt", description="APT: train transformer language models with plugins.")
+    parser.add_argument("--version", action="version", version=f"apt-core {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in _COMMANDS:
+        try:
+            module = importlib.import_module(f"apt.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"apt.cli.{name}":
+                continue  # a command still being written; not an error at runtime
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as exc:
+        message = " ".join(str(exc).split())  # one line, whatever the error text holds
+        print(f"apt: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("apt: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

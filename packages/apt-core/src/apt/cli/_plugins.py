@@ -1,0 +1,589 @@
+"""``apt plugins list|info|doctor|order``: what is installed, what loads, in which order, and why not.
+
+``list`` and ``info`` read metadata only: the ``apt.plugins`` entry points of installed
+distributions and the plugin classes' literal attributes, parsed from source by
+:mod:`apt.plugins._static`. They import neither torch nor plugin code, so a broken or
+slow plugin cannot break them. ``list --check``, ``doctor`` and ``order`` do import:
+they load every plugin through the kernel exactly as a run would.
+
+Status of a plugin:
+
+``available``
+    installed, and would load under the current config and environment.
+``disabled``
+    installed, but turned off: ``APT_DISABLE_PLUGIN_AUTOLOAD``, ``disable_plugins``, or
+    not named in a ``plugins:`` list of ``--config``.
+``failed: <reason>``
+    will not load. Without importing, only problems visible in the metadata are found
+    (module missing, plugin API mismatch, misspelled hook, missing requirement); the
+    importing commands report import, validation and setup errors too.
+``loaded``
+    (``--check`` / ``doctor`` / ``order``) imported, validated and set up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextlib import nullcontext
+from typing import TYPE_CHECKING
+from typing import Any
+
+
+if TYPE_CHECKING:
+    from apt.core import APTConfig
+    from apt.plugins import PluginEntryPoint
+    from apt.plugins import PluginManager
+
+
+__all__ = ["register"]
+
+# Columns of the `apt plugins list` table: (header, row key).
+_COLUMNS = (
+    ("NAME", "name"),
+    ("VERSION", "version"),
+    ("DISTRIBUTION", "distribution"),
+    ("STATUS", "status"),
+    ("PRIORITY", "priority"),
+    ("REQUIRES", "requires"),
+    ("CONFLICTS", "conflicts"),
+    ("PROVIDERS", "providers"),
+    ("HOOKS", "hooks"),
+)
+
+
+def register(subparsers: Any) -> None:
+    """Add ``apt plugins`` (and its subcommands) to the ``apt`` parser."""
+    parser = subparsers.add_parser(
+        "plugins",
+        help="list, inspect and check installed plugins",
+        description="Inspect installed APT plugins: what is installed, what loads, in which order, and why not.",
+    )
+    parser.set_defaults(func=lambda args: _usage(parser))
+    sub = parser.add_subparsers(dest="plugins_command", metavar="SUBCOMMAND")
+
+    p = sub.add_parser("list", help="installed plugins and their status (reads metadata; imports no plugin code)")
+    _add_config_option(p)
+    p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    p.add_argument("--check", action="store_true", help="also import and load every plugin (status loaded/failed)")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("info", help="everything known about one plugin")
+    p.add_argument("name", help="the plugin name (as in `apt plugins list`)")
+    _add_config_option(p)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--check", action="store_true", help="also import and load it (status loaded/failed)")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("doctor", help="import, validate and set up every installed plugin; exit 1 if any fails")
+    _add_config_option(p)
+    p.add_argument("--json", action="store_true", help="print a JSON report")
+    p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser("order", help="the resolved handler order of each event, and why")
+    _add_config_option(p)
+    p.add_argument("--event", help="only this event (aliases such as on_epoch_start are accepted)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_order)
+
+
+def _add_config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", metavar="FILE", help="a run config (YAML): its plugins / disable_plugins and plugin sections apply"
+    )
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 2
+
+
+# --- metadata-only view --------------------------------------------------------------
+
+
+def _read_config(path: str | None) -> APTConfig:
+    from apt.core import APTConfig
+
+    return APTConfig.from_yaml(path) if path else APTConfig()
+
+
+def _autoload_disabled() -> bool:
+    from apt.plugins import AUTOLOAD_ENV
+
+    return os.environ.get(AUTOLOAD_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _entry_points() -> list[PluginEntryPoint]:
+    from apt.plugins import discover_entry_points
+
+    return discover_entry_points()
+
+
+def static_rows(config: APTConfig) -> list[dict[str, Any]]:
+    """One row per installed plugin entry point, from metadata and source only (no plugin import).
+
+    :param config: decides ``disabled`` (``plugins`` / ``disable_plugins``); the
+        ``APT_DISABLE_PLUGIN_AUTOLOAD`` environment variable is honoured too.
+    :returns: dicts with the keys of :data:`_COLUMNS` plus ``value``, ``dist_version``,
+        ``description``, ``critical``, ``api_version``, ``file``, ``reason`` and ``unknown``.
+    """
+    from packaging.requirements import InvalidRequirement
+    from packaging.requirements import Requirement
+    from packaging.specifiers import InvalidSpecifier
+    from packaging.specifiers import SpecifierSet
+
+    from apt.plugins import PLUGIN_API_VERSION
+    from apt.plugins._static import read_static_metadata
+
+    eps = _entry_points()
+    names = [ep.name for ep in eps]
+    rows: list[dict[str, Any]] = []
+    for ep in eps:
+        info = read_static_metadata(ep.value)
+        meta = info.metadata
+        row: dict[str, Any] = {
+            "name": ep.name,
+            # the class's own version when readable, else the distribution's
+            "version": meta["version"] if "version" not in info.unknown and info.error is None else ep.version,
+            "distribution": ep.distribution,
+            "dist_version": ep.version,
+            "value": ep.value,
+            "status": "available",
+            "reason": None,
+            "description": meta["description"],
+            "priority": meta["priority"],
+            "critical": meta["critical"],
+            "requires": list(meta["requires"]),
+            "conflicts": list(meta["conflicts"]),
+            "providers": list(meta["providers"]),
+            "hooks": list(info.hooks),
+            "api_version": meta["api_version"],
+            "file": str(info.file) if info.file else None,
+            "unknown": list(info.unknown),
+        }
+        problem = None
+        if info.error is not None:
+            problem = info.error
+        elif names.count(ep.name) > 1:
+            others = ", ".join(f"{e.distribution} {e.version}" for e in eps if e.name == ep.name)
+            problem = f"plugin name {ep.name!r} is provided by several distributions ({others}); uninstall all but one"
+        elif info.suspicious:
+            problem = (
+                f"method {info.suspicious[0]} looks like a hook but matches none (see `apt plugins info {ep.name}`)"
+            )
+        elif "name" not in info.unknown and meta["name"] not in (None, ep.name):
+            problem = f"its class calls itself {meta['name']!r} but the entry point is named {ep.name!r}"
+        elif "api_version" not in info.unknown:
+            try:
+                if not SpecifierSet(meta["api_version"]).contains(PLUGIN_API_VERSION, prereleases=True):
+                    problem = f"supports plugin API {meta['api_version']}, apt-core provides {PLUGIN_API_VERSION}"
+            except InvalidSpecifier:
+                problem = f"api_version {meta['api_version']!r} is not a version specifier"
+        if problem is not None:
+            row["status"], row["reason"] = f"failed: {problem}", problem
+        else:
+            reason = _disabled_reason(ep.name, config)
+            if reason is not None:
+                row["status"], row["reason"] = "disabled", reason
+        rows.append(row)
+
+    # A requirement that will not be there fails its dependents, transitively.
+    by_name = {r["name"]: r for r in rows}
+    changed = True
+    while changed:
+        changed = False
+        for row in rows:
+            if row["status"] != "available":
+                continue
+            for spec in row["requires"]:
+                try:
+                    req = Requirement(spec)
+                except InvalidRequirement:
+                    problem = f"{spec!r} in requires is not a plugin name with an optional version specifier"
+                else:
+                    dep = by_name.get(req.name)
+                    if dep is None:
+                        problem = f"requires {spec!r}, which is not installed"
+                    elif dep["status"] != "available":
+                        problem = f"requires {req.name!r}, which is {dep['status'].split(':')[0]}"
+                    elif req.specifier and "version" not in dep["unknown"]:
+                        ok = req.specifier.contains(str(dep["version"]), prereleases=True)
+                        problem = None if ok else f"requires {spec!r} but {req.name} {dep['version']} is installed"
+                    else:
+                        problem = None
+                if problem is not None:
+                    row["status"], row["reason"] = f"failed: {problem}", problem
+                    changed = True
+                    break
+    return rows
+
+
+def _disabled_reason(name: str, config: APTConfig) -> str | None:
+    from apt.plugins import AUTOLOAD_ENV
+
+    if name in config.disable_plugins:
+        return "listed in disable_plugins"
+    if config.plugins is not None:
+        return None if name in config.plugins else "not named in the config's plugins: list"
+    if _autoload_disabled():
+        return f"{AUTOLOAD_ENV} is set and the config does not name it"
+    return None
+
+
+# --- importing view (through the kernel) -----------------------------------------------
+
+
+@contextmanager
+def _autoload_env_removed() -> Iterator[None]:
+    """Check every installed plugin even when the environment turns autoloading off."""
+    from apt.plugins import AUTOLOAD_ENV
+
+    saved = os.environ.pop(AUTOLOAD_ENV, None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ[AUTOLOAD_ENV] = saved
+
+
+def load_all(config: APTConfig, *, every_installed: bool) -> tuple[PluginManager, dict[str, dict[str, Any]]]:
+    """Load and set up plugins through a fresh :class:`~apt.plugins.PluginManager`.
+
+    :param config: plugin sections and selection.
+    :param every_installed: ignore ``plugins`` / ``disable_plugins`` / the autoload switch
+        and try every installed plugin (``doctor``); otherwise load what a run would.
+    :returns: the manager (set up) and ``{name: failure dict}`` for every plugin that did
+        not load: stage (import / validate / config / conflict / requires / setup), error,
+        distribution, version and requirement chain.
+    """
+    from apt.errors import ConfigError
+    from apt.errors import PluginConflictError
+    from apt.errors import PluginError
+    from apt.plugins import PluginManager
+
+    failures: dict[str, dict[str, Any]] = {}
+    data = config.to_dict()
+    if every_installed:
+        data["plugins"], data["disable_plugins"] = None, []
+    excluded: list[str] = list(data.get("disable_plugins") or [])
+    with _autoload_env_removed() if every_installed else nullcontext():
+        # Errors that stop a whole load (a bad config section, a conflict) belong to one
+        # plugin: record it, leave it out, and try again with the others.
+        for _ in range(64):
+            pm = PluginManager()
+            try:
+                pm.load_from_config(type(config).from_dict({**data, "disable_plugins": excluded}))
+                pm.setup_all()
+                break
+            except (ConfigError, PluginConflictError, PluginError) as exc:
+                culprit = _culprit(exc, excluded)
+                if culprit is None or culprit in excluded or culprit not in pm.available():
+                    raise
+                stage = (
+                    "config"
+                    if isinstance(exc, ConfigError)
+                    else "conflict"
+                    if isinstance(exc, PluginConflictError)
+                    else "load"
+                )
+                failures[culprit] = _failure_dict(pm, culprit, stage, exc)
+                excluded.append(culprit)
+        for name, failure in pm.failures.items():
+            failures.setdefault(name, failure.as_dict())
+    return pm, failures
+
+
+def _culprit(exc: BaseException, excluded: list[str]) -> str | None:
+    plugin = getattr(exc, "plugin", None)
+    if plugin:
+        return str(plugin)
+    key = getattr(exc, "key", None)  # ConfigError: "moe.top_k" belongs to plugin moe
+    if key:
+        return str(key).split(".")[0]
+    return None
+
+
+def _failure_dict(pm: PluginManager, name: str, stage: str, exc: BaseException) -> dict[str, Any]:
+    ep = pm.entry_point(name)
+    return {
+        "name": name,
+        "stage": stage,
+        "distribution": ep.distribution if ep else None,
+        "version": ep.version if ep else None,
+        "error": " ".join(str(exc).split()),
+        "chain": [],
+    }
+
+
+def _apply_check(rows: list[dict[str, Any]], config: APTConfig) -> PluginManager:
+    """Replace the metadata-only status by what loading through the kernel shows."""
+    pm, failures = load_all(config, every_installed=False)
+    loaded = set(pm.list_loaded())
+    for row in rows:
+        name = row["name"]
+        if name in loaded:
+            row["status"], row["reason"] = "loaded", None
+            plugin = pm.get_plugin(name)
+            described = pm.describe(name)
+            row.update(
+                version=plugin.get_version(),
+                priority=plugin.priority,
+                critical=plugin.is_critical(),
+                requires=list(plugin.requires),
+                conflicts=list(plugin.conflicts),
+                providers=list(plugin.providers),
+                hooks=list(described["hooks"]),
+                unknown=[],
+            )
+        elif name in failures:
+            reason = failures[name]["error"]
+            row["status"], row["reason"] = f"failed: {reason}", reason
+        elif row["status"] == "available":
+            row["status"], row["reason"] = "disabled", "not selected by the kernel"
+    return pm
+
+
+# --- commands ---------------------------------------------------------------------------
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """``apt plugins list [--json] [--check] [--config FILE]``."""
+    config = _read_config(args.config)
+    rows = static_rows(config)
+    if args.check:
+        _apply_check(rows, config)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    elif not rows:
+        print("no APT plugins installed (distributions advertise them with an 'apt.plugins' entry point)")
+    else:
+        _print_table(rows)
+    return 0
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value) or "-"
+    return "-" if value is None or value == "" else str(value)
+
+
+def _print_table(rows: list[dict[str, Any]]) -> None:
+    table = [[h for h, _ in _COLUMNS]]
+    table += [[_cell(r[key]) if key != "status" else r["status"].split(":")[0] for _, key in _COLUMNS] for r in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(_COLUMNS))]
+    for line in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
+    notes = [f"  {r['name']}: {r['status'].split(':')[0]}: {r['reason']}" for r in rows if r["reason"]]
+    if notes:
+        print()
+        print("\n".join(notes))
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """``apt plugins info NAME``: metadata, origin, status and (with --check) what loading shows."""
+    from apt.core.config import did_you_mean
+    from apt.errors import PluginNotFoundError
+
+    config = _read_config(args.config)
+    rows = static_rows(config)
+    matches = [r for r in rows if r["name"] == args.name]
+    if not matches:
+        names = [r["name"] for r in rows]
+        raise PluginNotFoundError(
+            f"no installed plugin is named {args.name!r}{did_you_mean(args.name, names)}; "
+            f"installed: {', '.join(names) or 'none'} (see `apt plugins list`)",
+            plugin=args.name,
+        )
+    if args.check:
+        _apply_check(rows, config)
+    if args.json:
+        print(json.dumps(matches[0] if len(matches) == 1 else matches, indent=2))
+        return 0
+    for row in matches:
+        unknown = set(row["unknown"])
+        for key in (
+            "name",
+            "version",
+            "description",
+            "distribution",
+            "dist_version",
+            "value",
+            "file",
+            "status",
+            "priority",
+            "critical",
+            "requires",
+            "conflicts",
+            "providers",
+            "hooks",
+            "api_version",
+        ):
+            label = {"value": "entry point", "dist_version": "dist. version", "critical": "critical"}.get(key, key)
+            value = row[key]
+            if key == "critical" and value is None:
+                value = "auto (critical if it defines on_compute_loss or on_model_built)"
+            shown = "(not readable without importing; see --check)" if key in unknown else _cell(value)
+            print(f"{label + ':':15} {shown}")
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """``apt plugins doctor``: import, validate and set up every installed plugin; 1 if any fails."""
+    config = _read_config(args.config)
+    rows = static_rows(config)
+    pm, failures = load_all(config, every_installed=True)
+    loaded = pm.list_loaded()
+    entries: list[dict[str, Any]] = []
+    report: dict[str, Any] = {
+        "python": sys.executable,
+        "plugins": entries,
+        "failed": sorted(failures),
+        "ok": not failures,
+    }
+    for row in rows:
+        name = row["name"]
+        entry: dict[str, Any] = {
+            "name": name,
+            "distribution": row["distribution"],
+            "version": row["dist_version"],
+            "would_load": row["status"] == "available",
+            "selection": row["reason"] if row["status"] == "disabled" else None,
+        }
+        if name in loaded:
+            entry["result"] = "loaded"
+        elif name in failures:
+            entry["result"] = "failed"
+            entry["failure"] = failures[name]
+        else:
+            entry["result"] = "not loaded"
+        entries.append(entry)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        _print_doctor(report, loaded)
+    return 0 if report["ok"] else 1
+
+
+def _print_doctor(report: dict[str, Any], order: list[str]) -> None:
+    plugins = report["plugins"]
+    if not plugins:
+        print("no APT plugins installed: nothing to check")
+        return
+    for entry in plugins:
+        origin = f"{entry['distribution']} {entry['version']}" if entry["distribution"] else "registered"
+        mark = {"loaded": "ok  ", "failed": "FAIL"}.get(entry["result"], "--  ")
+        print(f"[{mark}] {entry['name']} ({origin})")
+        if entry["selection"]:
+            print(f"       disabled for runs: {entry['selection']} (checked anyway)")
+        failure = entry.get("failure")
+        if failure:
+            print(f"       stage: {failure['stage']}")
+            if failure.get("chain"):
+                print(f"       chain: {' -> '.join(failure['chain'])}")
+            print(f"       cause: {failure['error']}")
+    print()
+    if order:
+        print(f"load order: {' -> '.join(order)}")
+    failed = report["failed"]
+    print(
+        f"{len(plugins) - len(failed)} of {len(plugins)} plugins OK"
+        + (f"; failed: {', '.join(failed)}" if failed else "")
+    )
+
+
+def order_report(pm: PluginManager, event: str | None = None) -> dict[str, list[dict[str, Any]]]:
+    """For each event with handlers: the handlers in dispatch order, each with the reason for its place.
+
+    The order is the kernel's: higher priority first, a plugin's requirements before it
+    (a requirement inherits the priority of what requires it, so it can never run later),
+    then plugin name, then registration order.
+    """
+    from packaging.requirements import Requirement
+
+    from apt.plugins import HOOK_NAMES
+    from apt.plugins.hooks import resolve_event
+
+    plugins = {p.get_name(): p for p in pm.loaded()}
+    position = {name: i for i, name in enumerate(plugins)}
+    requires = {n: [Requirement(s).name for s in p.requires] for n, p in plugins.items()}
+    required_by: dict[str, list[str]] = {n: [] for n in plugins}
+    for n, deps in requires.items():
+        for d in deps:
+            if d in required_by:
+                required_by[d].append(n)
+    effective: dict[str, int] = {}
+
+    def eff(n: str) -> int:
+        if n not in effective:
+            effective[n] = max([plugins[n].priority, *(eff(m) for m in required_by[n])])
+        return effective[n]
+
+    events = [resolve_event(event)] if event else list(HOOK_NAMES)
+    out: dict[str, list[dict[str, Any]]] = {}
+    for ev in events:
+        handlers = pm.hook_manager.ordered(ev)
+        if not handlers:
+            continue
+        rows: list[dict[str, Any]] = []
+        previous: tuple[int, str | None] | None = None
+        for h in handlers:
+            plugin = h.plugin
+            if h.priority is not None:
+                prio, why = h.priority, [f"priority {h.priority} (given at registration)"]
+            elif plugin in plugins:
+                prio = eff(plugin)
+                own = plugins[plugin].priority
+                why = [f"priority {own}"]
+                if prio != own:
+                    lifted = [m for m in required_by[plugin] if eff(m) == prio]
+                    why = [f"priority {prio} (own {own}, raised because {', '.join(lifted)} requires it)"]
+                before = [d for d in requires[plugin] if d in plugins]
+                if before:
+                    why.append(f"after {', '.join(before)} (requires)")
+            else:
+                prio, why = 0, ["priority 0 (a function registered without a plugin)"]
+            if (
+                previous is not None
+                and previous[0] == prio
+                and not (plugin and previous[1] in requires.get(plugin, []))
+            ):
+                why.append("tie broken by plugin position, then name, then registration order")
+            rows.append(
+                {
+                    "handler": h.name,
+                    "plugin": plugin,
+                    "priority": prio,
+                    "position": position.get(plugin) if plugin else None,
+                    "enabled": h.enabled,
+                    "reason": "; ".join(why),
+                }
+            )
+            previous = (prio, plugin)
+        out[ev] = rows
+    return out
+
+
+def cmd_order(args: argparse.Namespace) -> int:
+    """``apt plugins order [--event E]``: the resolved handler order per event (imports plugins)."""
+    config = _read_config(args.config)
+    pm, failures = load_all(config, every_installed=False)
+    report = order_report(pm, args.event)
+    if args.json:
+        print(json.dumps({"plugins": pm.list_loaded(), "order": report, "failed": failures}, indent=2))
+        return 0
+    print(f"plugins in resolved order: {' -> '.join(pm.list_loaded()) or '(none)'}")
+    for name, failure in sorted(failures.items()):
+        print(f"not loaded: {name} ({failure['stage']}): {failure['error']}")
+    if not report:
+        print("no handlers registered" + (f" for {args.event}" if args.event else ""))
+    for event, rows in report.items():
+        print(f"\n{event}")
+        for i, row in enumerate(rows, start=1):
+            state = "" if row["enabled"] else "  [disabled]"
+            who = f"{row['plugin']}:{row['handler']}" if row["plugin"] else row["handler"]
+            print(f"  {i}. {who}{state}  -- {row['reason']}")
+    return 0

@@ -1,0 +1,79 @@
+"""``apt train``: train a model from the defaults, a config file and ``--set`` overrides."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+from apt.errors import UsageError
+
+
+__all__ = ["config_from_args", "register"]
+
+log = logging.getLogger("apt.cli")
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``train`` command."""
+    p = subparsers.add_parser(
+        "train",
+        help="train a model (defaults: a small GPT on the embedded corpus, every installed plugin)",
+        description="Train a GPT. With no arguments: the default small model on the embedded corpus "
+        "(Python's documentation topics) with every installed plugin. Under torchrun it runs DDP.",
+    )
+    p.add_argument("--config", type=Path, metavar="FILE", help="YAML configuration file")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override one config value, e.g. --set training.max_epochs=3 (repeatable)",
+    )  # fmt: skip
+    p.add_argument("--run-dir", type=Path, metavar="DIR", help="run folder (default: <run.dir>/<run.name or time>)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--plugins", metavar="A,B", help="load exactly these plugins (comma-separated)")
+    which.add_argument("--no-plugins", action="store_true", help="load no plugin")
+    p.add_argument("--resume", metavar="latest|PATH", help="resume from a checkpoint (needs a checkpoint plugin)")
+    p.set_defaults(func=run)
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    """The :class:`~apt.core.APTConfig` that ``--config``, ``--set``, ``--plugins`` and ``--resume`` describe."""
+    from apt.core import APTConfig
+
+    config = APTConfig.from_yaml(args.config) if args.config is not None else APTConfig()
+    overrides = list(args.overrides)
+    if getattr(args, "resume", None):
+        overrides.append(f"training.resume={args.resume}")
+    config = config.with_overrides(overrides)
+    if getattr(args, "no_plugins", False):
+        config.plugins = []
+    elif getattr(args, "plugins", None) is not None:
+        names = [n.strip() for n in args.plugins.split(",") if n.strip()]
+        if not names:
+            raise UsageError("--plugins needs at least one plugin name (or use --no-plugins)")
+        config.plugins = names
+    return config
+
+
+def run(args: argparse.Namespace) -> int:
+    from apt.plugins import PluginManager
+    from apt.train import Trainer
+    from apt.train import default_run_dir
+
+    config = config_from_args(args)
+    pm = PluginManager()
+    pm.load_from_config(config)
+    run_dir = args.run_dir if args.run_dir is not None else default_run_dir(config.run.dir, config.run.name)
+    try:
+        trainer = Trainer(config, pm, run_dir=run_dir)
+        summary = trainer.fit()
+    finally:
+        pm.teardown_all()
+    if trainer.is_global_zero:
+        stop = f" (stopped early: {summary['stop_reason']})" if summary.get("stop_reason") else ""
+        print(f"run folder: {trainer.run_dir}")
+        print(
+            f"final val_bpb {summary['val_bpb']:.4f} bits per byte after {summary['steps']} steps{stop}; "
+            f"unigram baseline {summary['baseline_bpb']:.4f} bpb; {summary['wall_s']:.0f} s"
+        )
+    return 0

@@ -1,0 +1,145 @@
+"""Typed errors raised by APT.
+
+Every error names the offending object (plugin, hook, config key, file) and, where
+one exists, says how to fix the problem. User mistakes derive from :class:`UsageError`;
+the ``apt`` command prints those as one line and exits with status 2, while anything
+else keeps its traceback because it is a bug.
+
+::
+
+    AptError
+    ├── UsageError                      a user mistake: printed as one line, exit 2
+    │   ├── ConfigError                 bad config value or unknown key (has .key)
+    │   ├── PluginError                 about one plugin (has .plugin)
+    │   ├── PluginNotFoundError         a plugin name that is not installed
+    │   ├── PluginLoadError             import / config / setup of a plugin failed
+    │   ├── PluginValidationError       a plugin class breaks the plugin contract
+    │   ├── PluginDependencyError       missing or wrong-version requirement, cycle
+    │   ├── PluginConflictError         two plugins that cannot run together
+    │   ├── ProviderError               unknown kind, duplicate provider
+    │   ├── HookError                   unknown event, bad handler registration
+    │   └── CheckpointError             unreadable, corrupt or unsafe checkpoint
+    └── PluginHookError                 a plugin's hook raised during the run
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+__all__ = [
+    "AptError",
+    "CheckpointError",
+    "ConfigError",
+    "HookError",
+    "PluginConflictError",
+    "PluginDependencyError",
+    "PluginError",
+    "PluginHookError",
+    "PluginLoadError",
+    "PluginNotFoundError",
+    "PluginValidationError",
+    "ProviderError",
+    "UsageError",
+]
+
+
+class AptError(Exception):
+    """Base class of every error APT raises on purpose."""
+
+
+class UsageError(AptError):
+    """A mistake in what the user asked for; the CLI prints it as one line and exits 2."""
+
+
+class ConfigError(UsageError):
+    """A configuration value is invalid or a key is unknown.
+
+    :param key: the dotted path of the offending key (``"training.lr"``), if known.
+    """
+
+    def __init__(self, message: str, *, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class PluginError(UsageError):
+    """Base for errors about one plugin; ``.plugin`` is its name."""
+
+    def __init__(self, message: str, *, plugin: str | None = None) -> None:
+        super().__init__(message)
+        self.plugin = plugin
+
+
+class PluginNotFoundError(PluginError):
+    """A plugin was named (config, CLI, ``requires``) but is not installed or registered."""
+
+
+class PluginLoadError(PluginError):
+    """Importing, configuring or setting up a plugin failed.
+
+    :param distribution: the distribution that provides the plugin, if any.
+    :param version: that distribution's version.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        plugin: str | None = None,
+        distribution: str | None = None,
+        version: str | None = None,
+    ) -> None:
+        super().__init__(message, plugin=plugin)
+        self.distribution = distribution
+        self.version = version
+
+
+class PluginValidationError(PluginError):
+    """A plugin class does not honour the plugin contract (bad hook name, bad metadata)."""
+
+
+class PluginDependencyError(PluginError):
+    """A requirement is missing, has the wrong version, failed itself, or forms a cycle."""
+
+
+class PluginConflictError(PluginError):
+    """Two plugins declare a conflict, or claim the same provider; ``.other`` is the second."""
+
+    def __init__(self, message: str, *, plugin: str | None = None, other: str | None = None) -> None:
+        super().__init__(message, plugin=plugin)
+        self.other = other
+
+
+class ProviderError(UsageError):
+    """A provider lookup or registration is invalid (unknown kind or name, duplicate)."""
+
+
+class HookError(UsageError):
+    """A hook registration or trigger names an unknown event or an unusable handler."""
+
+
+class CheckpointError(UsageError):
+    """A checkpoint cannot be written or read safely; ``.path`` names the file."""
+
+    def __init__(self, message: str, *, path: Any = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class PluginHookError(AptError):
+    """A plugin's hook implementation raised while the run was going.
+
+    Raised for critical plugins (and for every plugin under ``plugin_errors: raise``)
+    after the ``on_exception`` hooks ran; the original exception is ``__cause__``.
+
+    :param plugin: name of the plugin whose handler raised (``None`` for a bare function).
+    :param hook: the event being dispatched.
+    :param step: the training step at which it happened, when known.
+    """
+
+    def __init__(self, message: str, *, plugin: str | None, hook: str, step: int | None = None) -> None:
+        super().__init__(message)
+        self.plugin = plugin
+        self.hook = hook
+        self.step = step

@@ -1,0 +1,98 @@
+"""Conditions: when a handler runs. Pure functions of the hook's arguments.
+
+Conditions combine with ``&``, ``|`` and ``~``; any plain callable taking some of the
+hook's keyword arguments (``lambda epoch: epoch > 3``) works too. Counting follows the
+trainer's 0-based indices: ``every_n_epochs(5)`` fires in the 5th, 10th ... epoch, that
+is at ``epoch`` = 4, 9, ...; ``every_n_steps(100)`` after steps 100, 200 ... (``step`` =
+99, 199, ...). Because they depend only on the counters, conditions resume correctly.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from collections.abc import Mapping
+from typing import Any
+
+from apt.errors import HookError
+
+
+__all__ = ["Condition", "after_epoch", "as_condition", "before_epoch", "every_n_epochs", "every_n_steps"]
+
+
+class Condition:
+    """A predicate over a hook call's keyword arguments."""
+
+    def __init__(self, check: Callable[[Mapping[str, Any]], bool], description: str) -> None:
+        self._check = check
+        self.description = description
+
+    def __call__(self, kwargs: Mapping[str, Any]) -> bool:
+        return bool(self._check(kwargs))
+
+    def __and__(self, other: Any) -> Condition:
+        right = as_condition(other)
+        return Condition(lambda kw: self(kw) and right(kw), f"({self.description} & {right.description})")
+
+    def __or__(self, other: Any) -> Condition:
+        right = as_condition(other)
+        return Condition(lambda kw: self(kw) or right(kw), f"({self.description} | {right.description})")
+
+    def __invert__(self) -> Condition:
+        return Condition(lambda kw: not self(kw), f"~{self.description}")
+
+    __rand__ = __and__
+    __ror__ = __or__
+
+    def __repr__(self) -> str:
+        return f"Condition({self.description})"
+
+
+def _counter(name: str, kw: Mapping[str, Any]) -> int | None:
+    value = kw.get(name)
+    return value if isinstance(value, int) else None
+
+
+def every_n_epochs(n: int) -> Condition:
+    """Run in every n-th epoch (0-based ``epoch`` = n-1, 2n-1, ...)."""
+    _positive(n, "every_n_epochs")
+    return Condition(lambda kw: (e := _counter("epoch", kw)) is not None and (e + 1) % n == 0, f"every_n_epochs({n})")
+
+
+def every_n_steps(n: int) -> Condition:
+    """Run at every n-th step (0-based ``step`` = n-1, 2n-1, ...)."""
+    _positive(n, "every_n_steps")
+    return Condition(lambda kw: (s := _counter("step", kw)) is not None and (s + 1) % n == 0, f"every_n_steps({n})")
+
+
+def after_epoch(n: int) -> Condition:
+    """Run only in epochs after epoch ``n`` (``epoch > n``)."""
+    return Condition(lambda kw: (e := _counter("epoch", kw)) is not None and e > n, f"after_epoch({n})")
+
+
+def before_epoch(n: int) -> Condition:
+    """Run only in epochs before epoch ``n`` (``epoch < n``)."""
+    return Condition(lambda kw: (e := _counter("epoch", kw)) is not None and e < n, f"before_epoch({n})")
+
+
+def _positive(n: int, what: str) -> None:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise HookError(f"{what}(n) needs a positive integer n, got {n!r}")
+
+
+def as_condition(obj: Any) -> Condition:
+    """Wrap a plain callable (taking some of the hook's keyword arguments) as a Condition."""
+    if isinstance(obj, Condition):
+        return obj
+    if not callable(obj):
+        raise HookError(f"a hook condition must be callable, got {obj!r}")
+    try:
+        params = inspect.signature(obj).parameters.values()
+    except (TypeError, ValueError):
+        return Condition(lambda kw: obj(**kw), repr(obj))
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return Condition(lambda kw: obj(**kw), getattr(obj, "__qualname__", repr(obj)))
+    names = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return Condition(
+        lambda kw: obj(**{n: kw[n] for n in names if n in kw}), getattr(obj, "__qualname__", repr(obj))
+    )

@@ -1,0 +1,685 @@
+"""The Trainer: epochs x steps of one straight-line training step, with plugin hooks at labelled points.
+
+Reading order: :meth:`Trainer.fit` (the run), :meth:`Trainer._run_epoch` (one epoch),
+:meth:`Trainer.train_step` (one optimizer step, hooks numbered as they fire),
+:meth:`Trainer.validate`. Everything else is set-up and bookkeeping.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import time
+from collections.abc import Iterator
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from apt.data import BatchSource
+from apt.data import TextDataset
+from apt.data import validation_windows
+from apt.errors import ConfigError
+from apt.errors import PluginConflictError
+from apt.errors import PluginError
+from apt.errors import UsageError
+from apt.model import GPT
+from apt.model import ModelOutput
+from apt.train._distributed import DistInfo
+from apt.train._distributed import all_reduce_sum
+from apt.train._distributed import broadcast_object
+from apt.train._distributed import check_fingerprints
+from apt.train._distributed import init_distributed
+from apt.train._distributed import resolve_device
+from apt.train._distributed import shutdown_distributed
+from apt.train._metrics import MetricsWriter
+from apt.train._metrics import bits_per_byte
+from apt.train._metrics import write_json
+from apt.train._optim import param_groups
+from apt.train._weights import save_weights
+
+
+if TYPE_CHECKING:
+    from apt.core import APTConfig
+    from apt.core import ProviderRegistry
+    from apt.core import Schedule
+    from apt.plugins import HookManager
+    from apt.plugins import PluginManager
+
+
+__all__ = ["Trainer"]
+
+log = logging.getLogger("apt.train")
+
+# Event names, spelled once (HookEvents holds the same strings).
+_MODEL_BUILT = "on_model_built"
+_TRAIN_BEGIN, _TRAIN_END = "on_train_begin", "on_train_end"
+_EPOCH_BEGIN, _EPOCH_END = "on_epoch_begin", "on_epoch_end"
+_STEP_BEGIN, _STEP_END = "on_step_begin", "on_step_end"
+_COMPUTE_LOSS = "on_compute_loss"
+_BACKWARD_BEGIN, _BACKWARD_END = "on_backward_begin", "on_backward_end"
+_BEFORE_OPT, _OPT_STEP = "on_before_optimizer_step", "on_optimizer_step"
+_VAL_BEGIN, _VAL_END = "on_validation_begin", "on_validation_end"
+_RESUME, _EXCEPTION = "on_resume", "on_exception"
+
+
+class Trainer:
+    """Trains a :class:`~apt.model.GPT` on text, firing every lifecycle hook of :mod:`apt.plugins.hookspecs`.
+
+    >>> pm = PluginManager(); pm.load_from_config(config)
+    >>> summary = Trainer(config, pm, run_dir=Path("runs/demo")).fit()
+
+    :param config: the resolved configuration.
+    :param plugin_manager: plugins to run (loaded; set up here if not yet). ``None``
+        makes a fresh manager and loads the plugins ``config`` selects.
+    :param run_dir: the run folder (rank 0 writes ``config.yaml``, ``metrics.jsonl``,
+        ``summary.json``, ``model.safetensors`` there); ``None`` writes no files.
+
+    Under ``torchrun`` the process group is joined here (gloo on CPU, NCCL on CUDA).
+    """
+
+    def __init__(
+        self, config: APTConfig, plugin_manager: PluginManager | None = None, run_dir: str | Path | None = None
+    ) -> None:
+        if plugin_manager is None:
+            from apt.plugins import PluginManager
+
+            plugin_manager = PluginManager()
+            plugin_manager.load_from_config(config)
+        self.config = config
+        self.plugin_manager = plugin_manager
+        tc = config.training
+
+        # --- where this process runs
+        self.device = resolve_device(tc.device, local_rank=_env_local_rank())
+        self.dist: DistInfo = init_distributed(self.device)
+        self.rank, self.world_size = self.dist.rank, self.dist.world_size
+        self.is_global_zero = self.dist.is_global_zero
+        if self.dist.enabled and tc.distributed == "fsdp":
+            raise ConfigError(
+                "training.distributed: fsdp is not supported yet; use ddp (the default)", key="training.distributed"
+            )
+        use_bf16 = tc.precision == "bf16" or (tc.precision == "auto" and self.device.type == "cuda")
+        #: the autocast dtype of forward passes (parameters stay fp32)
+        self.dtype = torch.bfloat16 if use_bf16 else torch.float32
+        self.grad_scaler: torch.amp.GradScaler | None = None  # bf16 needs no loss scaling
+        # every rank uses rank 0's folder (a time-stamped default name could differ by a second)
+        agreed = broadcast_object(str(run_dir) if run_dir is not None else None, self.dist)
+        self.run_dir: Path | None = Path(agreed) if agreed is not None else None
+
+        # --- data (the generator is seeded identically on every rank; each keeps its slice)
+        self.data = TextDataset.from_config(config)
+        self.batches = BatchSource(
+            self.data.train, config.model.block_size, tc.batch_size, tc.grad_accum,
+            seed=tc.seed, rank=self.rank, world_size=self.world_size,
+        )  # fmt: skip
+
+        # --- built by setup()
+        self.model: nn.Module | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.lr_scheduler: Any = None
+        self._ddp: DistributedDataParallel | None = None
+        self._forward: Any = None  # what the training step calls: the model, its DDP wrapper, or compiled
+        self._val_batches: list[tuple[Tensor, Tensor]] = []
+        self._metrics = MetricsWriter(None)
+
+        # --- counters and run state
+        self.epoch = 0
+        self.global_step = 0
+        self.step_in_epoch = 0
+        self.last_metrics: dict[str, float] = {}
+        self._stop_requests: list[tuple[str | None, str]] = []
+        self.stop_reason: str | None = None
+        self._epoch_losses: list[float] = []
+        self._train_loss = math.nan
+        self._is_setup = False
+
+    # --- the kernel's objects, for plugins --------------------------------------------
+
+    @property
+    def registry(self) -> ProviderRegistry:
+        return self.plugin_manager.registry
+
+    @property
+    def hooks(self) -> HookManager:
+        return self.plugin_manager.hook_manager
+
+    @property
+    def schedule(self) -> Schedule:
+        return self.plugin_manager.schedule
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Tokens in one optimizer step over all processes."""
+        tc = self.config.training
+        return self.world_size * tc.grad_accum * tc.batch_size * self.config.model.block_size
+
+    # --- set-up -----------------------------------------------------------------------
+
+    def setup(self) -> None:
+        """Build the model, optimizer and schedule and check the ranks agree; ``fit`` calls it. Idempotent."""
+        if self._is_setup:
+            return
+        tc, pm = self.config.training, self.plugin_manager
+        pm.setup_all()
+        _seed_everything(tc.seed)
+        self.schedule.bind(total_epochs=tc.max_epochs, steps_per_epoch=tc.steps_per_epoch)
+        # plugins scheduled for later start disabled; the ones due now get on_enable
+        pm.apply_schedule(self, epoch=0, step=0)
+
+        # the model: the same seed on every rank gives the same initial weights
+        torch.manual_seed(tc.seed)
+        model: nn.Module = GPT(self.config.model, self.registry)
+        self.model = model.to(self.device)
+        replacements = self.hooks.trigger(_MODEL_BUILT, trainer=self, model=self.model, config=self.config)
+        replacements = [r for r in replacements if r is not None]
+        if len(replacements) > 1:
+            raise PluginConflictError(
+                f"{len(replacements)} plugins returned a replacement model from on_model_built; at most one may "
+                f"(handlers: {', '.join(h.name for h in self.hooks.ordered(_MODEL_BUILT))}); disable all but one"
+            )
+        if replacements:
+            if not isinstance(replacements[0], nn.Module):
+                raise PluginError(
+                    f"on_model_built returned {type(replacements[0]).__name__}, not a torch.nn.Module; "
+                    "modify the model in place or return a module"
+                )
+            self.model = replacements[0]
+        assert self.model is not None
+        self.model.to(self.device)  # plugins may have added modules on the CPU
+        # dropout and sampling noise differ per rank from here on
+        torch.manual_seed(tc.seed + self.rank)
+
+        self.optimizer = self.registry.build(
+            "optimizer", tc.optimizer, param_groups=param_groups(self.model, tc.weight_decay), config=tc
+        )
+        self.lr_scheduler = self.registry.build(
+            "lr_scheduler", tc.lr_scheduler, optimizer=self.optimizer, config=tc, total_steps=tc.total_steps
+        )
+        self._wrap_model()
+        check_fingerprints(pm.fingerprint(), self.dist)
+        self._val_batches = validation_windows(
+            self.data.val, self.config.model.block_size, tc.batch_size, tc.val_batches, self.rank, self.world_size
+        )
+        if self.run_dir is not None and self.is_global_zero:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.config.to_yaml(self.run_dir / "config.yaml")
+            self._metrics = MetricsWriter(self.run_dir / "metrics.jsonl")
+        self._is_setup = True
+        n_params = sum(p.numel() for p in self.model.parameters())
+        log.info(
+            "model: %.2fM parameters on %s%s; plugins: %s", n_params / 1e6, self.device,
+            f" x {self.world_size} processes" if self.dist.enabled else "",
+            ", ".join(f"{p.get_name()} {p.get_version()}" for p in pm.loaded()) or "none",
+        )  # fmt: skip
+
+    def _wrap_model(self) -> None:
+        """(Re)build what the training step calls: DDP around the model under torchrun, compiled if asked."""
+        assert self.model is not None
+        forward: nn.Module = self.model
+        if self.dist.enabled:
+            # Plugins may add parameters that do not get a gradient every step (MoE experts a
+            # batch did not route to); DDP must then look for unused parameters.
+            self._ddp = DistributedDataParallel(
+                self.model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=bool(self.plugin_manager.loaded()),
+            )
+            forward = self._ddp
+        if self.config.training.compile:
+            forward = torch.compile(forward)  # type: ignore[assignment]
+        self._forward = forward
+
+    def sync_optimizer(self) -> None:
+        """Make the optimizer match the model's parameters after a plugin changed the model.
+
+        New parameters join the optimizer group they belong to (``decay`` for ``dim >= 2``,
+        else ``no_decay``); parameters no longer in the model leave with their state; the
+        state of unchanged parameters (Adam moments) is kept, and so is the LR schedule.
+        Under DDP the model is wrapped again, so that new parameters are all-reduced.
+        """
+        if self.optimizer is None or self.model is None:
+            return
+        self.model.to(self.device)
+        current = [p for p in self.model.parameters() if p.requires_grad]
+        alive = {id(p) for p in current}
+        known: set[int] = set()
+        removed = 0
+        for group in self.optimizer.param_groups:
+            for p in group["params"]:
+                if id(p) not in alive:
+                    self.optimizer.state.pop(p, None)
+                    removed += 1
+            group["params"] = [p for p in group["params"] if id(p) in alive]
+            known.update(id(p) for p in group["params"])
+        added = [p for p in current if id(p) not in known]
+        if added:
+            decay_group, plain_group = _decay_groups(self.optimizer)
+            decay_group["params"].extend(p for p in added if p.dim() >= 2)
+            plain_group["params"].extend(p for p in added if p.dim() < 2)
+        if added or removed:
+            log.info("optimizer synced with the model: %d parameter tensors added, %d removed", len(added), removed)
+        if self._ddp is not None or self.config.training.compile:
+            self._wrap_model()
+
+    # --- the run ----------------------------------------------------------------------
+
+    def fit(self) -> dict[str, Any]:
+        """Train for ``training.max_epochs`` x ``training.steps_per_epoch`` steps (or until a stop request).
+
+        :returns: the summary (also written to ``summary.json``).
+        """
+        t0 = time.perf_counter()
+        tc = self.config.training
+        try:
+            self.setup()
+            if tc.resume:
+                self._resume(tc.resume)
+            self._fire(_TRAIN_BEGIN, model=self.model, config=self.config, epoch=self.epoch, step=self.global_step)
+            with self._progress_bar() as bar:
+                while True:
+                    self._run_epoch(bar)
+                    if self.stop_reason is not None or self.epoch + 1 >= tc.max_epochs:
+                        break
+                    self.epoch += 1
+                    self.step_in_epoch = 0
+            self._fire(_TRAIN_END, model=self.model, epoch=self.epoch, step=self.global_step, metrics=self.last_metrics)
+            return self._finish(time.perf_counter() - t0)
+        except BaseException as exc:
+            self._on_exception(exc)
+            raise
+        finally:
+            self._metrics.close()
+            shutdown_distributed(self.dist)
+
+    def _run_epoch(self, bar: Any) -> None:
+        """One epoch: ``steps_per_epoch`` steps, validation every ``val_interval`` steps and at the end."""
+        tc = self.config.training
+        epoch = self.epoch
+        if self.plugin_manager.apply_schedule(self, epoch=epoch, step=self.global_step):
+            self.sync_optimizer()
+        self._fire(_EPOCH_BEGIN, model=self.model, epoch=epoch, step=self.global_step, schedule=self.schedule)
+        if self.step_in_epoch == 0:
+            self._epoch_losses = []
+        pending: dict[str, Any] | None = None  # the last step's record, written once complete
+        busy_s, busy_steps = 0.0, 0  # time in training steps since the last record (validation excluded)
+        while self.step_in_epoch < tc.steps_per_epoch and self.stop_reason is None:
+            if pending is not None:
+                self._metrics.write(pending)
+                pending = None
+            if self.plugin_manager.apply_schedule(self, epoch=epoch, step=self.global_step):
+                self.sync_optimizer()
+            t_start = time.perf_counter()
+            x, y = self.batches.next_step()
+            metrics = self.train_step(x, y)
+            busy_s, busy_steps = busy_s + time.perf_counter() - t_start, busy_steps + 1
+            self._epoch_losses.append(metrics["loss"])
+            bar.update(1)
+            tokens_per_s = self.tokens_per_step * busy_steps / max(busy_s, 1e-9)
+            metrics["tokens_per_s"] = tokens_per_s
+            bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}", tok_s=f"{tokens_per_s:.0f}",
+                            refresh=False)
+            self._check_stop()
+            last = self.step_in_epoch == tc.steps_per_epoch or self.stop_reason is not None
+            validated = not last and self.global_step % tc.val_interval == 0
+            if validated:
+                metrics.update(self.validate())
+                self._check_stop()
+            if validated or self.global_step % tc.log_interval == 0 or last:
+                pending = {"step": self.global_step, "epoch": epoch, **metrics}
+                busy_s, busy_steps = 0.0, 0
+            self.last_metrics.update(metrics)
+
+        # end of the epoch: validate, then on_epoch_end
+        val = self.validate()
+        self._train_loss = sum(self._epoch_losses) / len(self._epoch_losses) if self._epoch_losses else math.nan
+        epoch_metrics: dict[str, Any] = {"train_loss": self._train_loss, **val}
+        for plugin, extra in self._collect(_EPOCH_END, model=self.model, epoch=epoch, step=self.global_step,
+                                           metrics=dict(epoch_metrics)):
+            epoch_metrics.update(_as_metrics(extra, plugin, _EPOCH_END))
+        self._check_stop()
+        self.last_metrics.update(epoch_metrics)
+        record = pending if pending is not None else {"step": self.global_step, "epoch": epoch}
+        self._metrics.write({**record, **epoch_metrics})
+        log.info(
+            "epoch %d done at step %d: train_loss %.4f, val_loss %.4f, val_bpb %.4f (unigram baseline %.4f)",
+            epoch, self.global_step, self._train_loss, val["val_loss"], val["val_bpb"], self.data.baseline_bpb,
+        )  # fmt: skip
+
+    def train_step(self, x: Tensor, y: Tensor) -> dict[str, float]:
+        """One optimizer step on ``(x, y)``, each ``(grad_accum * B, T)``; returns the step's metrics.
+
+        The hooks fire in the numbered order below; see :mod:`apt.plugins.hookspecs`.
+        """
+        assert self.model is not None and self.optimizer is not None, "call setup() first"
+        tc, hooks, model = self.config.training, self.hooks, self.model
+        epoch, step, accum = self.epoch, self.global_step, tc.grad_accum
+
+        # 1. the step begins
+        if hooks.has_handlers(_STEP_BEGIN):
+            self._fire(_STEP_BEGIN, model=model, batch=(x, y), epoch=epoch, step=step)
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        want_terms = hooks.has_handlers(_COMPUTE_LOSS)
+        loss_sum = torch.zeros((), device=self.device)  # sum over micro-batches of the total loss
+        term_sums: dict[str, Tensor] = {}
+        for micro_step, (xb, yb) in enumerate(self.batches.micro_batches(x, y)):
+            # DDP all-reduces gradients on the last micro-batch's backward only
+            no_sync = self._ddp is not None and micro_step < accum - 1
+            with self._ddp.no_sync() if no_sync else contextlib.nullcontext():  # type: ignore[union-attr]
+                # 2. forward
+                with self._autocast():
+                    out: ModelOutput = self._forward(xb, yb, return_hidden=want_terms)
+                assert out.loss is not None
+                loss = out.loss
+                # 3. plugins add named loss terms
+                if want_terms:
+                    for name, term in self._loss_terms((xb, yb), out, epoch, step, micro_step).items():
+                        loss = loss + term
+                        t = term.detach().float()
+                        term_sums[name] = term_sums[name] + t if name in term_sums else t
+                # 4. backward, scaled so that accumulated gradients are the mean over micro-batches
+                scaled = loss / accum
+                if hooks.has_handlers(_BACKWARD_BEGIN):
+                    self._fire(_BACKWARD_BEGIN, model=model, loss=scaled, epoch=epoch, step=step, micro_step=micro_step)
+                scaled.backward()
+                if hooks.has_handlers(_BACKWARD_END):
+                    self._fire(_BACKWARD_END, model=model, epoch=epoch, step=step, micro_step=micro_step)
+            loss_sum += loss.detach().float()
+
+        # 5. clip; gradients are final
+        if tc.grad_clip is not None:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip))
+        else:
+            grad_norm = float(torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None]))
+        if hooks.has_handlers(_BEFORE_OPT):
+            self._fire(_BEFORE_OPT, model=model, optimizer=self.optimizer, epoch=epoch, step=step, grad_norm=grad_norm)
+
+        # 6. update
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if hooks.has_handlers(_OPT_STEP):
+            self._fire(_OPT_STEP, model=model, optimizer=self.optimizer, epoch=epoch, step=step, lr=lr)
+        self.global_step += 1
+        self.step_in_epoch += 1
+
+        # 7. the step's metrics: means over micro-batches (and over processes)
+        names = sorted(term_sums)
+        packed = torch.stack([loss_sum, *(term_sums[n] for n in names)]) / accum  # (1 + n_terms,)
+        if self.dist.enabled:
+            packed = all_reduce_sum(packed, self.dist) / self.world_size
+        values = packed.tolist()
+        metrics: dict[str, float] = {"loss": values[0], "lr": lr, "grad_norm": grad_norm}
+        metrics.update({f"loss/{n}": v for n, v in zip(names, values[1:], strict=True)})
+
+        # 8. the step ends; plugins may add metrics
+        if hooks.has_handlers(_STEP_END):
+            for plugin, extra in self._collect(_STEP_END, model=model, batch=(x, y), epoch=epoch, step=step,
+                                               loss=metrics["loss"], metrics=dict(metrics)):
+                metrics.update(_as_metrics(extra, plugin, _STEP_END))
+        return metrics
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Loss and bits per byte on the fixed validation windows (averaged over processes)."""
+        assert self.model is not None, "call setup() first"
+        model = self.model
+        model.eval()
+        self._fire(_VAL_BEGIN, model=model, epoch=self.epoch, step=self.global_step)
+        total = torch.zeros(2, device=self.device)  # (sum of batch losses, number of batches)
+        for xb, yb in self._val_batches:
+            with self._autocast():
+                out = model(xb.to(self.device), yb.to(self.device))
+            total[0] += out.loss.float()
+            total[1] += 1
+        all_reduce_sum(total, self.dist)
+        val_loss = float(total[0] / total[1])
+        metrics = {"val_loss": val_loss, "val_bpb": bits_per_byte(val_loss)}
+        for plugin, extra in self._collect(_VAL_END, model=model, epoch=self.epoch, step=self.global_step,
+                                           metrics=dict(metrics)):
+            metrics.update(_as_metrics(extra, plugin, _VAL_END))
+        model.train()
+        log.debug("step %d: val_loss %.4f, val_bpb %.4f", self.global_step, metrics["val_loss"], metrics["val_bpb"])
+        return metrics
+
+    # --- plugin requests --------------------------------------------------------------
+
+    def request_stop(self, reason: str, source: str | None = None) -> None:
+        """Ask the run to stop after the current step (requests from several plugins combine by OR).
+
+        :param reason: why, logged and stored as ``stop_reason`` in the summary.
+        :param source: who asks (a plugin name).
+        """
+        self._stop_requests.append((source, reason))
+
+    def _check_stop(self) -> None:
+        """Turn stop requests into ``stop_reason``; under torchrun any rank's request stops all."""
+        asked = bool(self._stop_requests)
+        if self.dist.enabled:
+            flag = torch.tensor([float(asked)], device=self.device)
+            asked = bool(all_reduce_sum(flag, self.dist).item() > 0)
+        if not asked or self.stop_reason is not None:
+            return
+        reasons = [f"{reason} (from {source})" if source else reason for source, reason in self._stop_requests]
+        self.stop_reason = "; ".join(reasons) or "requested on another process"
+        log.info("stopping at step %d: %s", self.global_step, self.stop_reason)
+
+    def _loss_terms(
+        self, batch: tuple[Tensor, Tensor], outputs: ModelOutput, epoch: int, step: int, micro_step: int
+    ) -> dict[str, Tensor]:
+        """``on_compute_loss``: collect every plugin's named terms; two plugins may not use one name."""
+        terms: dict[str, Tensor] = {}
+        owners: dict[str, str | None] = {}
+        for plugin, result in self.hooks.trigger_by_plugin(
+            _COMPUTE_LOSS, trainer=self, model=self.model, batch=batch, outputs=outputs, loss=outputs.loss,
+            epoch=epoch, step=step, micro_step=micro_step,
+        ):  # fmt: skip
+            if not result:
+                continue
+            if not isinstance(result, Mapping):
+                raise PluginError(
+                    f"plugin {plugin!r} returned {type(result).__name__} from on_compute_loss; "
+                    "return a dict of named scalar tensors ({'aux': tensor}) or None",
+                    plugin=plugin,
+                )
+            for name, term in result.items():
+                if name in owners:
+                    raise PluginConflictError(
+                        f"loss term {name!r} is returned by plugin {owners[name]!r} and by plugin {plugin!r}; "
+                        "rename one of them (each plugin should prefix its terms) or disable one plugin",
+                        plugin=plugin,
+                        other=owners[name],
+                    )
+                if not isinstance(term, Tensor) or term.numel() != 1:
+                    raise PluginError(
+                        f"plugin {plugin!r} returned loss term {name!r} as {type(term).__name__}"
+                        f"{'' if not isinstance(term, Tensor) else ' of shape ' + str(tuple(term.shape))}; "
+                        "a loss term must be a scalar tensor",
+                        plugin=plugin,
+                    )
+                owners[name] = plugin
+                terms[name] = term.reshape(())
+        return terms
+
+    # --- state ------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything an exact resume needs (see docs/CONTRACT.md); plugin states through ``on_save_checkpoint``."""
+        self.setup()
+        assert self.model is not None and self.optimizer is not None
+        pm = self.plugin_manager
+        state: dict[str, Any] = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": self.lr_scheduler.state_dict(),
+            "grad_scaler": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
+            "rng": _rng_state(),
+            "data": self.batches.state_dict(),
+            "counters": {"epoch": self.epoch, "global_step": self.global_step, "step_in_epoch": self.step_in_epoch},
+            "config": self.config.to_dict(),
+            "plugin_manager": pm.state_dict(),
+            "fingerprint": pm.fingerprint(),
+        }
+        state["plugins"] = pm.collect_states(self, state)
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any], strict_fingerprint: bool = False) -> None:
+        """Restore a :meth:`state_dict` (fires ``on_load_checkpoint``).
+
+        Order: check the plugin fingerprint (warn, or raise when strict); restore the
+        counters and the plugins' enabled flags and schedule (plugins enabled here may
+        change the model, e.g. MoE upcycling); give plugins their state; sync the
+        optimizer with the model; then load weights, optimizer, LR schedule, RNGs and sampler.
+        """
+        self.setup()
+        assert self.model is not None and self.optimizer is not None
+        pm = self.plugin_manager
+        pm.check_fingerprint(state.get("fingerprint"), strict=strict_fingerprint)
+        counters = state["counters"]
+        self.epoch, self.global_step = int(counters["epoch"]), int(counters["global_step"])
+        self.step_in_epoch = int(counters["step_in_epoch"])
+        changed = pm.load_state_dict(dict(state.get("plugin_manager") or {}), trainer=self)
+        changed |= pm.apply_schedule(self, epoch=self.epoch, step=self.global_step)
+        pm.restore_states(self, dict(state), dict(state.get("plugins") or {}))
+        self.sync_optimizer()
+        del changed  # the sync above covers every change
+        missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
+        if missing or unexpected:
+            raise UsageError(
+                f"the checkpoint's model does not match this model: missing {sorted(missing)[:5]}, unexpected "
+                f"{sorted(unexpected)[:5]}; resume with the same model config and plugins that wrote it"
+            )
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        if self.grad_scaler is not None and state.get("grad_scaler") is not None:
+            self.grad_scaler.load_state_dict(state["grad_scaler"])
+        _set_rng_state(state["rng"])
+        self.batches.load_state_dict(state["data"])
+
+    def _resume(self, resume: str) -> None:
+        answers = self.hooks.trigger(_RESUME, trainer=self, resume=resume)
+        if not answers:
+            raise UsageError(
+                f"training.resume is {resume!r} but no plugin can load checkpoints; "
+                "install apt-plugin-checkpoint (pip install apt-plugin-checkpoint) and enable it"
+            )
+        self.load_state_dict(answers[0])
+        log.info("resumed at epoch %d, step %d", self.epoch, self.global_step)
+
+    # --- bookkeeping ------------------------------------------------------------------
+
+    def _fire(self, event: str, **kwargs: Any) -> list[Any]:
+        return self.hooks.trigger(event, trainer=self, **kwargs)
+
+    def _collect(self, event: str, **kwargs: Any) -> list[tuple[str | None, Any]]:
+        """``(plugin, result)`` pairs of a metrics-returning event (empty when nobody listens)."""
+        if not self.hooks.has_handlers(event):
+            return []
+        return [(p, r) for p, r in self.hooks.trigger_by_plugin(event, trainer=self, **kwargs) if r is not None]
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+    @contextlib.contextmanager
+    def _progress_bar(self) -> Iterator[Any]:
+        from tqdm.auto import tqdm
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        total = self.config.training.total_steps
+        # rank 0 only; disable=None lets tqdm hide itself when stderr is not a terminal
+        bar = tqdm(total=total, initial=self.global_step, unit="step", dynamic_ncols=True,
+                   disable=True if not self.is_global_zero else None)
+        try:
+            with logging_redirect_tqdm():
+                yield bar
+        finally:
+            bar.close()
+
+    def _on_exception(self, exc: BaseException) -> None:
+        try:
+            self._fire(_EXCEPTION, model=self.model, exception=exc, epoch=self.epoch, step=self.global_step)
+        except Exception as hook_exc:  # the original error matters more
+            log.error("an on_exception handler failed too: %s", hook_exc)
+
+    def _finish(self, wall_s: float) -> dict[str, Any]:
+        assert self.model is not None
+        summary: dict[str, Any] = {
+            "steps": self.global_step,
+            "epochs": self.epoch + 1,
+            "train_loss": self._train_loss,
+            "val_loss": self.last_metrics.get("val_loss"),
+            "val_bpb": self.last_metrics.get("val_bpb"),
+            "baseline_bpb": self.data.baseline_bpb,
+            "wall_s": wall_s,
+            "tokens": self.global_step * self.tokens_per_step,
+            "stop_reason": self.stop_reason,
+            "params": sum(p.numel() for p in self.model.parameters()),
+            "device": str(self.device),
+            "world_size": self.world_size,
+            "plugins": [
+                {"name": p.get_name(), "version": p.get_version(), "enabled": p.is_enabled()}
+                for p in self.plugin_manager.loaded()
+            ],
+            "hooks": self.plugin_manager.statistics(),
+            "run_dir": str(self.run_dir) if self.run_dir is not None else None,
+        }
+        if self.run_dir is not None and self.is_global_zero:
+            save_weights(self.model, self.run_dir / "model.safetensors")
+            write_json(self.run_dir / "summary.json", summary)
+        return summary
+
+
+def _env_local_rank() -> int:
+    import os
+
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _decay_groups(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The groups new matrices and new vectors join: by name (core's groups) or by weight decay."""
+    groups = optimizer.param_groups
+    by_name = {g.get("name"): g for g in groups}
+    decay = by_name.get("decay") or next((g for g in groups if g.get("weight_decay", 0) > 0), groups[0])
+    plain = by_name.get("no_decay") or next((g for g in groups if g.get("weight_decay", 0) == 0), groups[-1])
+    return decay, plain
+
+
+def _as_metrics(result: Any, plugin: str | None, event: str) -> dict[str, float]:
+    if not isinstance(result, Mapping):
+        raise PluginError(
+            f"plugin {plugin!r} returned {type(result).__name__} from {event}; return a dict of metric "
+            "names to numbers (or None)",
+            plugin=plugin,
+        )
+    return {str(k): float(v) for k, v in result.items()}
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    python = state["python"]
+    # a round trip through JSON-like storage turns the tuple into lists
+    random.setstate((python[0], tuple(python[1]), python[2]) if isinstance(python, list) else python)
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

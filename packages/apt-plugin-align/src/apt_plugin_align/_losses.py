@@ -1,0 +1,86 @@
+"""The two consistency terms between the stable (teacher) and the live (align) state.
+
+Both are means over *valid* tokens (the DistilBERT ``batchmean`` choice), computed in fp32,
+and both take the teacher side detached, so no gradient ever reaches the stable state.
+Neither applies its weight: the plugin composes ``w(t) * (alpha * T^2 * kl + beta * hidden)``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+__all__ = ["argmax_agreement", "hidden_cosine_loss", "temperature_kl"]
+
+
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    """fp32 for half/bf16/fp32 inputs; fp64 stays fp64 (exact-value tests, gradcheck)."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+def _valid_rows(x: Tensor, mask: Tensor | None) -> Tensor:
+    """Flatten ``(..., D)`` to ``(N, D)`` keeping only the rows where ``mask`` is true."""
+    if mask is None:
+        return x.reshape(-1, x.shape[-1])  # (N, D)
+    if mask.shape != x.shape[:-1]:
+        raise ValueError(f"mask of shape {tuple(mask.shape)} does not match the leading dims of {tuple(x.shape)}")
+    return x[mask]  # (N, D)
+
+
+def temperature_kl(
+    student_logits: Tensor, teacher_logits: Tensor, temperature: float, mask: Tensor | None = None
+) -> Tensor:
+    """``KL(softmax(teacher / T) || softmax(student / T))`` per valid token, averaged.
+
+    This is the *raw* divergence; Hinton's distillation loss is ``T**2`` times it (the factor
+    keeps the soft-target gradient, ``T * (q_T - p_T)``, comparable across temperatures;
+    arXiv 1503.02531 section 2.1). It is a true KL, so it is exactly 0 when both states agree
+    (a cross-entropy would leave the teacher's entropy).
+
+    :param student_logits: ``(..., V)`` logits of the live model (gradients flow into them).
+    :param teacher_logits: ``(..., V)`` logits of the stable state (detached here).
+    :param temperature: ``T > 0``, applied to both sides.
+    :param mask: boolean ``(...)`` of valid tokens; ``None`` means all are valid.
+    :returns: a scalar in fp32 (fp64 for fp64 inputs); ``0`` (not NaN) when no token is valid.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    s = _valid_rows(student_logits, mask)  # (N, V)
+    t = _valid_rows(teacher_logits.detach(), mask)  # (N, V)
+    if s.shape[0] == 0:
+        return s.to(_compute_dtype(s)).sum()  # 0.0, still attached to the graph so backward() works
+    # fp32 before dividing: at T = 0.15 the logits grow 6.7x, beyond what bf16 resolves well
+    dtype = _compute_dtype(s)
+    log_q = F.log_softmax(s.to(dtype) / temperature, dim=-1)  # (N, V) student, log space
+    log_p = F.log_softmax(t.to(dtype) / temperature, dim=-1)  # (N, V) teacher, log space (no log(0))
+    # sum_v p (log p - log q), summed over tokens, then divided by the number of tokens
+    return F.kl_div(log_q, log_p, reduction="sum", log_target=True) / s.shape[0]
+
+
+def hidden_cosine_loss(student_hidden: Tensor, teacher_hidden: Tensor, mask: Tensor | None = None) -> Tensor:
+    """``1 - cos(h_student, h_teacher)`` per valid token, averaged; in ``[0, 2]``.
+
+    Norm-invariant (BYOL's normalised regression, arXiv 2006.07733, up to a factor 2). A zero
+    vector gives ``cos = 0`` through ``cosine_similarity``'s eps clamp, so a loss of 1, not NaN.
+
+    :param student_hidden: ``(..., C)`` final hidden states of the live model.
+    :param teacher_hidden: ``(..., C)`` final hidden states of the stable state (detached here).
+    :param mask: boolean ``(...)`` of valid tokens; ``None`` means all are valid.
+    :returns: a scalar in fp32 (fp64 for fp64 inputs); ``0`` (not NaN) when no token is valid.
+    """
+    s = _valid_rows(student_hidden, mask)  # (N, C)
+    t = _valid_rows(teacher_hidden.detach(), mask)  # (N, C)
+    if s.shape[0] == 0:
+        return s.to(_compute_dtype(s)).sum()  # 0.0, still attached to the graph so backward() works
+    dtype = _compute_dtype(s)
+    cos = F.cosine_similarity(s.to(dtype), t.to(dtype), dim=-1)  # (N,)
+    return (1.0 - cos).mean()
+
+
+def argmax_agreement(logits_a: Tensor, logits_b: Tensor, mask: Tensor | None = None) -> tuple[int, int]:
+    """How many valid tokens have the same argmax in both ``(..., V)`` logits: ``(agree, total)``."""
+    a = _valid_rows(logits_a.detach(), mask).argmax(dim=-1)  # (N,)
+    b = _valid_rows(logits_b.detach(), mask).argmax(dim=-1)  # (N,)
+    return int((a == b).sum().item()), int(a.numel())

@@ -1,0 +1,443 @@
+"""The ``checkpoint`` plugin: when to save, what to keep, and how a run resumes.
+
+It saves the whole ``trainer.state_dict()`` (model, optimizer, scheduler, scaler, RNG,
+data position, counters, config, every plugin's state, the plugin fingerprint) through
+:class:`~apt_plugin_checkpoint.CheckpointStore`: crash-safe, hash-verified, pickle-free.
+
+Where a save happens matters for an exact resume: the state must be taken at the last
+moment before the next step, after the validation that may follow a step (validation
+must not be skipped by a resumed run, and it may draw random numbers). So a save that
+is due at a step followed by validation waits for ``on_validation_end``, and one due at
+the last step of an epoch waits for ``on_epoch_end``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import time
+from concurrent.futures import Future
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from apt.errors import CheckpointError
+from apt.plugins import Plugin
+
+from apt_plugin_checkpoint._config import CheckpointConfig
+from apt_plugin_checkpoint._format import EncodedState
+from apt_plugin_checkpoint._format import encode_state
+from apt_plugin_checkpoint._retention import RetentionPolicy
+from apt_plugin_checkpoint._retention import best_checkpoints
+from apt_plugin_checkpoint._store import CheckpointStore
+from apt_plugin_checkpoint._store import LoadedCheckpoint
+from apt_plugin_checkpoint._store import load_checkpoint
+
+
+__all__ = ["CheckpointPlugin", "estimate_checkpoint_bytes"]
+
+logger = logging.getLogger("apt.checkpoint")
+
+_MARGIN_BYTES = 16 << 20  # JSON, headers, file-system slack
+
+
+def disk_free_bytes(path: Path) -> int:
+    """Free bytes on the file system that holds ``path`` (a function so tests can replace it)."""
+    return shutil.disk_usage(path).free
+
+
+def _tensor_bytes(tensors: Any) -> int:
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for t in tensors:
+        if isinstance(t, torch.Tensor) and t.numel() > 0:
+            ident = (t.untyped_storage().data_ptr(), t.storage_offset())
+            if ident not in seen:
+                seen.add(ident)
+                total += t.numel() * t.element_size()
+    return total
+
+
+def estimate_checkpoint_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> int:
+    """How many bytes one checkpoint of this model and optimizer will take (an upper-ish estimate).
+
+    Model tensors are counted once even when tied. An optimizer that has no state yet
+    (before its first step) is assumed to keep two tensors per trainable parameter when it
+    has ``betas`` (Adam family), one when it has ``momentum``, none otherwise.
+    """
+    total = _tensor_bytes(model.state_dict(keep_vars=False).values())
+    if optimizer is not None:
+        state_tensors = [v for s in optimizer.state.values() for v in s.values()]
+        if state_tensors:
+            total += _tensor_bytes(state_tensors)
+        else:
+            params = [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
+            group = optimizer.param_groups[0] if optimizer.param_groups else {}
+            slots = 2 if "betas" in group else (1 if group.get("momentum") else 0)
+            total += slots * _tensor_bytes(params)
+    return total + _MARGIN_BYTES
+
+
+class _Fields(dict[str, Any]):
+    """Template fields; a metric that is not known yet formats as NaN instead of failing."""
+
+    def __missing__(self, key: str) -> Any:
+        return math.nan
+
+
+class CheckpointPlugin(Plugin):
+    """Crash-safe automatic checkpoints, best-k retention and exact resume.
+
+    Saves every ``every_n_steps`` steps, every ``every_n_epochs`` epochs and/or every
+    ``every_minutes`` minutes, at the end of training and (as an emergency) when the run
+    fails; keeps the newest ``keep_last`` and the ``keep_best`` best by ``monitor``; answers
+    ``on_resume`` with the state of ``latest`` (falling back to an older checkpoint when the
+    newest fails verification) or of a given path. Only rank 0 writes; every rank loads.
+    """
+
+    name = "checkpoint"
+    version = "1.0.0"
+    description = "Crash-safe checkpoints (safetensors + JSON, SHA-256 manifest), best-k retention, exact resume."
+    priority = -100  # after every other plugin on the same event, so their state is final
+    critical = True  # a failing resume must stop the run; save errors follow on_save_error
+    config_model = CheckpointConfig
+    state_version = 1
+
+    def __init__(self, config: CheckpointConfig | dict[str, Any] | None = None) -> None:
+        if not isinstance(config, CheckpointConfig):
+            config = CheckpointConfig(**(config or {}))
+        super().__init__(config)
+        self.config: CheckpointConfig = config
+        self.store: CheckpointStore | None = None
+        self._metrics: dict[str, float] = {}
+        self._pending: str | None = None
+        self._last_saved_step: int | None = None
+        self._last_save_time = time.monotonic()
+        self._saves = 0
+        self._best: list[dict[str, Any]] = []
+        self._resumed_from: str | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._inflight: Future[None] | None = None
+        self._trainer: Any = None
+
+    # --- where ----------------------------------------------------------------------------
+
+    def checkpoint_dir(self, trainer: Any) -> Path:
+        """The checkpoint folder: ``config.dir``, under the run folder when relative."""
+        path = Path(self.config.dir).expanduser()
+        if path.is_absolute():
+            return path
+        run_dir = getattr(trainer, "run_dir", None)
+        return Path(run_dir) / path if run_dir is not None else path
+
+    def _store(self, trainer: Any) -> CheckpointStore:
+        if self.store is None:
+            self.store = CheckpointStore(self.checkpoint_dir(trainer))
+        return self.store
+
+    # --- hooks: run -------------------------------------------------------------------------
+
+    def on_train_begin(self, trainer: Any, model: Any, epoch: int, step: int) -> None:
+        self._trainer = trainer
+        store = self._store(trainer)
+        self._last_save_time = time.monotonic()
+        if self._last_saved_step is None and step:
+            self._last_saved_step = step  # resumed: that state is on disk already
+        training = getattr(getattr(trainer, "config", None), "training", None)
+        if getattr(training, "distributed", "ddp") == "fsdp" and getattr(trainer, "world_size", 1) > 1:
+            raise CheckpointError(
+                "apt-plugin-checkpoint 1.0.0 cannot save FSDP-sharded state yet (torch.distributed.checkpoint "
+                "support is planned); train with training.distributed=ddp or disable the plugin "
+                "(disable_plugins: [checkpoint])",
+                path=store.root,
+            )
+        if not getattr(trainer, "is_global_zero", True):
+            return
+        removed = store.prepare()
+        if removed:
+            logger.warning("removed %d incomplete save(s) left in %s: %s", len(removed), store.root, removed)
+        needed = estimate_checkpoint_bytes(model, getattr(trainer, "optimizer", None))
+        free = disk_free_bytes(store.root)
+        if free < needed:
+            raise CheckpointError(
+                f"not enough disk space for one checkpoint in {store.root}: about {needed / 2**20:.1f} MiB needed, "
+                f"{free / 2**20:.1f} MiB free. Free some space, set checkpoint.dir to another disk, or disable "
+                "the plugin (disable_plugins: [checkpoint])",
+                path=store.root,
+            )
+        keep = (self.config.keep_last or 0) + self.config.keep_best + 1
+        if free < needed * keep:
+            logger.warning(
+                "%s has %.1f MiB free; keeping %d checkpoints of about %.1f MiB may not fit",
+                store.root, free / 2**20, keep, needed / 2**20,
+            )
+
+    def on_train_end(self, trainer: Any, epoch: int, step: int, metrics: dict[str, float] | None = None) -> None:
+        self._update_metrics(metrics)
+        if self.config.save_on_train_end or self._pending:
+            self._save(trainer, "train_end")
+        self._wait()
+
+    def on_exception(self, trainer: Any, exception: BaseException, epoch: int, step: int) -> None:
+        if trainer is None:
+            return
+        try:
+            if self.config.save_on_exception:
+                # Under DDP the other ranks may not be here, so no collective: rank 0's state only.
+                self._save(trainer, "exception", collective=False)
+            self._wait()
+        except Exception as exc:  # never hide the original failure
+            logger.error("emergency checkpoint failed: %s", exc)
+
+    def teardown(self) -> None:
+        self._wait()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    # --- hooks: schedule --------------------------------------------------------------------
+
+    def on_step_end(self, trainer: Any, epoch: int, step: int, metrics: dict[str, float] | None = None) -> None:
+        self._update_metrics(metrics)
+        self._raise_async_error(trainer)
+        global_step = int(getattr(trainer, "global_step", step + 1))
+        every = self.config.every_n_steps
+        reason = "step" if every and global_step % every == 0 else None
+        if reason is None and self.config.every_minutes is not None:
+            if self._agree(trainer, time.monotonic() - self._last_save_time >= 60 * self.config.every_minutes):
+                reason = "time"
+        if reason is None:
+            return
+        if self._validation_follows(trainer, global_step):
+            self._pending = reason  # save after the validation of this step (see module docstring)
+        else:
+            self._save(trainer, reason)
+
+    def on_validation_end(self, trainer: Any, epoch: int, step: int, metrics: dict[str, float] | None = None) -> None:
+        self._update_metrics(metrics)
+        if self._pending and not self._epoch_ends(trainer, int(getattr(trainer, "global_step", 0))):
+            self._save(trainer, self._pending)
+
+    def on_epoch_end(self, trainer: Any, epoch: int, step: int, metrics: dict[str, float] | None = None) -> None:
+        self._update_metrics(metrics)
+        every = self.config.every_n_epochs
+        if every and (epoch + 1) % every == 0:
+            self._save(trainer, "epoch")
+        elif self._pending:
+            self._save(trainer, self._pending)
+
+    # --- hooks: state -----------------------------------------------------------------------
+
+    def on_save_checkpoint(self, trainer: Any, checkpoint: dict[str, Any]) -> dict[str, Any]:
+        return {"saves": self._saves, "last_saved_step": self._last_saved_step, "best": self._best}
+
+    def on_load_checkpoint(self, trainer: Any, checkpoint: dict[str, Any], state: Any) -> None:
+        if isinstance(state, dict):
+            self._saves = int(state.get("saves", 0))
+            self._best = list(state.get("best", []))
+            # The state we just loaded is on disk: do not write it again at the same step.
+            if state.get("last_saved_step") is not None:
+                self._last_saved_step = int(state["last_saved_step"])
+
+    def on_resume(self, trainer: Any, resume: str) -> dict[str, Any]:
+        """Load the checkpoint to resume from: ``"latest"`` (with fallback) or a path."""
+        self._trainer = trainer
+        loaded = self._load(trainer, resume)
+        state = self._state_for_rank(trainer, loaded)
+        self._last_saved_step = loaded.manifest.step
+        self._resumed_from = loaded.manifest.name
+        logger.info("resuming from checkpoint %s (epoch %d, step %d)", loaded.path, loaded.manifest.epoch,
+                    loaded.manifest.step)
+        self._check_fingerprint(trainer, state, loaded)
+        return state
+
+    # --- saving -----------------------------------------------------------------------------
+
+    def _update_metrics(self, metrics: dict[str, float] | None) -> None:
+        for key, value in (metrics or {}).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self._metrics[key] = float(value)
+
+    def _training_cfg(self, trainer: Any) -> Any:
+        return getattr(getattr(trainer, "config", None), "training", None)
+
+    def _epoch_ends(self, trainer: Any, global_step: int) -> bool:
+        per_epoch = getattr(self._training_cfg(trainer), "steps_per_epoch", None)
+        return bool(per_epoch) and global_step % per_epoch == 0
+
+    def _validation_follows(self, trainer: Any, global_step: int) -> bool:
+        interval = getattr(self._training_cfg(trainer), "val_interval", None)
+        return bool(interval and global_step % interval == 0) or self._epoch_ends(trainer, global_step)
+
+    def _agree(self, trainer: Any, decision: bool) -> bool:
+        """Rank 0's decision on every rank (a wall-clock decision may differ between ranks)."""
+        if getattr(trainer, "world_size", 1) <= 1 or not _dist_ready():
+            return decision
+        box = [decision]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return bool(box[0])
+
+    def _save(self, trainer: Any, reason: str, collective: bool = True) -> None:
+        """Take the trainer's state and write it (rank 0), then apply retention."""
+        self._pending = None
+        global_step = int(getattr(trainer, "global_step", 0))
+        if self._last_saved_step == global_step:
+            return  # this exact state is on disk already (e.g. epoch end right after a step save)
+        self._wait(trainer)
+        try:
+            state = trainer.state_dict()
+            per_rank = _gather_rank_states(trainer, state) if collective else None
+            if not getattr(trainer, "is_global_zero", True):
+                self._last_saved_step = global_step
+                return
+            encoded = encode_state({"trainer": state, "per_rank": per_rank}, copy_tensors=self.config.async_save)
+            job = self._make_job(trainer, encoded, reason, global_step, state)
+        except Exception as exc:
+            self._save_failed(trainer, exc)
+            return
+        self._last_saved_step = global_step
+        self._last_save_time = time.monotonic()
+        if self.config.async_save:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="apt-checkpoint")
+            self._inflight = self._executor.submit(job)
+        else:
+            try:
+                job()
+            except Exception as exc:
+                self._save_failed(trainer, exc)
+
+    def _make_job(self, trainer: Any, encoded: EncodedState, reason: str, global_step: int, state: Any) -> Any:
+        store = self._store(trainer)
+        counters = state.get("counters", {}) if isinstance(state, dict) else {}
+        epoch = int(counters.get("epoch", getattr(trainer, "epoch", 0)))
+        metrics = dict(self._metrics)
+        fields = _Fields(metrics)
+        fields.update(step=global_step, epoch=epoch)
+        name = self.config.filename.format_map(fields).replace("/", "_").replace("\\", "_")
+        fingerprint = encoded.tree["trainer"].get("fingerprint") if isinstance(encoded.tree["trainer"], dict) else None
+        policy = RetentionPolicy(self.config.keep_last, self.config.keep_best, self.config.mode)
+
+        def job() -> None:
+            started = time.perf_counter()
+            manifest = store.save(
+                encoded, name=name, step=global_step, epoch=epoch, reason=reason, metrics=metrics,
+                monitor=self.config.monitor, mode=self.config.mode, fingerprint=fingerprint,
+            )
+            self._saves += 1
+            deleted = store.prune(policy, protect=(manifest.name,))
+            infos = store.infos()
+            self._best = [
+                {"name": c.name, "step": c.step, "value": c.metric}
+                for c in best_checkpoints(infos, self.config.keep_best, self.config.mode)
+            ]
+            logger.info(
+                "saved checkpoint %s (%s, %.1f MiB, %.2fs)%s", store.root / manifest.name, reason,
+                manifest.size_bytes / 2**20, time.perf_counter() - started,
+                f"; removed {', '.join(deleted)}" if deleted else "",
+            )
+
+        return job
+
+    def _save_failed(self, trainer: Any, exc: BaseException) -> None:
+        message = (
+            f"checkpoint save failed at step {getattr(trainer, 'global_step', '?')}: {type(exc).__name__}: {exc}; "
+            "`latest` still points to the previous checkpoint"
+        )
+        if self.config.on_save_error == "stop":
+            logger.error("%s; stopping the run (checkpoint.on_save_error=stop)", message)
+            trainer.request_stop(message, source=self.name)
+        else:
+            logger.error("%s; training continues (set checkpoint.on_save_error=stop to stop instead)", message)
+
+    def _wait(self, trainer: Any = None) -> None:
+        """Wait for an asynchronous save in flight and report its failure, if any."""
+        future, self._inflight = self._inflight, None
+        if future is None:
+            return
+        exc = future.exception()
+        if exc is not None:
+            self._save_failed(trainer or self._trainer, exc)
+
+    def _raise_async_error(self, trainer: Any) -> None:
+        if self._inflight is not None and self._inflight.done():
+            self._wait(trainer)
+
+    # --- loading ----------------------------------------------------------------------------
+
+    def _load(self, trainer: Any, resume: str) -> LoadedCheckpoint:
+        if resume == "latest":
+            return self._store(trainer).load_latest()
+        path = Path(resume).expanduser()
+        if not path.exists() and not path.is_absolute():
+            candidate = self.checkpoint_dir(trainer) / path  # `--resume step00000100`
+            if candidate.exists():
+                path = candidate
+        return load_checkpoint(path)
+
+    def _state_for_rank(self, trainer: Any, loaded: LoadedCheckpoint) -> dict[str, Any]:
+        document = loaded.state
+        if not isinstance(document, dict) or not isinstance(document.get("trainer"), dict):
+            raise CheckpointError(f"{loaded.path} holds no trainer state", path=loaded.path)
+        state: dict[str, Any] = document["trainer"]
+        per_rank = document.get("per_rank")
+        if not per_rank:
+            return state
+        rank, world = int(getattr(trainer, "rank", 0)), int(getattr(trainer, "world_size", 1))
+        if len(per_rank) != world:
+            logger.warning(
+                "checkpoint %s was written by %d processes, this run has %d: ranks below %d get their own RNG and "
+                "data position, the others rank 0's; the resumed run will not repeat the original exactly",
+                loaded.path, len(per_rank), world, len(per_rank),
+            )
+        mine = per_rank[rank] if rank < len(per_rank) else per_rank[0]
+        return {**state, "rng": mine["rng"], "data": mine["data"]}
+
+    def _check_fingerprint(self, trainer: Any, state: dict[str, Any], loaded: LoadedCheckpoint) -> None:
+        """With ``strict_resume``, refuse a checkpoint written with another plugin set."""
+        if not self.config.strict_resume:
+            return  # the trainer warns about a difference in load_state_dict
+        current = _current_fingerprint(trainer)
+        saved = state.get("fingerprint")
+        if current is not None and saved is not None and _plain(current) != _plain(saved):
+            raise CheckpointError(
+                f"checkpoint {loaded.path} was written with another plugin set or hook order "
+                f"(saved {saved!r}, now {current!r}); resume with the same plugins, or set "
+                "checkpoint.strict_resume=false to resume anyway",
+                path=loaded.path,
+            )
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, for comparing a live fingerprint with one read back from JSON."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _current_fingerprint(trainer: Any) -> Any:
+    for owner in (trainer, getattr(trainer, "plugin_manager", None)):
+        method = getattr(owner, "fingerprint", None)
+        if callable(method):
+            return method()
+    return None
+
+
+def _dist_ready() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _gather_rank_states(trainer: Any, state: Any) -> list[dict[str, Any]] | None:
+    """Every rank's RNG and data position, gathered on rank 0 (None on one process)."""
+    if getattr(trainer, "world_size", 1) <= 1 or not _dist_ready() or not isinstance(state, dict):
+        return None
+    mine = {"rng": state.get("rng"), "data": state.get("data")}
+    rank0 = getattr(trainer, "is_global_zero", True)
+    gathered: list[Any] | None = [None] * int(trainer.world_size) if rank0 else None
+    torch.distributed.gather_object(mine, gathered, dst=0)
+    return gathered

@@ -1,0 +1,174 @@
+"""Expert banks: E feed-forward networks whose weights live in stacked tensors.
+
+Stacking the experts' weights as ``(E, out, in)`` tensors lets them run as one grouped
+matmul (:func:`torch.nn.functional.grouped_mm`) over token rows sorted by expert, or as
+one matmul per expert over contiguous slices. ``ModuleExperts`` is the fallback for an
+arbitrary FFN module (e.g. a plugin's) that cannot be expressed as stacked weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch import nn
+
+
+__all__ = ["ExpertActivation", "ModuleExperts", "StackedExperts", "compute_dtype", "grouped_mm_available"]
+
+ExpertActivation = Literal["gelu", "swiglu"]
+
+
+def grouped_mm_available() -> bool:
+    """Whether this torch has the public ``torch.nn.functional.grouped_mm`` (torch >= 2.10)."""
+    return hasattr(F, "grouped_mm")
+
+
+def compute_dtype(x: Tensor) -> torch.dtype:
+    """The dtype matmuls on ``x`` run in: the autocast dtype when autocast is on, else x's."""
+    dev = x.device.type
+    if torch.is_autocast_enabled(dev):
+        return torch.get_autocast_dtype(dev)
+    return x.dtype
+
+
+def _grouped_linear(xs: Tensor, weight: Tensor, offs: Tensor) -> Tensor:
+    """``xs[rows of group e] @ weight[e].T`` for every group; ``(M, in) x (E, out, in) -> (M, out)``."""
+    return F.grouped_mm(xs, weight.transpose(-2, -1), offs=offs)
+
+
+class StackedExperts(nn.Module):
+    """E GELU or SwiGLU FFNs with stacked weights.
+
+    GELU expert e: ``w2[e] @ gelu(w1[e] @ x + b1[e]) + b2[e]``.
+    SwiGLU expert e: ``w2[e] @ (silu(w1[e] @ x) * (w3[e] @ x))`` (w1 = gate, w3 = up, w2 =
+    down: the Mixtral / Llama names).
+
+    Shapes: ``w1, w3: (E, F, D)``, ``w2: (E, D, F)``, biases ``b1, b3: (E, F)``, ``b2: (E, D)``.
+    Default init is that of ``nn.Linear`` (uniform in ``±1/sqrt(fan_in)``), per expert.
+    """
+
+    def __init__(
+        self, num_experts: int, d_model: int, d_ff: int, activation: ExpertActivation = "gelu", bias: bool = False
+    ) -> None:
+        super().__init__()
+        if activation not in ("gelu", "swiglu"):
+            raise ValueError(f"expert activation must be 'gelu' or 'swiglu', got {activation!r}")
+        self.num_experts, self.d_model, self.d_ff = num_experts, d_model, d_ff
+        self.activation: ExpertActivation = activation
+        self.w1 = nn.Parameter(torch.empty(num_experts, d_ff, d_model))
+        self.w2 = nn.Parameter(torch.empty(num_experts, d_model, d_ff))
+        self.w3 = nn.Parameter(torch.empty(num_experts, d_ff, d_model)) if activation == "swiglu" else None
+        self.b1 = nn.Parameter(torch.empty(num_experts, d_ff)) if bias else None
+        self.b2 = nn.Parameter(torch.empty(num_experts, d_model)) if bias else None
+        self.b3 = nn.Parameter(torch.empty(num_experts, d_ff)) if bias and activation == "swiglu" else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """``nn.Linear``'s default init, applied to each expert's matrices."""
+        for w, b in ((self.w1, self.b1), (self.w2, self.b2), (self.w3, self.b3)):
+            if w is None:
+                continue
+            bound = 1.0 / math.sqrt(w.shape[-1])
+            with torch.no_grad():
+                w.uniform_(-bound, bound)
+                if b is not None:
+                    b.uniform_(-bound, bound)
+
+    # --- one expert ---------------------------------------------------------------------
+
+    def expert_forward(self, e: int, x: Tensor) -> Tensor:
+        """Expert ``e`` on rows ``x (M, D) -> (M, D)``."""
+
+        def lin(w: Tensor | None, b: Tensor | None, inp: Tensor) -> Tensor:
+            assert w is not None
+            return F.linear(inp, w[e].to(inp.dtype), None if b is None else b[e].to(inp.dtype))
+
+        if self.activation == "gelu":
+            h = F.gelu(lin(self.w1, self.b1, x))  # (M, F)
+        else:
+            h = F.silu(lin(self.w1, self.b1, x)) * lin(self.w3, self.b3, x)  # (M, F)
+        return lin(self.w2, self.b2, h)  # (M, D)
+
+    # --- all experts on rows sorted by expert -------------------------------------------
+
+    def forward_sliced(self, xs: Tensor, counts: list[int]) -> Tensor:
+        """Experts on rows sorted by expert: one matmul per expert over its contiguous slice.
+
+        :param xs: ``(M, D)`` rows grouped by expert (expert 0's rows first).
+        :param counts: rows of each expert, summing to M (host ints).
+        """
+        parts = [self.expert_forward(e, xe) for e, xe in enumerate(torch.split(xs, counts)) if xe.shape[0] > 0]
+        return torch.cat(parts) if parts else xs.new_zeros(0, self.d_model)  # (M, D)
+
+    def forward_grouped(self, xs: Tensor, counts: Tensor) -> Tensor:
+        """Experts on rows sorted by expert as grouped matmuls (no host sync).
+
+        :param xs: ``(M, D)`` rows grouped by expert.
+        :param counts: ``(E,)`` int tensor of rows per expert on xs's device, summing to M.
+        """
+        offs = counts.cumsum(0).to(torch.int32)  # (E,) end row of each group
+        dt = compute_dtype(xs)
+        xs = xs.to(dt)  # grouped_mm is not autocast: cast like torchtitan (bf16 is the fast path on SM90)
+
+        def bias_rows(b: Tensor | None) -> Tensor | None:
+            # grouped_mm has no bias: gather each row's expert bias instead, (M, out)
+            if b is None:
+                return None
+            return b.to(dt).repeat_interleave(counts, dim=0, output_size=xs.shape[0])
+
+        def glin(w: Tensor | None, b: Tensor | None, inp: Tensor) -> Tensor:
+            assert w is not None
+            out = _grouped_linear(inp, w.to(dt), offs)
+            rows = bias_rows(b)
+            return out if rows is None else out + rows
+
+        if self.activation == "gelu":
+            h = F.gelu(glin(self.w1, self.b1, xs))  # (M, F)
+        else:
+            h = F.silu(glin(self.w1, self.b1, xs)) * glin(self.w3, self.b3, xs)  # (M, F)
+        return glin(self.w2, self.b2, h)  # (M, D)
+
+    def grouped_ok(self, dtype: torch.dtype) -> bool:
+        """Whether grouped_mm accepts these shapes: row strides must be multiples of 16 bytes."""
+        size = torch.empty(0, dtype=dtype).element_size()
+        return grouped_mm_available() and (self.d_model * size) % 16 == 0 and (self.d_ff * size) % 16 == 0
+
+    def forward_dense(self, x: Tensor) -> Tensor:
+        """Every row through every expert, summed: used for shared experts. ``(..., D) -> (..., D)``."""
+        out = self.expert_forward(0, x)
+        for e in range(1, self.num_experts):
+            out = out + self.expert_forward(e, x)
+        return out
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_experts={self.num_experts}, d_model={self.d_model}, d_ff={self.d_ff}, "
+            f"activation={self.activation!r}, bias={self.b1 is not None}"
+        )
+
+
+class ModuleExperts(nn.Module):
+    """E copies of an arbitrary FFN module ``(B, T, D) -> (B, T, D)``, run over sorted slices.
+
+    Used when upcycling an FFN whose weights cannot be mapped onto :class:`StackedExperts`
+    (an unknown provider). Slower on GPU (one call per expert), exact by construction.
+    """
+
+    def __init__(self, ffn: nn.Module, num_experts: int) -> None:
+        super().__init__()
+        self.experts = nn.ModuleList(copy.deepcopy(ffn) for _ in range(num_experts))
+        self.num_experts = num_experts
+
+    def expert_forward(self, e: int, x: Tensor) -> Tensor:
+        """Expert ``e`` on rows ``x (M, D) -> (M, D)``."""
+        return self.experts[e](x.unsqueeze(0)).squeeze(0)  # type: ignore[no-any-return]
+
+    def forward_sliced(self, xs: Tensor, counts: list[int]) -> Tensor:
+        """See :meth:`StackedExperts.forward_sliced`."""
+        parts = [self.expert_forward(e, xe) for e, xe in enumerate(torch.split(xs, counts)) if xe.shape[0] > 0]
+        return torch.cat(parts) if parts else xs.new_zeros(0, xs.shape[-1])

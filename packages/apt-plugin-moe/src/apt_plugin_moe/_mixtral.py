@@ -1,0 +1,118 @@
+"""Weights to and from Hugging Face's ``MixtralSparseMoeBlock`` layout (transformers 4.x).
+
+Mixtral block keys (relative to ``...block_sparse_moe.``)::
+
+    gate.weight          (E, D)   router, no bias
+    experts.{e}.w1.weight (F, D)  gate projection
+    experts.{e}.w3.weight (F, D)  up projection
+    experts.{e}.w2.weight (D, F)  down projection;  expert(x) = w2(silu(w1 x) * w3 x)
+
+The routing convention that makes the outputs equal: softmax over the E logits (fp32),
+top-k, renormalise the k gates to sum to 1, output = sum of gate * expert(x) — exactly
+what :class:`~apt_plugin_moe.TopKRouter` does, so ``from_mixtral_state_dict`` with
+``top_k = num_experts_per_tok`` and ``capacity_factor=None`` reproduces the block (in
+fp32, up to float rounding; ties in top-k aside). Transformers v5 fuses the experts as
+``experts.gate_up_proj (E, 2F, D)`` = ``cat([w1, w3], 1)`` and ``experts.down_proj (E, D, F)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+
+from apt.errors import CheckpointError
+from apt.errors import ConfigError
+from apt_plugin_moe._experts import StackedExperts
+from apt_plugin_moe._layer import MoELayer
+
+
+__all__ = ["from_mixtral_state_dict", "to_mixtral_state_dict"]
+
+
+def to_mixtral_state_dict(layer: MoELayer, prefix: str = "") -> dict[str, Tensor]:
+    """The layer's router and experts as a Mixtral sparse-MoE block state dict (copies).
+
+    :param prefix: prepended to every key, e.g. ``"model.layers.0.block_sparse_moe."``.
+    :raises ConfigError: the layer is not Mixtral-shaped (needs SwiGLU experts without
+        bias and no shared experts).
+    """
+    bank = layer.experts
+    if not isinstance(bank, StackedExperts) or bank.activation != "swiglu" or bank.b1 is not None:
+        raise ConfigError(
+            "only SwiGLU experts without bias map onto Mixtral's block; build the layer with "
+            "moe.expert_ffn='swiglu' and model.bias=false",
+            key="moe.expert_ffn",
+        )
+    if layer.shared is not None:
+        raise ConfigError("Mixtral's block has no shared experts; set moe.shared_experts=0", key="moe.shared_experts")
+    assert bank.w3 is not None
+    sd = {f"{prefix}gate.weight": layer.router.gate.weight.detach().clone()}
+    for e in range(bank.num_experts):
+        sd[f"{prefix}experts.{e}.w1.weight"] = bank.w1[e].detach().clone()
+        sd[f"{prefix}experts.{e}.w3.weight"] = bank.w3[e].detach().clone()
+        sd[f"{prefix}experts.{e}.w2.weight"] = bank.w2[e].detach().clone()
+    return sd
+
+
+def from_mixtral_state_dict(
+    sd: Mapping[str, Tensor],
+    *,
+    top_k: int = 2,
+    prefix: str = "",
+    capacity_factor: float | None = None,
+    jitter: float = 0.0,
+    dispatch: str = "auto",
+) -> MoELayer:
+    """Build an :class:`~apt_plugin_moe.MoELayer` from a Mixtral sparse-MoE block state dict.
+
+    The number of experts, ``d_model`` and ``d_ff`` are read from the tensors' shapes.
+
+    :param top_k: Mixtral's ``num_experts_per_tok`` (2 for Mixtral-8x7B).
+    :param prefix: the block's key prefix in ``sd``.
+    :raises CheckpointError: a key is missing or a shape does not fit.
+    """
+
+    def get(key: str) -> Tensor:
+        full = prefix + key
+        if full not in sd:
+            raise CheckpointError(
+                f"Mixtral state dict has no key {full!r}; expected gate.weight and experts.{{e}}.w1/w2/w3.weight "
+                f"under the prefix {prefix!r}",
+                path=full,
+            )
+        return sd[full]
+
+    gate = get("gate.weight")
+    if gate.dim() != 2:
+        raise CheckpointError(f"{prefix}gate.weight must be (E, D), got shape {tuple(gate.shape)}", path="gate.weight")
+    num_experts, d_model = gate.shape
+    d_ff = get("experts.0.w1.weight").shape[0]
+    layer = MoELayer(
+        d_model,
+        d_ff,
+        num_experts=num_experts,
+        top_k=top_k,
+        expert_ffn="swiglu",
+        bias=False,
+        capacity_factor=capacity_factor,
+        jitter=jitter,
+        dispatch=dispatch,
+    ).to(device=gate.device, dtype=gate.dtype)
+    bank = layer.experts
+    assert isinstance(bank, StackedExperts) and bank.w3 is not None
+    expected = {"w1": (d_ff, d_model), "w3": (d_ff, d_model), "w2": (d_model, d_ff)}
+    with torch.no_grad():
+        layer.router.gate.weight.copy_(gate)
+        for e in range(num_experts):
+            for name, target in (("w1", bank.w1), ("w3", bank.w3), ("w2", bank.w2)):
+                t = get(f"experts.{e}.{name}.weight")
+                if tuple(t.shape) != expected[name]:
+                    raise CheckpointError(
+                        f"{prefix}experts.{e}.{name}.weight has shape {tuple(t.shape)}, expected {expected[name]} "
+                        f"(E={num_experts}, D={d_model}, F={d_ff})",
+                        path=f"{prefix}experts.{e}.{name}.weight",
+                    )
+                target[e].copy_(t)
+    return layer

@@ -1,0 +1,220 @@
+"""HookManager behaviour: arguments, order, conditions, middleware, statistics, dedup."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from apt.core import APTConfig
+from apt.plugins import HookEvents
+from apt.plugins import HookManager
+from apt.plugins import Plugin
+from apt.plugins import PluginManager
+from apt.plugins import after_epoch
+from apt.plugins import before_epoch
+from apt.plugins import every_n_epochs
+from apt.plugins import every_n_steps
+from apt.plugins import hook
+
+
+def test_handlers_get_the_subset_of_arguments_they_ask_for() -> None:
+    hm = HookManager()
+    got: list[Any] = []
+    hm.register("on_step_end", lambda loss, step: got.append(("pos", loss, step)))
+    hm.register("on_step_end", lambda *, step: got.append(("kwonly", step)))
+    hm.register("on_step_end", lambda **kw: got.append(("all", sorted(kw))))
+    hm.register("on_step_end", lambda step, extra=3: got.append(("default", step, extra)))
+    hm.trigger("on_step_end", step=4, loss=0.5)
+    assert ("pos", 0.5, 4) in got and ("kwonly", 4) in got and ("default", 4, 3) in got
+    everything = next(g for g in got if g[0] == "all")
+    assert everything[1] == sorted(["trainer", "model", "batch", "epoch", "step", "loss", "metrics"])
+
+
+def test_missing_arguments_arrive_as_none() -> None:
+    hm = HookManager()
+    seen = {}
+    hm.register("on_epoch_end", lambda epoch, metrics: seen.update(epoch=epoch, metrics=metrics))
+    hm.trigger("on_epoch_end", epoch=2)
+    assert seen == {"epoch": 2, "metrics": None}
+
+
+def test_results_are_collected_in_run_order() -> None:
+    hm = HookManager()
+    hm.register("on_step_end", lambda step: "low", priority=-5)
+    hm.register("on_step_end", lambda step: "high", priority=5)
+    hm.register("on_step_end", lambda step: None)
+    hm.register("on_step_end", lambda step: "mid-1")
+    hm.register("on_step_end", lambda step: "mid-2")
+    assert hm.trigger("on_step_end", step=0) == ["high", "mid-1", "mid-2", "low"]
+
+
+def test_order_ties_break_by_plugin_name_not_registration_order() -> None:
+    for registration in (["zeta", "alpha", "mid"], ["mid", "zeta", "alpha"]):
+        hm = HookManager()
+        calls: list[str] = []
+        for name in registration:
+            plugin = type(name, (Plugin,), {"name": name})()
+            hm.register("on_step_end", lambda step, n=name: calls.append(n), owner=plugin)
+        hm.trigger("on_step_end", step=0)
+        assert calls == ["alpha", "mid", "zeta"]
+
+
+def test_aliases_reach_the_canonical_event() -> None:
+    hm = HookManager()
+    calls: list[str] = []
+    hm.register("on_epoch_start", lambda epoch: calls.append("alias"))
+    hm.register(HookEvents.ON_EPOCH_BEGIN, lambda epoch: calls.append("canonical"))
+    hm.trigger("on_epoch_begin", epoch=0)
+    hm.trigger("on_epoch_start", epoch=1)
+    assert calls == ["alias", "canonical"] * 2
+    assert len(HookEvents.all()) >= 16
+
+
+def test_conditions_combine() -> None:
+    hm = HookManager()
+    fired: list[tuple[str, int]] = []
+    hm.register("on_epoch_end", lambda epoch: fired.append(("every2", epoch)), condition=every_n_epochs(2))
+    hm.register("on_epoch_end", lambda epoch: fired.append(("window", epoch)), condition=after_epoch(1) & before_epoch(4))
+    hm.register("on_epoch_end", lambda epoch: fired.append(("not0", epoch)), condition=~before_epoch(1) | (lambda epoch: epoch == 0))
+    hm.register("on_epoch_end", lambda epoch: fired.append(("plain", epoch)), condition=lambda epoch: epoch == 5)
+    for epoch in range(6):
+        hm.trigger("on_epoch_end", epoch=epoch)
+    assert [e for n, e in fired if n == "every2"] == [1, 3, 5]
+    assert [e for n, e in fired if n == "window"] == [2, 3]
+    assert [e for n, e in fired if n == "not0"] == [0, 1, 2, 3, 4, 5]
+    assert [e for n, e in fired if n == "plain"] == [5]
+
+
+def test_every_n_steps_counts_completed_steps() -> None:
+    hm = HookManager()
+    steps: list[int] = []
+    hm.register("on_step_end", lambda step: steps.append(step), condition=every_n_steps(3))
+    for step in range(10):
+        hm.trigger("on_step_end", step=step)
+    assert steps == [2, 5, 8]
+
+
+def test_middleware_rewrites_kwargs() -> None:
+    hm = HookManager()
+    seen: list[float] = []
+    hm.register("on_step_end", lambda loss: seen.append(loss))
+    hm.add_middleware(lambda event, kw: {**kw, "loss": kw["loss"] * 2} if event == "on_step_end" else None)
+    hm.trigger("on_step_end", step=0, loss=1.5)
+    assert seen == [3.0]
+
+
+def test_statistics_per_handler() -> None:
+    hm = HookManager()
+
+    def slow(step: int) -> None:
+        sum(range(2000))
+
+    hm.register("on_step_end", slow, condition=every_n_steps(2))
+    for step in range(6):
+        hm.trigger("on_step_end", step=step)
+    (h,) = hm.get_stats()["on_step_end"]["handlers"]
+    assert (h["calls"], h["skipped"], h["errors"]) == (3, 3, 0)
+    assert h["total_s"] > 0 and h["max_s"] >= h["mean_s"] > 0
+
+
+def test_registering_the_same_function_twice_runs_it_once() -> None:
+    hm = HookManager()
+    calls: list[int] = []
+
+    def handler(step: int) -> None:
+        calls.append(step)
+
+    first = hm.register("on_step_end", handler)
+    assert hm.register("on_step_end", handler, priority=4) is first
+    hm.trigger("on_step_end", step=1)
+    assert calls == [1]
+    assert hm.unregister("on_step_end", handler) == 1
+    hm.trigger("on_step_end", step=2)
+    assert calls == [1]
+
+
+def test_events_without_handlers_return_empty_and_unknown_events_fail() -> None:
+    from apt.errors import HookError
+
+    hm = HookManager()
+    assert hm.trigger("on_train_end") == []
+    assert not hm.has_handlers("on_train_end")
+    with pytest.raises(HookError, match="did you mean 'on_train_end'"):
+        hm.trigger("on_train_ends")
+
+
+def test_disabled_plugin_handlers_leave_the_dispatch(pm: PluginManager) -> None:
+    calls: list[int] = []
+
+    class P(Plugin):
+        name = "p"
+
+        def on_step_end(self, step: int) -> None:
+            calls.append(step)
+
+    pm.register_plugin("p", P)
+    pm.load("p")
+    pm.setup_all()
+    plugin = pm.get_plugin("p")
+    plugin.disable()
+    assert not pm.hook_manager.has_handlers("on_step_end")
+    pm.trigger_event("on_step_end", step=0)
+    plugin.enable()
+    pm.trigger_event("on_step_end", step=1)
+    assert calls == [1]
+
+
+def test_hook_decorator_on_methods_and_functions(fresh_globals: PluginManager) -> None:
+    import apt.plugins
+
+    calls: list[str] = []
+
+    class P(Plugin):
+        name = "decorated"
+
+        @hook("on_epoch_end", priority=3)
+        def remember(self, epoch: int) -> None:
+            calls.append(f"method {epoch}")
+
+    @hook("on_epoch_end", priority=1)
+    def module_level(epoch: int) -> None:
+        calls.append(f"function {epoch}")
+
+    fresh_globals.register_plugin("decorated", P)
+    fresh_globals.load_from_config(APTConfig(plugins=["decorated"]))
+    fresh_globals.setup_all()
+    apt.plugins.hook_manager.trigger("on_epoch_end", epoch=1)
+    assert calls == ["method 1", "function 1"]
+
+
+def test_trigger_by_plugin_and_per_plugin_state(pm: PluginManager) -> None:
+    received: dict[str, Any] = {}
+
+    def make(name: str) -> type[Plugin]:
+        def save(self: Plugin, checkpoint: dict[str, Any]) -> Any:
+            return {"me": self.get_name()}
+
+        def load(self: Plugin, state: Any) -> None:
+            received[self.get_name()] = state
+
+        return type(name, (Plugin,), {"name": name, "on_save_checkpoint": save, "on_load_checkpoint": load})
+
+    for name in ("a", "b"):
+        pm.register_plugin(name, make(name))
+    pm.load_from_config(APTConfig(plugins=["a", "b"]))
+    pm.setup_all()
+    states = pm.collect_states(trainer=None, checkpoint={})
+    assert states == {
+        "a": {"version": "0.0.0", "state_version": 1, "state": {"me": "a"}},
+        "b": {"version": "0.0.0", "state_version": 1, "state": {"me": "b"}},
+    }
+    pm.restore_states(trainer=None, checkpoint={}, states=states)
+    assert received == {"a": {"me": "a"}, "b": {"me": "b"}}
+
+
+def test_on_resume_is_first_result() -> None:
+    hm = HookManager()
+    hm.register("on_resume", lambda resume: None)
+    hm.register("on_resume", lambda resume: {"from": resume})
+    assert hm.trigger("on_resume", trainer=None, resume="latest") == [{"from": "latest"}]

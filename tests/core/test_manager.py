@@ -1,0 +1,161 @@
+"""PluginManager: discovery, selection, ordering, schedules, state and fingerprints."""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import Any
+
+import pytest
+
+from apt.core import APTConfig
+from apt.core import ProviderRegistry
+from apt.errors import PluginDependencyError
+from apt.plugins import AUTOLOAD_ENV
+from apt.plugins import HookManager
+from apt.plugins import Plugin
+from apt.plugins import PluginManager
+from apt.testing._entry_points import FakeEntryPoint
+from apt.testing._entry_points import fake_entry_points
+
+
+def make(name: str, **attrs: Any) -> type[Plugin]:
+    return type(f"P_{name}", (Plugin,), {"name": name, "version": "1.0.0", **attrs})
+
+
+def fresh() -> PluginManager:
+    return PluginManager(registry=ProviderRegistry(), hook_manager=HookManager())
+
+
+def test_discovery_reads_metadata_without_importing() -> None:
+    eps = [FakeEntryPoint("moe", make("moe"), distribution="apt-plugin-moe", version="1.2.0"), FakeEntryPoint("align", make("align"))]
+    with fake_entry_points(*eps):
+        pm = fresh()
+        assert pm.discover() == ["align", "moe"]
+        assert pm.entry_point("moe").version == "1.2.0"
+        assert [ep.loads for ep in eps] == [0, 0]
+        pm.load_from_config(APTConfig(plugins=["moe"]))
+    assert [ep.loads for ep in eps] == [1, 0]  # only the plugin that loads is imported
+
+
+def test_selection_rules(monkeypatch: pytest.MonkeyPatch) -> None:
+    eps = [FakeEntryPoint(n, make(n)) for n in ("a", "b", "c")]
+    with fake_entry_points(*eps):
+        assert [p.get_name() for p in fresh().load_from_config(APTConfig())] == ["a", "b", "c"]
+        assert [p.get_name() for p in fresh().load_from_config(APTConfig(plugins=["c", "a"]))] == ["a", "c"]
+        assert [p.get_name() for p in fresh().load_from_config(APTConfig(disable_plugins=["b"]))] == ["a", "c"]
+        monkeypatch.setenv(AUTOLOAD_ENV, "1")
+        assert fresh().load_from_config(APTConfig()) == []
+        assert [p.get_name() for p in fresh().load_from_config(APTConfig(plugins=["b"]))] == ["b"]
+
+
+def test_order_requires_then_priority_then_name_independent_of_discovery_order() -> None:
+    classes = {
+        "checkpoint": make("checkpoint", priority=-100),
+        "align": make("align", requires=("moe",)),
+        "moe": make("moe"),
+        "logger": make("logger", priority=50),
+        "zeta": make("zeta"),
+        "early": make("early", priority=10, requires=("zeta",)),
+    }
+    orders = set()
+    for seed in range(5):
+        names = list(classes)
+        random.Random(seed).shuffle(names)
+        with fake_entry_points(*(FakeEntryPoint(n, classes[n]) for n in names)):
+            pm = fresh()
+            orders.add(tuple(pm.list_loaded() if pm.load_from_config(APTConfig()) else ()))
+    # zeta is required by early (priority 10), so it is lifted before it
+    assert orders == {("logger", "zeta", "early", "moe", "align", "checkpoint")}
+
+
+def test_requirements_run_first_on_every_event(pm: PluginManager) -> None:
+    calls: list[str] = []
+    hooks = {"on_step_end": lambda self, step: calls.append(self.get_name())}
+    pm.register_plugin("dep", make("dep", priority=-5, **hooks))
+    pm.register_plugin("user", make("user", priority=5, requires=("dep>=1.0",), **hooks))
+    pm.load_from_config(APTConfig(plugins=["user", "dep"]))
+    pm.setup_all()
+    pm.trigger_event("on_step_end", step=0)
+    assert calls == ["dep", "user"]
+
+
+def test_plugin_config_model_instance_or_dict(pm: PluginManager) -> None:
+    from pydantic import BaseModel
+
+    class Cfg(BaseModel):
+        width: int = 3
+
+    pm.register_plugin("typed", make("typed", config_model=Cfg))
+    pm.register_plugin("plain", make("plain"))
+    pm.load_from_config(APTConfig(typed={"width": 7}, plain={"patience": 2}))
+    assert isinstance(pm.get_plugin("typed").config, Cfg) and pm.get_plugin("typed").config.width == 7
+    assert pm.get_plugin("plain").config == {"patience": 2}
+
+
+def test_schedule_enables_at_boundary_and_state_round_trips(pm: PluginManager) -> None:
+    events: list[str] = []
+
+    def on_enable(self: Plugin, trainer: Any = None, epoch: Any = None, step: Any = None) -> None:
+        events.append(f"enable@{epoch}")
+
+    pm.register_plugin("late", make("late", on_enable=on_enable, on_step_end=lambda self, step: events.append(f"step {step}")))
+    pm.load_from_config(APTConfig(schedules={"enable_late_at_epoch": 1}, training={"steps_per_epoch": 2}))
+    pm.setup_all()
+    assert not pm.get_plugin("late").is_enabled()
+    for step in range(4):
+        changed = pm.apply_schedule(epoch=step // 2, step=step)
+        assert changed == (step == 2)
+        pm.trigger_event("on_step_end", step=step)
+    assert events == ["enable@1", "step 2", "step 3"]
+    state = pm.state_dict()
+    assert state["enabled"] == {"late": True}
+
+    other = fresh()
+    other.register_plugin("late", make("late", on_enable=on_enable))
+    with fake_entry_points():
+        other.load_from_config(APTConfig(schedules={"enable_late_at_epoch": 1}))
+    other.setup_all()
+    assert other.load_state_dict(state) is True  # re-enabled on resume, with on_enable
+    assert other.get_plugin("late").is_enabled() and events[-1] == "enable@None"
+
+
+def test_fingerprint_differences_warn_or_raise(pm: PluginManager, caplog: pytest.LogCaptureFixture) -> None:
+    pm.register_plugin("a", make("a", on_step_end=lambda self, step: None))
+    pm.load_from_config(APTConfig(plugins=["a"]))
+    pm.setup_all()
+    saved = pm.fingerprint()
+    assert saved["plugins"] == [{"name": "a", "version": "1.0.0", "distribution": None}]
+    assert saved["order"] == {"on_step_end": ["a"]}
+    assert pm.check_fingerprint(saved) == []
+    saved["plugins"][0]["version"] = "0.9.0"
+    saved["plugins"].append({"name": "gone", "version": "2.0", "distribution": None})
+    with caplog.at_level(logging.WARNING):
+        diffs = pm.check_fingerprint(saved)
+    assert diffs == [
+        "plugin 'gone' 2.0 was active when the checkpoint was written but is not loaded now",
+        "plugin 'a' was version 0.9.0, now 1.0.0",
+    ]
+    assert "plugin set differs" in caplog.text
+    with pytest.raises(PluginDependencyError, match="strict resume"):
+        pm.check_fingerprint(saved, strict=True)
+
+
+def test_unload_and_reload(pm: PluginManager) -> None:
+    torn: list[str] = []
+    pm.register_plugin("x", make("x", teardown=lambda self: torn.append("x"), on_step_end=lambda self, step: None))
+    pm.load("x")
+    pm.setup_all()
+    pm.unload("x")
+    assert torn == ["x"] and pm.list_loaded() == [] and not pm.hook_manager.has_handlers("on_step_end")
+    pm.load("x")
+    pm.setup_all()
+    assert pm.hook_manager.has_handlers("on_step_end")
+
+
+def test_directory_discovery(pm: PluginManager, tmp_path: Any) -> None:
+    (tmp_path / "local_plugin.py").write_text(
+        "from apt.plugins import Plugin\n\nclass Local(Plugin):\n    name = 'local'\n    version = '0.1.0'\n"
+    )
+    assert pm.discover(tmp_path) == ["local"]
+    assert pm.load("local").get_version() == "0.1.0"

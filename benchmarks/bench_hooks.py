@@ -18,7 +18,6 @@ import timeit
 from typing import Any
 
 import pluggy
-
 from apt.plugins import HookManager
 from apt.plugins.hookspecs import Hookspecs
 

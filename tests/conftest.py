@@ -6,7 +6,6 @@ import os
 from collections.abc import Iterator
 
 import pytest
-
 from apt.core import ProviderRegistry
 from apt.plugins import HookManager
 from apt.plugins import PluginManager

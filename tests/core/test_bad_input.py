@@ -5,10 +5,6 @@ from __future__ import annotations
 import logging
 
 import pytest
-from pydantic import BaseModel
-from pydantic import ConfigDict
-from pydantic import Field
-
 from apt.core import APTConfig
 from apt.core import ProviderRegistry
 from apt.errors import ConfigError
@@ -24,6 +20,9 @@ from apt.plugins import PluginManager
 from apt.plugins import PluginTeardownError
 from apt.testing._entry_points import FakeEntryPoint
 from apt.testing._entry_points import fake_entry_points
+from pydantic import BaseModel
+from pydantic import ConfigDict
+from pydantic import Field
 
 
 def make(name: str, version: str = "1.0.0", **attrs: object) -> type[Plugin]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
 from apt.core import APTConfig
 from apt.plugins import HookEvents
 from apt.plugins import HookManager
@@ -49,13 +48,17 @@ def test_results_are_collected_in_run_order() -> None:
     assert hm.trigger("on_step_end", step=0) == ["high", "mid-1", "mid-2", "low"]
 
 
+def _appender(calls: list[str], name: str) -> Any:
+    return lambda step: calls.append(name)
+
+
 def test_order_ties_break_by_plugin_name_not_registration_order() -> None:
     for registration in (["zeta", "alpha", "mid"], ["mid", "zeta", "alpha"]):
         hm = HookManager()
         calls: list[str] = []
         for name in registration:
             plugin = type(name, (Plugin,), {"name": name})()
-            hm.register("on_step_end", lambda step, n=name: calls.append(n), owner=plugin)
+            hm.register("on_step_end", _appender(calls, name), owner=plugin)
         hm.trigger("on_step_end", step=0)
         assert calls == ["alpha", "mid", "zeta"]
 

@@ -7,7 +7,6 @@ import random
 from typing import Any
 
 import pytest
-
 from apt.core import APTConfig
 from apt.core import ProviderRegistry
 from apt.errors import PluginDependencyError

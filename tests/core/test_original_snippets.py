@@ -10,10 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from apt.core import APTConfig
-from apt.plugins import PluginManager
 from apt.plugins import Plugin
+from apt.plugins import PluginManager
 
 
 class MyAttention:
@@ -66,7 +65,8 @@ def test_hook_manager_example(fresh_globals: PluginManager, capsys: pytest.Captu
         saved.append(epoch)
 
     # --- as written ---
-    from apt.plugins import hook_manager, every_n_epochs
+    from apt.plugins import every_n_epochs
+    from apt.plugins import hook_manager
 
     # Simple hook
     def my_hook(epoch, **kwargs):
@@ -108,8 +108,8 @@ def test_plugin_manager_example(fresh_globals: PluginManager, capsys: pytest.Cap
             torn_down.append(self.get_name())
 
     # --- as written ---
-    from apt.plugins import plugin_manager
     from apt.core import APTConfig
+    from apt.plugins import plugin_manager
 
     # Register plugin class
     plugin_manager.register_plugin('my_plugin', MyPlugin)
@@ -292,7 +292,8 @@ def test_troubleshooting_calls(fresh_globals: PluginManager, capsys: pytest.Capt
         def on_epoch_start(self, epoch, **kwargs):
             pass
 
-    from apt.plugins import hook_manager, plugin_manager
+    from apt.plugins import hook_manager
+    from apt.plugins import plugin_manager
 
     plugin_manager.register_plugin("my_plugin", MyPlugin)
     plugin_manager.load("my_plugin")

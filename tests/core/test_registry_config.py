@@ -6,7 +6,6 @@ import logging
 from pathlib import Path
 
 import pytest
-
 from apt.core import APTConfig
 from apt.core import ProviderRegistry
 from apt.core import Schedule

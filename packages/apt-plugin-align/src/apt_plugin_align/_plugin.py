@@ -214,7 +214,10 @@ class AlignPlugin(Plugin):
     # --- validation ---------------------------------------------------------------------
 
     def on_validation_end(self, trainer: Any, model: nn.Module) -> dict[str, float] | None:
-        """``align/stable_val_loss``, ``align/live_val_loss`` and ``align/argmax_agreement`` on the validation batches."""
+        """Validate both states on the trainer's validation batches.
+
+        :returns: ``align/stable_val_loss``, ``align/live_val_loss`` and ``align/argmax_agreement``.
+        """
         if self.stable is None or not self.config.eval_stable:
             return None
         batches = self._validation_batches(trainer)

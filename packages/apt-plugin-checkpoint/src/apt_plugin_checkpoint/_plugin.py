@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from apt.errors import AptError
 from apt.errors import CheckpointError
 from apt.plugins import Plugin
 
@@ -238,9 +239,7 @@ class CheckpointPlugin(Plugin):
         if isinstance(state, dict):
             self._saves = int(state.get("saves", 0))
             self._best = list(state.get("best", []))
-            # The state we just loaded is on disk: do not write it again at the same step.
-            if state.get("last_saved_step") is not None:
-                self._last_saved_step = int(state["last_saved_step"])
+            # _last_saved_step is set by on_resume from the manifest of what was loaded
 
     def on_resume(self, trainer: Any, resume: str) -> dict[str, Any]:
         """Load the checkpoint to resume from: ``"latest"`` (with fallback) or a path."""
@@ -397,16 +396,26 @@ class CheckpointPlugin(Plugin):
         return {**state, "rng": mine["rng"], "data": mine["data"]}
 
     def _check_fingerprint(self, trainer: Any, state: dict[str, Any], loaded: LoadedCheckpoint) -> None:
-        """With ``strict_resume``, refuse a checkpoint written with another plugin set."""
+        """With ``strict_resume``, refuse a checkpoint written with another plugin set.
+
+        Without it the trainer's ``load_state_dict`` logs the differences as a warning.
+        """
         if not self.config.strict_resume:
-            return  # the trainer warns about a difference in load_state_dict
-        current = _current_fingerprint(trainer)
+            return
         saved = state.get("fingerprint")
+        manager = getattr(trainer, "plugin_manager", None)
+        fix = "resume with the plugins that wrote it, or set checkpoint.strict_resume=false to resume anyway"
+        if manager is not None and hasattr(manager, "check_fingerprint"):
+            try:
+                manager.check_fingerprint(saved, strict=True)
+            except AptError as exc:
+                raise CheckpointError(f"checkpoint {loaded.path}: {exc}; {fix}", path=loaded.path) from None
+            return
+        current = _current_fingerprint(trainer)
         if current is not None and saved is not None and _plain(current) != _plain(saved):
             raise CheckpointError(
                 f"checkpoint {loaded.path} was written with another plugin set or hook order "
-                f"(saved {saved!r}, now {current!r}); resume with the same plugins, or set "
-                "checkpoint.strict_resume=false to resume anyway",
+                f"(saved {saved!r}, now {current!r}); {fix}",
                 path=loaded.path,
             )
 

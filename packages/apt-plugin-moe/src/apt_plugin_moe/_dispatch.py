@@ -24,7 +24,7 @@ from apt_plugin_moe._experts import ModuleExperts
 from apt_plugin_moe._experts import StackedExperts
 
 
-__all__ = ["DispatchPlan", "capacity_for", "loop_moe", "plan_dispatch", "sorted_moe"]
+__all__ = ["DispatchPlan", "capacity_for", "expert_counts", "loop_moe", "plan_dispatch", "sorted_moe"]
 
 Backend = Literal["grouped_mm", "sliced"]
 
@@ -57,6 +57,13 @@ def capacity_for(num_tokens: int, top_k: int, num_experts: int, capacity_factor:
     return max(1, math.ceil(capacity_factor * num_tokens * top_k / num_experts))
 
 
+def expert_counts(expert_ids: Tensor, num_experts: int) -> Tensor:
+    """Slots per expert, ``(E,)`` int64. Integer ``scatter_add`` is exact and, unlike ``bincount``
+    on CUDA, needs no host sync to size its output."""
+    flat = expert_ids.reshape(-1)
+    return torch.zeros(num_experts, dtype=torch.int64, device=flat.device).scatter_add_(0, flat, torch.ones_like(flat))
+
+
 def plan_dispatch(experts: Tensor, weights: Tensor, num_experts: int, capacity: int | None) -> DispatchPlan:
     """Sort slots by expert and, with a capacity, choose the slots to drop.
 
@@ -66,7 +73,7 @@ def plan_dispatch(experts: Tensor, weights: Tensor, num_experts: int, capacity: 
     :param capacity: max slots per expert, or None for dropless.
     """
     flat = experts.reshape(-1)  # (S,) S = N*k, slot order
-    counts = torch.bincount(flat, minlength=num_experts)  # (E,)
+    counts = expert_counts(flat, num_experts)  # (E,)
     if capacity is None:
         order = torch.argsort(flat, stable=True)  # (S,)
         return DispatchPlan(order, counts, counts, None, counts.new_zeros(()))

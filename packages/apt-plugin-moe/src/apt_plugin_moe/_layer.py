@@ -153,18 +153,22 @@ class MoELayer(nn.Module):
         dev = probs.device
         if self._acc is None or self._acc.device != dev:
             self._acc = torch.zeros(self.num_experts + len(STAT_FIELDS), dtype=torch.float64, device=dev)
+
+        def const(v: float) -> Tensor:
+            return probs.new_full((), v, dtype=torch.float64)  # a fill kernel, no host-to-device copy
+
         row = torch.cat(
             [
                 counts.to(torch.float64),
                 torch.stack(
                     [
                         dropped.to(torch.float64),
-                        torch.tensor(float(n * self.top_k), dtype=torch.float64, device=dev),
+                        const(float(n * self.top_k)),
                         router_entropy(probs).double() * n,
-                        torch.tensor(float(n), dtype=torch.float64, device=dev),
+                        const(float(n)),
                         self.last_balance.detach().double(),
                         self.last_z.detach().double(),
-                        torch.ones((), dtype=torch.float64, device=dev),
+                        const(1.0),
                     ]
                 ),
             ]

@@ -14,6 +14,8 @@ layers before multiplying: for one layer, ``hf_value = top_k * switch_load_balan
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -29,11 +31,14 @@ def switch_load_balancing_loss(
     :param probs: ``(N, E)`` router probabilities (softmax of the logits).
     :param experts: ``(N, k)`` chosen expert ids.
     :param num_experts: E.
-    :param counts: ``(E,)`` slots per expert if already counted (``bincount`` of ``experts``).
+    :param counts: ``(E,)`` slots per expert if already counted.
     :returns: a scalar (fp32).
     """
     if counts is None:
-        counts = torch.bincount(experts.reshape(-1), minlength=num_experts)
+        flat = experts.reshape(-1)
+        counts = torch.zeros(num_experts, dtype=torch.int64, device=flat.device).scatter_add_(
+            0, flat, torch.ones_like(flat)
+        )
     f = counts.to(probs.dtype) / experts.numel()  # (E,) fraction of the N*k slots
     p = probs.mean(dim=0)  # (E,)
     return num_experts * (f * p).sum()
@@ -56,4 +61,4 @@ def router_entropy(probs: Tensor) -> Tensor:
     if e == 1:
         return probs.new_zeros(())
     ent = -(probs * probs.clamp_min(1e-20).log()).sum(-1)  # (N,)
-    return ent.mean() / torch.log(torch.tensor(float(e)))
+    return ent.mean() / math.log(e)

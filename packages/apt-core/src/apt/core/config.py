@@ -222,7 +222,7 @@ class APTConfig(BaseModel):
 
     def to_yaml(self, path: str | Path | None = None) -> str:
         """Serialize to YAML; write it to ``path`` when given. Round-trips through from_yaml."""
-        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        text: str = yaml.safe_dump(self.to_dict(), sort_keys=False)
         if path is not None:
             Path(path).write_text(text, encoding="utf-8")
         return text

@@ -81,6 +81,7 @@ class Plugin:
     config_model: ClassVar[type[BaseModel] | None] = None
     state_version: ClassVar[int] = 1
     api_version: ClassVar[str] = ">=1,<2"
+    _apt_name: str | None = None  # set by the manager for a class without a name
 
     def __init__(self, config: Any = None) -> None:
         self.config: Any = {} if config is None else config

@@ -268,7 +268,7 @@ class HookManager:
             kwargs = self._apply_middleware(event, kwargs)
         if len(kwargs) != len(argnames):
             kwargs = {**dict.fromkeys(argnames), **kwargs}
-        results = self._hookexec(name, impls, kwargs, firstresult)
+        results: Any = self._hookexec(name, impls, kwargs, firstresult)
         if self._failures:
             self._settle_failures(kwargs)
         if firstresult:
@@ -292,7 +292,7 @@ class HookManager:
             kwargs = self._apply_middleware(event, kwargs)
         if len(kwargs) != len(argnames):
             kwargs = {**dict.fromkeys(argnames), **kwargs}
-        results = self._hookexec(name, impls, kwargs, firstresult)
+        results: Any = self._hookexec(name, impls, kwargs, firstresult)
         if self._failures:
             self._settle_failures(kwargs)
         return list(results)
@@ -458,12 +458,12 @@ def _wanted_args(handler: Handler, spec_args: tuple[str, ...]) -> tuple[list[str
     except (TypeError, ValueError):
         return list(spec_args), True, True
     if any(p.kind is p.VAR_KEYWORD for p in params):
-        unknown = [
+        extra = [
             p.name
             for p in params
             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in spec_args and p.default is p_empty
         ]
-        _check_unknown(handler, unknown, spec_args)
+        _check_unknown(handler, extra, spec_args)
         return list(spec_args), True, True
     wanted: list[str] = []
     unknown: list[str] = []

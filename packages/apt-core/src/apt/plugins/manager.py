@@ -19,21 +19,14 @@ values, conflicts and requirement cycles are always errors.
 
 from __future__ import annotations
 
-import heapq
 import logging
 import os
-from collections.abc import Iterable
 from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
 from typing import Any
 
-from packaging.requirements import InvalidRequirement
 from packaging.requirements import Requirement
-from packaging.specifiers import InvalidSpecifier
-from packaging.specifiers import SpecifierSet
-from packaging.version import InvalidVersion
-from packaging.version import Version
 from pydantic import BaseModel
 from pydantic import ValidationError
 
@@ -53,7 +46,9 @@ from apt.errors import PluginValidationError
 from apt.plugins._discovery import PluginEntryPoint
 from apt.plugins._discovery import discover_entry_points
 from apt.plugins._discovery import load_directory
-from apt.plugins.base import PLUGIN_API_VERSION
+from apt.plugins._fingerprint import diff_fingerprints
+from apt.plugins._ordering import resolve_order
+from apt.plugins._validate import validate_plugin_class
 from apt.plugins.base import Plugin
 from apt.plugins.hooks import HOOK_MARK
 from apt.plugins.hooks import HookManager
@@ -66,8 +61,6 @@ __all__ = ["AUTOLOAD_ENV", "PluginFailure", "PluginManager", "PluginTeardownErro
 log = logging.getLogger("apt.plugins")
 
 AUTOLOAD_ENV = "APT_DISABLE_PLUGIN_AUTOLOAD"
-# Plugin methods that look like hooks but are plugin-level callbacks.
-_NOT_HOOKS = frozenset({"on_enable", "on_disable"})
 
 
 class PluginTeardownError(AptError):
@@ -247,7 +240,7 @@ class PluginManager:
             raise self._not_found(name, "load")
         cls = cand.cls if cand.cls is not None else cand.entry_point.load()  # type: ignore[union-attr]
         cand.cls = cls
-        self._validate_class(name, cls, cand.where())
+        validate_plugin_class(name, cls, cand.where())
         plugin = self._instantiate(name, cls, config, cand.where())
         try:
             own = plugin.get_name()
@@ -262,48 +255,6 @@ class PluginManager:
         self._plugins[name] = plugin
         self.failures.pop(name, None)
         return plugin
-
-    def _validate_class(self, name: str, cls: type[Plugin], where: str) -> None:
-        try:
-            spec = SpecifierSet(cls.api_version)
-        except InvalidSpecifier:
-            raise PluginValidationError(
-                f"plugin {name!r}{where}: api_version {cls.api_version!r} is not a version specifier "
-                "(write e.g. '>=1,<2')",
-                plugin=name,
-            ) from None
-        if not spec.contains(PLUGIN_API_VERSION, prereleases=True):
-            raise PluginValidationError(
-                f"plugin {name!r}{where} supports plugin API {cls.api_version} but apt-core provides plugin API "
-                f"{PLUGIN_API_VERSION}; install a version of the plugin made for this apt-core, or an apt-core "
-                "that matches the plugin",
-                plugin=name,
-            )
-        try:
-            Version(cls.version)
-        except InvalidVersion:
-            raise PluginValidationError(
-                f"plugin {name!r}{where}: version {cls.version!r} is not a PEP 440 version", plugin=name
-            ) from None
-        for attr in sorted(dir(cls)):
-            if not attr.startswith("on_") or attr in HOOK_NAMES or attr in ALIASES or attr in _NOT_HOOKS:
-                continue
-            if callable(getattr(cls, attr, None)):
-                hint = did_you_mean(attr, [*HOOK_NAMES, *ALIASES])
-                raise PluginValidationError(
-                    f"plugin {name!r}{where}: method {cls.__qualname__}.{attr} looks like a hook but matches "
-                    f"none{hint}; rename it, or give helper methods a name that does not start with 'on_'",
-                    plugin=name,
-                )
-        for req in [*cls.requires, *cls.conflicts]:
-            try:
-                Requirement(req)
-            except InvalidRequirement:
-                raise PluginValidationError(
-                    f"plugin {name!r}{where}: {req!r} in requires/conflicts is not a plugin name with an optional "
-                    "version specifier (write e.g. 'moe>=1.0')",
-                    plugin=name,
-                ) from None
 
     def _instantiate(self, name: str, cls: type[Plugin], config: Any, where: str) -> Plugin:
         model = cls.config_model
@@ -453,62 +404,15 @@ class PluginManager:
             )
         return None
 
+    def _order_plugins(self) -> None:
+        requires = {n: [Requirement(s).name for s in p.requires] for n, p in self._plugins.items()}
+        order, effective = resolve_order(requires, {n: p.priority for n, p in self._plugins.items()})
+        self._plugins = {n: self._plugins[n] for n in order}
+        self.hook_manager.set_plugin_order({n: (effective[n], i) for i, n in enumerate(order)})
+
     def _dist_hint(self, name: str) -> str:
         cand = self._candidates.get(name)
         return (cand.distribution if cand and cand.distribution else f"apt-plugin-{name}")
-
-    def _order_plugins(self) -> None:
-        """Requirements first (topological), then priority (higher first), then name."""
-        names = list(self._plugins)
-        deps = {n: [Requirement(s).name for s in self._plugins[n].requires] for n in names}
-        self._check_cycles(deps)
-        dependents: dict[str, list[str]] = {n: [] for n in names}
-        for n, ds in deps.items():
-            for d in ds:
-                dependents[d].append(n)
-        # a requirement must not run after what requires it: lift its priority to theirs
-        effective: dict[str, int] = {}
-
-        def eff(n: str) -> int:
-            if n not in effective:
-                effective[n] = max([self._plugins[n].priority, *(eff(d) for d in dependents[n])])
-            return effective[n]
-
-        indegree = {n: len(deps[n]) for n in names}
-        heap = [(-eff(n), n) for n in names if indegree[n] == 0]
-        heapq.heapify(heap)
-        order: list[str] = []
-        while heap:
-            _, n = heapq.heappop(heap)
-            order.append(n)
-            for m in dependents[n]:
-                indegree[m] -= 1
-                if indegree[m] == 0:
-                    heapq.heappush(heap, (-eff(m), m))
-        self._plugins = {n: self._plugins[n] for n in order}
-        self.hook_manager.set_plugin_order({n: (eff(n), i) for i, n in enumerate(order)})
-
-    def _check_cycles(self, deps: dict[str, list[str]]) -> None:
-        state: dict[str, int] = {}
-        stack: list[str] = []
-
-        def visit(n: str) -> None:
-            state[n] = 1
-            stack.append(n)
-            for d in deps.get(n, ()):
-                if state.get(d) == 1:
-                    cycle = [*stack[stack.index(d) :], d]
-                    raise PluginDependencyError(
-                        f"requirement cycle: {' -> '.join(cycle)}; remove one of these requires", plugin=n
-                    )
-                if d in deps and state.get(d) is None:
-                    visit(d)
-            stack.pop()
-            state[n] = 2
-
-        for n in sorted(deps):
-            if state.get(n) is None:
-                visit(n)
 
     # --- setup, dispatch, teardown -------------------------------------------------------
 
@@ -735,21 +639,7 @@ class PluginManager:
         """Differences between ``saved`` and the current fingerprint; warns, or raises when strict."""
         if not saved:
             return []
-        now = self.fingerprint()
-        diffs: list[str] = []
-        old_p = {p["name"]: p["version"] for p in saved.get("plugins", [])}
-        new_p = {p["name"]: p["version"] for p in now["plugins"]}
-        for name in sorted(old_p.keys() - new_p.keys()):
-            diffs.append(f"plugin {name!r} {old_p[name]} was active when the checkpoint was written but is not loaded now")
-        for name in sorted(new_p.keys() - old_p.keys()):
-            diffs.append(f"plugin {name!r} {new_p[name]} is loaded now but was not when the checkpoint was written")
-        for name in sorted(old_p.keys() & new_p.keys()):
-            if old_p[name] != new_p[name]:
-                diffs.append(f"plugin {name!r} was version {old_p[name]}, now {new_p[name]}")
-        for event in sorted(set(saved.get("order", {})) | set(now["order"])):
-            a, b = saved.get("order", {}).get(event, []), now["order"].get(event, [])
-            if a != b and set(a) == set(b):
-                diffs.append(f"hook order of {event!r} changed: {a} -> {b}")
+        diffs = diff_fingerprints(saved, self.fingerprint())
         if diffs:
             text = "the plugin set differs from the checkpoint's: " + "; ".join(diffs)
             if strict:
@@ -766,5 +656,3 @@ def _class_name(cls: type[Plugin]) -> str:
 
 
 
-def names_of(plugins: Iterable[Plugin]) -> list[str]:
-    return [p.get_name() for p in plugins]

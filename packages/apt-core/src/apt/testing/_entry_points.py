@@ -71,7 +71,7 @@ def fake_entry_points(*fakes: FakeEntryPoint, keep_installed: bool = False) -> I
             return [*installed, *(f for f in fakes if f.group == group)]
         return real(**params)
 
-    importlib.metadata.entry_points = patched  # type: ignore[assignment]
+    importlib.metadata.entry_points = patched
     try:
         yield list(fakes)
     finally:

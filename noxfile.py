@@ -1,0 +1,50 @@
+"""Development sessions.
+
+    nox -s tests       the whole test suite in a fresh venv (torch==2.13.0 CPU first)
+    nox -s packaging   real wheels + sdists, twine check, a fresh venv with no source tree
+    nox -s lint        ruff and mypy on every package's src/
+
+torch is pinned to 2.13.0 in these sessions because a bare ``torch`` requirement pulls a
+multi-GB CUDA build; the packages themselves declare ``torch>=2.4``.
+"""
+
+from __future__ import annotations
+
+import nox
+
+from noxfile_packaging import packaging
+
+
+__all__ = ["lint", "packaging", "tests"]
+
+nox.options.sessions = ["tests", "packaging"]
+nox.options.reuse_existing_virtualenvs = True
+
+TORCH = "torch==2.13.0"
+PACKAGES = [
+    "packages/apt-core",
+    "packages/apt-plugin-moe",
+    "packages/apt-plugin-align",
+    "packages/apt-plugin-checkpoint",
+]
+
+
+def _install(session: nox.Session, *extra: str) -> None:
+    session.install(TORCH)
+    session.install(*(arg for p in PACKAGES for arg in ("-e", p)), "pytest>=8", "build", "hatchling", *extra)
+
+
+@nox.session(python="3.11")
+def tests(session: nox.Session) -> None:
+    """Run the test suite (pass pytest arguments after --)."""
+    _install(session)
+    session.run("python", "-m", "pytest", "tests", "-q", "-p", "no:cacheprovider", *session.posargs)
+
+
+@nox.session(python="3.11")
+def lint(session: nox.Session) -> None:
+    """ruff (lint) and mypy (types) on the packages' sources."""
+    _install(session, "ruff", "mypy", "types-PyYAML")
+    session.run("ruff", "check", *PACKAGES, "tests", "benchmarks", "examples")
+    for package in PACKAGES:
+        session.run("mypy", f"{package}/src")

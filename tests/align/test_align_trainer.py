@@ -1,0 +1,233 @@
+"""The align plugin inside the real Trainer: activation, schedules, EMA-only mode, resume, stable weights."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from apt.core import APTConfig
+from apt.model import GPT
+from apt.plugins import Plugin
+from apt.plugins import PluginManager
+from apt.train import Trainer
+from apt.train import load_weights
+from apt_plugin_align import AlignPlugin
+from apt_plugin_align import load_stable_weights
+from apt_plugin_align import stable_weights_path
+
+
+def _config(plugins: list[str], align: dict[str, Any] | None = None, **extra: Any) -> APTConfig:
+    """Two epochs of four steps on a tiny model (well under a second on a CPU)."""
+    data: dict[str, Any] = {
+        "plugins": plugins,
+        "model": {"block_size": 16, "n_layer": 1, "n_head": 2, "d_model": 16},
+        "training": {
+            "max_epochs": 2, "steps_per_epoch": 4, "batch_size": 2, "grad_accum": 2, "val_batches": 1,
+            "val_interval": 1000, "log_interval": 1, "device": "cpu", "seed": 0,
+        },
+    }  # fmt: skip
+    if align is not None:
+        data["align"] = align
+    data.update(extra)
+    return APTConfig(**data)
+
+
+def _trainer(config: APTConfig, run_dir: Path | None = None, *extra: type[Plugin]) -> Trainer:
+    pm = PluginManager()
+    pm.register_plugin("align", AlignPlugin)
+    for cls in extra:
+        assert cls.name is not None
+        pm.register_plugin(cls.name, cls)
+    pm.load_from_config(config)
+    return Trainer(config, pm, run_dir=run_dir)
+
+
+def _records(run_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _align_keys(record: dict[str, Any]) -> set[str]:
+    return {k for k in record if k.startswith(("align/", "loss/align_"))}
+
+
+def _plugin(trainer: Trainer) -> AlignPlugin:
+    plugin = trainer.plugin_manager.get_plugin("align")
+    assert isinstance(plugin, AlignPlugin)
+    return plugin
+
+
+_DETERMINISTIC = ("loss", "grad_norm", "lr", "val_loss", "train_loss")
+
+
+def test_no_effect_before_activation(tmp_path: Path) -> None:
+    """Epoch 0 (before align.start_epoch = 1) is bitwise the run without the plugin; epoch 1 is not."""
+    _trainer(_config([]), tmp_path / "plain").fit()
+    trainer = _trainer(_config(["align"]), tmp_path / "align")
+    trainer.fit()
+    plain, align = _records(tmp_path / "plain"), _records(tmp_path / "align")
+    assert len(plain) == len(align) == 8
+    for a, b in zip(plain[:4], align[:4], strict=True):
+        assert b["epoch"] == 0 and not _align_keys(b)
+        assert {k: a.get(k) for k in _DETERMINISTIC} == {k: b.get(k) for k in _DETERMINISTIC}
+    assert all(r["loss/align_kl"] >= 0 and "loss/align_hidden" in r for r in align[4:])
+    assert plain[-1]["val_loss"] != align[-1]["val_loss"]  # the alignment loss changed training
+    plugin = _plugin(trainer)
+    assert plugin.activation_step == 4 and plugin.activation_epoch == 1
+    assert plugin.stable is not None and plugin.stable.num_updates == 4
+
+
+def test_schedule_enables_align_at_epoch_1(tmp_path: Path) -> None:
+    """schedules: {enable_align_at_epoch: 1} shows align terms in metrics.jsonl from epoch 1 on, none before."""
+    run = tmp_path / "run"
+    trainer = _trainer(_config(["align"], {"start_epoch": 0}, schedules={"enable_align_at_epoch": 1}), run)
+    trainer.fit()
+    records = _records(run)
+    step_keys = {"loss/align_kl", "loss/align_hidden", "align/w", "align/kl", "align/hidden", "align/decay"}
+    val_keys = {"align/stable_val_loss", "align/live_val_loss", "align/argmax_agreement"}
+    for r in records:
+        if r["epoch"] == 0:
+            assert not _align_keys(r), r
+        else:
+            assert step_keys <= _align_keys(r), r
+    last = records[-1]
+    assert val_keys <= set(last)
+    assert last["align/live_val_loss"] == pytest.approx(last["val_loss"], rel=1e-6)
+    assert 0.0 <= last["align/argmax_agreement"] <= 1.0
+    # the first active step starts the sigmoid ramp and the MT warm-up decay
+    first = records[4]
+    assert first["align/w"] == pytest.approx(0.0067379, abs=5e-8)
+    assert first["align/decay"] == 0.5 and first["align/kl"] == 0.0
+
+
+def test_stable_weights_file_and_provider(tmp_path: Path) -> None:
+    """At train end the stable state is written; the weights:stable provider loads it into a GPT."""
+    run = tmp_path / "run"
+    trainer = _trainer(_config(["align"], {"start_epoch": 0}), run)
+    trainer.fit()
+    assert stable_weights_path(run).is_file()
+    factory = trainer.registry.get("weights", "stable")
+    weights = factory(run_dir=run)
+    model = GPT(trainer.config.model, trainer.registry)
+    load_weights(model, weights)
+    stable = _plugin(trainer).stable
+    assert stable is not None
+    for name, tensor in stable.module.state_dict().items():
+        assert torch.equal(model.state_dict()[name], tensor), name
+    assert model.lm_head.weight is model.wte.weight
+    assert not torch.equal(model.wte.weight, trainer.model.wte.weight)  # type: ignore[union-attr]
+
+
+def test_missing_stable_weights_say_how_to_get_them(tmp_path: Path) -> None:
+    """The provider names the file and the fix when a run has no stable weights."""
+    from apt.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="stable.safetensors.*align plugin"):
+        load_stable_weights(tmp_path)
+
+
+def test_ema_only_mode_skips_the_teacher_forward(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """alpha = beta = 0: same number of model forwards and bitwise the same losses as without the plugin."""
+    calls = {"n": 0}
+    original = GPT.forward
+
+    def counting(self: GPT, *args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(GPT, "forward", counting)
+    no_val = {"start_epoch": 0, "eval_stable": False}
+
+    def run(config: APTConfig, name: str) -> tuple[int, list[dict[str, Any]], Trainer]:
+        calls["n"] = 0
+        trainer = _trainer(config, tmp_path / name)
+        trainer.fit()
+        return calls["n"], _records(tmp_path / name), trainer
+
+    n_plain, plain, _ = run(_config([]), "plain")
+    n_ema, ema, trainer = run(_config(["align"], {"alpha": 0, "beta": 0, **no_val}), "ema")
+    n_full, _, _ = run(_config(["align"], no_val), "full")
+    assert n_ema == n_plain
+    assert n_full == n_plain + 8 * 2  # one teacher forward per micro-batch: 8 steps x grad_accum 2
+    for a, b in zip(plain, ema, strict=True):
+        assert {k: a.get(k) for k in _DETERMINISTIC} == {k: b.get(k) for k in _DETERMINISTIC}
+        assert "loss/align_kl" not in b and "align/kl" not in b
+        assert "align/decay" in b  # the EMA is still tracked
+    stable = _plugin(trainer).stable
+    assert stable is not None and stable.num_updates == 8
+
+
+class _Snapshot(Plugin):
+    """Takes ``trainer.state_dict()`` after step ``stop_after`` and stops; answers ``on_resume`` with it."""
+
+    name = "snapshot"
+    version = "1.0.0"
+    critical = True
+    stop_after = 0
+    saved: dict[str, Any] | None = None
+
+    def on_step_end(self, trainer: Any, step: int) -> None:
+        if trainer.config.training.resume is None and step + 1 == self.stop_after:
+            type(self).saved = copy.deepcopy(trainer.state_dict())
+            trainer.request_stop("snapshot taken", source="snapshot")
+
+    def on_resume(self, resume: str) -> Any:
+        return type(self).saved
+
+
+@pytest.mark.parametrize("stop_after", [6, 2], ids=["after-activation", "before-activation"])
+def test_resume_continues_the_ema_exactly(tmp_path: Path, stop_after: int) -> None:
+    """Stop after N steps, resume in a fresh trainer: the stable state and the losses equal an uninterrupted run."""
+    full = _trainer(_config(["align", "snapshot"]), tmp_path / "full", _Snapshot)
+    full.fit()
+    _Snapshot.stop_after, _Snapshot.saved = stop_after, None
+    first = _trainer(_config(["align", "snapshot"]), tmp_path / "first", _Snapshot)
+    first.fit()
+    assert first.global_step == stop_after and _Snapshot.saved is not None
+    plugins_state = _Snapshot.saved["plugins"].get("align", {}).get("state")
+    assert (plugins_state is None) == (stop_after < 4)  # nothing to save before activation
+    config = _config(["align", "snapshot"])
+    config.training.resume = "snapshot"
+    resumed = _trainer(config, tmp_path / "resumed", _Snapshot)
+    resumed.fit()
+    _Snapshot.stop_after = 0
+    a, b = _plugin(full).stable, _plugin(resumed).stable
+    assert a is not None and b is not None
+    assert a.num_updates == b.num_updates == 4
+    for (name, ta), (_, tb) in zip(a.module.state_dict().items(), b.module.state_dict().items(), strict=True):
+        assert torch.equal(ta, tb), name
+    tail = _records(tmp_path / "resumed")
+    by_step = {r["step"]: r for r in _records(tmp_path / "full")}
+    assert [r["step"] for r in tail] == list(range(stop_after + 1, 9))
+    for r in tail:
+        assert r["loss"] == by_step[r["step"]]["loss"]
+        assert r.get("loss/align_kl") == by_step[r["step"]].get("loss/align_kl")
+
+
+class _SwapFFN(Plugin):
+    """Replaces block 0's FFN at the start of epoch 1, as MoE upcycling does, and syncs the optimizer."""
+
+    name = "swap_ffn"
+    version = "1.0.0"
+
+    def on_epoch_begin(self, trainer: Any, model: Any, epoch: int) -> None:
+        if epoch == 1:
+            model.blocks[0].ffn = torch.nn.Sequential(torch.nn.Linear(16, 16, bias=False))
+            trainer.sync_optimizer()
+
+
+def test_model_change_mid_run_rebuilds_the_stable_state(tmp_path: Path, make_gpt: Callable[..., GPT]) -> None:
+    """A plugin replacing a module after activation: the stable copy follows, keeping the unchanged EMA tensors."""
+    trainer = _trainer(_config(["align", "swap_ffn"], {"start_epoch": 0}), tmp_path / "run", _SwapFFN)
+    trainer.fit()
+    stable = _plugin(trainer).stable
+    assert stable is not None and stable.num_updates == 8
+    names = {n for n, _ in stable.module.named_parameters()}
+    assert "blocks.0.ffn.0.weight" in names and "blocks.0.ffn.c_fc.weight" not in names
+    assert stable.matches(trainer.model)  # type: ignore[arg-type]
+    assert all(torch.isfinite(p).all() for p in stable.module.parameters())

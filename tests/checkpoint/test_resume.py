@@ -1,0 +1,124 @@
+"""Exact resume with the real Trainer: mid-epoch, epoch end, `latest`, plugins, fingerprints."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from apt.errors import AptError
+from apt.plugins import Plugin
+from apt.plugins import PluginManager
+from apt.train import Trainer
+from apt_plugin_checkpoint import CheckpointStore
+
+from .conftest import same_weights
+from .conftest import step_losses
+from .conftest import tiny_config
+
+
+def _trainer(config: Any, run_dir: Path, *extra: type[Plugin]) -> Trainer:
+    pm = PluginManager()
+    for cls in extra:
+        assert cls.name is not None
+        pm.register_plugin(cls.name, cls)
+    pm.load_from_config(config)
+    return Trainer(config, pm, run_dir=run_dir)
+
+
+class _StopAt(Plugin):
+    """Test helper: asks the run to stop after a given global step (an interruption)."""
+
+    name = "stop_at"
+    version = "1.0.0"
+
+    def on_step_end(self, trainer: Any) -> None:
+        if trainer.global_step == self.config.get("step"):
+            trainer.request_stop("test interruption", source=self.name)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Trainer, Path]:
+    """One uninterrupted run that saves every 2 steps and keeps everything."""
+    run = tmp_path_factory.mktemp("reference")
+    trainer = _trainer(tiny_config(["checkpoint"], checkpoint={"every_n_steps": 2, "keep_last": None}), run)
+    trainer.fit()
+    return trainer, run
+
+
+@pytest.mark.parametrize("name", ["step00000004", "step00000006", "step00000008"])
+def test_resume_from_a_checkpoint_repeats_the_run_bitwise(
+    reference: tuple[Trainer, Path], tmp_path: Path, name: str
+) -> None:
+    # step 4: mid-epoch (step_in_epoch 4 of 6); step 6: saved at the end of epoch 0;
+    # step 8: mid-epoch of epoch 1. The validation at step 3/9 and dropout draw RNG too.
+    ref, ref_run = reference
+    manifest = CheckpointStore(ref_run / "checkpoints").load(name).manifest
+    assert manifest.step == int(name[4:])
+    resumed = _trainer(tiny_config(["checkpoint"], resume=str(ref_run / "checkpoints" / name)), tmp_path)
+    resumed.fit()
+    assert resumed.global_step == ref.global_step == 12
+    assert same_weights(ref.model, resumed.model)
+    ref_losses, new_losses = step_losses(ref_run), step_losses(tmp_path)
+    assert sorted(new_losses) == list(range(manifest.step + 1, 13))
+    assert all(new_losses[s] == ref_losses[s] for s in new_losses)  # exactly equal floats
+
+
+def test_interrupted_run_resumes_latest_in_the_same_folder(reference: tuple[Trainer, Path], tmp_path: Path) -> None:
+    ref, ref_run = reference
+    config = tiny_config(["checkpoint", "stop_at"], checkpoint={"every_n_steps": 4}, stop_at={"step": 5})
+    first = _trainer(config, tmp_path, _StopAt)
+    first.fit()
+    assert first.global_step == 5 and first.stop_reason is not None
+    assert CheckpointStore(tmp_path / "checkpoints").latest_name() == "step00000005"  # saved on stop
+    second = _trainer(tiny_config(["checkpoint"], resume="latest", checkpoint={"every_n_steps": 4}), tmp_path)
+    second.fit()
+    assert same_weights(ref.model, second.model)
+    ref_losses, losses = step_losses(ref_run), step_losses(tmp_path)
+    assert losses == {s: ref_losses[s] for s in range(1, 13)}
+
+
+def test_resume_falls_back_when_latest_is_corrupt(reference: tuple[Trainer, Path], tmp_path: Path) -> None:
+    ref, ref_run = reference
+    run = tmp_path / "run"
+    shutil.copytree(ref_run / "checkpoints", run / "checkpoints")
+    latest = CheckpointStore(run / "checkpoints").latest_name()
+    assert latest == "step00000012"
+    (run / "checkpoints" / latest / "tensors.safetensors").write_bytes(b"\0" * 64)  # a torn write
+    trainer = _trainer(tiny_config(["checkpoint"], resume="latest"), run)
+    with pytest.warns(UserWarning, match="step00000012.*resuming from the older checkpoint 'step00000010'"):
+        trainer.fit()
+    assert same_weights(ref.model, trainer.model)
+
+
+class _Extra(Plugin):
+    name = "extra"
+    version = "2.0.0"
+
+    def on_step_end(self) -> None:
+        return None
+
+
+def test_fingerprint_mismatch_warns_and_strict_refuses(
+    reference: tuple[Trainer, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, ref_run = reference
+    path = str(ref_run / "checkpoints" / "step00000010")
+    loose = _trainer(tiny_config(["checkpoint", "extra"], resume=path), tmp_path / "loose", _Extra)
+    with caplog.at_level(logging.WARNING):
+        loose.fit()
+    assert "plugin 'extra' 2.0.0 is loaded now but was not when the checkpoint was written" in caplog.text
+    strict = _trainer(
+        tiny_config(["checkpoint", "extra"], resume=path, checkpoint={"strict_resume": True}), tmp_path / "s", _Extra
+    )
+    with pytest.raises(AptError, match="plugin set differs.*strict_resume=false"):
+        strict.fit()
+
+
+def test_resume_with_nothing_to_resume_says_how(tmp_path: Path) -> None:
+    trainer = _trainer(tiny_config(["checkpoint"], resume="latest"), tmp_path)
+    with pytest.raises(AptError, match="nothing to resume from"):
+        trainer.fit()

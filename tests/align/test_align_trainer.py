@@ -180,11 +180,20 @@ class _Snapshot(Plugin):
         return type(self).saved
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Trainer, Path]:
+    """One uninterrupted run with the snapshot plugin loaded (it never fires), shared by the resume tests."""
+    run = tmp_path_factory.mktemp("full")
+    _Snapshot.stop_after, _Snapshot.saved = 0, None
+    trainer = _trainer(_config(["align", "snapshot"]), run, _Snapshot)
+    trainer.fit()
+    return trainer, run
+
+
 @pytest.mark.parametrize("stop_after", [6, 2], ids=["after-activation", "before-activation"])
-def test_resume_continues_the_ema_exactly(tmp_path: Path, stop_after: int) -> None:
+def test_resume_continues_the_ema_exactly(tmp_path: Path, uninterrupted: tuple[Trainer, Path], stop_after: int) -> None:
     """Stop after N steps, resume in a fresh trainer: the stable state and the losses equal an uninterrupted run."""
-    full = _trainer(_config(["align", "snapshot"]), tmp_path / "full", _Snapshot)
-    full.fit()
+    full, full_dir = uninterrupted
     _Snapshot.stop_after, _Snapshot.saved = stop_after, None
     first = _trainer(_config(["align", "snapshot"]), tmp_path / "first", _Snapshot)
     first.fit()
@@ -202,7 +211,7 @@ def test_resume_continues_the_ema_exactly(tmp_path: Path, stop_after: int) -> No
     for (name, ta), (_, tb) in zip(a.module.state_dict().items(), b.module.state_dict().items(), strict=True):
         assert torch.equal(ta, tb), name
     tail = _records(tmp_path / "resumed")
-    by_step = {r["step"]: r for r in _records(tmp_path / "full")}
+    by_step = {r["step"]: r for r in _records(full_dir)}
     assert [r["step"] for r in tail] == list(range(stop_after + 1, 9))
     for r in tail:
         assert r["loss"] == by_step[r["step"]]["loss"]

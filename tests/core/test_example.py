@@ -5,9 +5,8 @@ from __future__ import annotations
 import runpy
 from pathlib import Path
 
-import pytest
-
 import apt.plugins
+import pytest
 from apt.core import ProviderRegistry
 from apt.plugins import HookManager
 from apt.plugins import PluginManager

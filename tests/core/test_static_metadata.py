@@ -8,7 +8,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from apt.plugins._static import METADATA_FIELDS
 from apt.plugins._static import read_static_metadata
 

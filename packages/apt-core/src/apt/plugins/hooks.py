@@ -155,6 +155,7 @@ class HookManager:
         self._active: dict[str, tuple[str, list[Any], tuple[str, ...], bool, bool]] = {}
         # pluggy's hook executor (the one HookCaller.__call__ ends in; tracing hooks it too)
         self._hookexec = self._pm._hookexec
+        self._clock = [0.0]  # see _ADAPTER_TEMPLATE
         self._known: set[str] = set(HOOK_NAMES) | set(ALIASES)
         self._middleware: list[Callable[[str, dict[str, Any]], dict[str, Any] | None]] = []
         self._failures: list[_Failure] = []
@@ -268,7 +269,11 @@ class HookManager:
             kwargs = self._apply_middleware(event, kwargs)
         if len(kwargs) != len(argnames):
             kwargs = {**dict.fromkeys(argnames), **kwargs}
+        clock = self._clock
+        outer = clock[0]
+        clock[0] = _now()
         results: Any = self._hookexec(name, impls, kwargs, firstresult)
+        clock[0] = outer
         if self._failures:
             self._settle_failures(kwargs)
         if firstresult:
@@ -292,7 +297,11 @@ class HookManager:
             kwargs = self._apply_middleware(event, kwargs)
         if len(kwargs) != len(argnames):
             kwargs = {**dict.fromkeys(argnames), **kwargs}
+        clock = self._clock
+        outer = clock[0]
+        clock[0] = _now()
         results: Any = self._hookexec(name, impls, kwargs, firstresult)
+        clock[0] = outer
         if self._failures:
             self._settle_failures(kwargs)
         return list(results)
@@ -495,17 +504,23 @@ def _check_unknown(handler: Handler, unknown: list[str], spec_args: tuple[str, .
         )
 
 
+# Timing: one clock read per handler. ``_clock[0]`` holds the moment the previous handler
+# of this dispatch finished (or the dispatch began), so a handler's time includes the
+# little dispatch work before it; trigger() saves and restores the clock around nested
+# dispatches, so an outer handler's time includes the events it triggers itself.
 _ADAPTER_TEMPLATE = """\
 def {event}({params}):
-{prelude}    _t0 = _now()
-    try:
+{prelude}    try:
         _r = _fn({call})
     except Exception as _e:
+        _clock[0] = _now()
         _st.calls += 1
         _st.errors += 1
         _fail(_h, _e)
         return None
-    _dt = _now() - _t0
+    _t = _now()
+    _dt = _t - _clock[0]
+    _clock[0] = _t
     _st.calls += 1
     _st.total += _dt
     if _dt > _st.max:
@@ -533,6 +548,7 @@ def _build_adapter(manager: HookManager, handler: Handler, spec_args: tuple[str,
     source = _ADAPTER_TEMPLATE.format(event=handler.event, params=", ".join(params), prelude=prelude, call=call, ret=ret)
     namespace: dict[str, Any] = {
         "_now": _now,
+        "_clock": manager._clock,
         "_fn": handler.fn,
         "_st": handler.stats,
         "_h": handler,

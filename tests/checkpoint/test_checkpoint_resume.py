@@ -15,9 +15,9 @@ from apt.plugins import PluginManager
 from apt.train import Trainer
 from apt_plugin_checkpoint import CheckpointStore
 
-from .conftest import same_weights
-from .conftest import step_losses
-from .conftest import tiny_config
+from ckpt_helpers import same_weights
+from ckpt_helpers import step_losses
+from ckpt_helpers import tiny_config
 
 
 def _trainer(config: Any, run_dir: Path, *extra: type[Plugin]) -> Trainer:

@@ -1,0 +1,120 @@
+"""Forward + backward throughput of the MoE layer relative to a dense FFN of the same active FLOPs.
+
+The dense baseline is the core FFN (``apt.model.MLP`` or ``SwiGLU``) of width ``top_k * d_ff``:
+per token it does the same matmul FLOPs as the MoE's k experts of width ``d_ff``. Every
+variant runs on the same input in one process; repeats are interleaved (dense, loop,
+sliced, grouped_mm, dense, ...) so that load from other processes hits all of them alike,
+and the median is reported. ``ratio = dense_time / variant_time`` (1.0 = as fast as dense).
+
+CPU target (4096 tokens, d 256, d_ff 1024, 8 experts, top-2): ratio >= 0.9.
+GPU (bf16): ``benchmarks/gpu_moe.sh``.
+
+    python benchmarks/bench_moe.py                       # CPU defaults, 2 threads
+    python benchmarks/bench_moe.py --device cuda --dtype bf16 --tokens 16384 --d-model 1024 --d-ff 4096
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from apt.model import MLP
+from apt.model import SwiGLU
+from apt_plugin_moe import MoELayer
+from apt_plugin_moe import StackedExperts
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _step(module: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> None:
+    module.zero_grad(set_to_none=True)
+    x.grad = None
+    y = module(x)
+    y.backward(grad)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tokens", type=int, default=4096)
+    p.add_argument("--d-model", type=int, default=256)
+    p.add_argument("--d-ff", type=int, default=1024)
+    p.add_argument("--experts", type=int, default=8)
+    p.add_argument("--top-k", type=int, default=2)
+    p.add_argument("--activation", choices=["gelu", "swiglu"], default="gelu")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--repeats", type=int, default=9)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (CPU runs)")
+    p.add_argument("--no-loop", action="store_true", help="skip the slow per-expert mask loop baseline")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    n, d, f, e, k = args.tokens, args.d_model, args.d_ff, args.experts, args.top_k
+
+    dense_cls = MLP if args.activation == "gelu" else SwiGLU
+    dense = dense_cls(d, k * f).to(device=device, dtype=dtype)
+    moe = MoELayer(d, f, num_experts=e, top_k=k, expert_ffn=args.activation).to(device=device, dtype=dtype)
+    moe.train()
+    x = torch.randn(1, n, d, device=device, dtype=dtype, requires_grad=True)
+    grad = torch.randn(1, n, d, device=device, dtype=dtype)
+
+    def moe_with(dispatch: str) -> Callable[[], None]:
+        def run() -> None:
+            moe.dispatch = dispatch
+            _step(moe, x, grad)
+
+        return run
+
+    variants: dict[str, Callable[[], None]] = {"dense": lambda: _step(dense, x, grad)}
+    if not args.no_loop:
+        variants["loop"] = moe_with("loop")
+    variants["sliced"] = moe_with("sliced")
+    assert isinstance(moe.experts, StackedExperts)
+    if moe.experts.grouped_ok(dtype):
+        variants["grouped_mm"] = moe_with("grouped_mm")
+    variants["auto"] = moe_with("auto")
+
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(args.warmup):
+        for fn in variants.values():
+            fn()
+    for _ in range(args.repeats):
+        for name, fn in variants.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - t0)
+
+    with torch.no_grad():
+        r = moe.router(x.detach().reshape(-1, d))
+        load = torch.bincount(r.experts.flatten(), minlength=e).float() / (n * k)
+    backend_auto = moe.backend(x.reshape(-1, d))
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {args.threads} threads"
+    print(
+        f"MoE fwd+bwd vs dense FFN of width top_k*d_ff | tokens={n} d_model={d} d_ff={f} experts={e} top_k={k} "
+        f"act={args.activation} dtype={args.dtype} device={where} torch={torch.__version__}"
+    )
+    print(f"router load (max/mean) = {float(load.max()) * e:.2f}; auto dispatch -> {backend_auto}")
+    dense_t = statistics.median(times["dense"])
+    print(f"{'variant':<12} {'median ms':>10} {'tokens/s':>12} {'ratio vs dense':>15}")
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        print(f"{name:<12} {med * 1e3:>10.2f} {n / med:>12.0f} {dense_t / med:>15.3f}")
+
+
+if __name__ == "__main__":
+    main()

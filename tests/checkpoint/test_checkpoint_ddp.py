@@ -1,0 +1,76 @@
+"""Two gloo processes (DDP on CPU): rank 0 writes, every rank loads its own RNG, resume is exact."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from apt_plugin_checkpoint import CheckpointStore
+from ckpt_helpers import step_losses
+
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
+
+_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    sys.path.insert(0, sys.argv[3])
+    from ckpt_helpers import tiny_config
+    from apt.train import Trainer
+
+    run_dir, resume = sys.argv[1], (sys.argv[2] or None)
+    config = tiny_config(["checkpoint"], resume=resume, checkpoint={"every_n_steps": 2, "keep_last": None})
+    config = config.with_overrides(["training.steps_per_epoch=4", "training.batch_size=2"])
+    trainer = Trainer(config, run_dir=run_dir)
+    trainer.fit()
+    """
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _launch(run_dir: Path, resume: str = "") -> None:
+    port = _free_port()
+    procs = []
+    for rank in range(2):
+        env = {
+            **os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
+            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1",
+        }  # fmt: skip
+        cmd = [sys.executable, "-c", _SCRIPT, str(run_dir), resume, str(Path(__file__).parent)]
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = [p.communicate(timeout=120)[0] for p in procs]
+    for rank, (p, out) in enumerate(zip(procs, outputs)):
+        assert p.returncode == 0, f"rank {rank} failed:\n{out[-3000:]}"
+
+
+def test_ddp_two_processes_save_on_rank0_and_resume_exactly(tmp_path: Path) -> None:
+    ref, resumed = tmp_path / "ref", tmp_path / "resumed"
+    _launch(ref)
+    store = CheckpointStore(ref / "checkpoints")
+    # one writer: exactly one folder per save (a second writer would add "-1" duplicates)
+    assert sorted(store.names()) == [f"step{s:08d}" for s in (2, 4, 6, 8)]
+    document = store.load("step00000006").state
+    per_rank = document["per_rank"]
+    assert len(per_rank) == 2
+    assert not torch.equal(per_rank[0]["rng"]["torch"], per_rank[1]["rng"]["torch"])  # seeded by rank
+    assert json.loads((ref / "checkpoints" / "step00000006" / "manifest.json").read_text())["step"] == 6
+
+    _launch(resumed, str(ref / "checkpoints" / "step00000006"))  # mid-epoch 1 (step 2 of 4)
+    a, b = load_file(ref / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ref_losses, losses = step_losses(ref), step_losses(resumed)
+    assert sorted(losses) == [7, 8] and all(losses[s] == ref_losses[s] for s in losses)

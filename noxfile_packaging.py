@@ -13,8 +13,9 @@ proves what a user gets from PyPI, with no source tree anywhere on the path:
 5. ``pip uninstall -y apt-plugin-moe``: it is gone from the list, and a tiny ``apt train``
    still runs to completion with the remaining plugins.
 
-pip's download cache is reused between runs, so after the first run only the builds and
-the install remain (under three minutes on two cores).
+Third-party wheels (torch included) are kept in a wheelhouse, ``$APT_WHEELHOUSE`` or
+``~/.cache/apt-packaging/wheelhouse``, filled with ``pip download`` on the first run and
+installed offline (``--no-index``) afterwards. Each stage logs its duration.
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import nox
+from nox.command import CommandFailed
 
 
 ROOT = Path(__file__).resolve().parent
@@ -64,6 +67,45 @@ def _plugins_listed(session: nox.Session, apt: str, workdir: Path) -> dict[str, 
     return {str(r["name"]): r for r in rows}
 
 
+class _Clock:
+    """Logs how long each stage took, so that a slow run shows where the time went."""
+
+    def __init__(self, session: nox.Session) -> None:
+        self.session = session
+        self.start = self.last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.session.log(f"[{now - self.start:6.1f} s] {stage} took {now - self.last:.1f} s")
+        self.last = now
+
+
+def _wheelhouse() -> Path:
+    path = Path(os.environ.get("APT_WHEELHOUSE", Path.home() / ".cache" / "apt-packaging" / "wheelhouse"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _pip_install(session: nox.Session, python: str, wheelhouse: Path, *targets: str) -> None:
+    """Install ``targets`` into the venv of ``python``: offline from the wheelhouse, filling it on a miss.
+
+    The venv is created without pip; this interpreter's pip installs into it (``pip --python``).
+    """
+    pip = [sys.executable, "-m", "pip", "--python", python]
+    offline = [*pip, "install", "-q", "--no-index", "--find-links", str(wheelhouse), *targets]
+    try:
+        session.run(*offline, external=True, silent=True)
+        return
+    except CommandFailed:
+        session.log(f"wheelhouse {wheelhouse} lacks something for {' '.join(targets)}; downloading once")
+    index = os.environ.get("APT_TORCH_INDEX_URL")
+    extra = ["--extra-index-url", index] if index and any(t.startswith("torch") for t in targets) else []
+    session.run(*pip, "download", "-q", "-d", str(wheelhouse), *extra, *targets, external=True)
+    for own in wheelhouse.glob("apt_*"):  # this tree's wheels are installed from dist/, never from the cache
+        own.unlink()
+    session.run(*offline, external=True)
+
+
 @nox.session(python=False)
 def packaging(session: nox.Session) -> None:
     """Build the four wheels and sdists, check them, install them into a fresh venv and use them."""
@@ -71,10 +113,13 @@ def packaging(session: nox.Session) -> None:
     if missing:
         session.error(f"missing packages: {', '.join(missing)} (expected packages/<name>/pyproject.toml)")
 
+    clock = _Clock(session)
+    wheelhouse = _wheelhouse()
     tmp = Path(tempfile.mkdtemp(prefix="apt-packaging-"))
     dist = tmp / "dist"
     try:
-        # 1. wheels and sdists; without build isolation when the backend is already here (fast, offline)
+        # 1. wheels and sdists (the wheel is built from the sdist, which proves the sdist complete);
+        #    without build isolation when the backend is already here (fast, offline)
         no_isolation = ["--no-isolation"] if importlib.util.find_spec("hatchling") is not None else []
         for package in PACKAGES:
             session.run(
@@ -85,17 +130,20 @@ def packaging(session: nox.Session) -> None:
         sdists = sorted(dist.glob("*.tar.gz"))
         assert len(wheels) == len(PACKAGES) and len(sdists) == len(PACKAGES), (wheels, sdists)
         session.log("built: " + ", ".join(p.name for p in [*wheels, *sdists]))
+        clock.lap("build")
 
         # 2. metadata
         session.run(sys.executable, "-m", "twine", "check", "--strict", *map(str, wheels + sdists), external=True)
+        clock.lap("twine check")
 
         # 3. a fresh venv: torch first (CPU build), then the wheels and their other dependencies
         venv = tmp / "venv"
-        session.run(sys.executable, "-m", "venv", str(venv), external=True)
-        pip = [_bin(venv, "python"), "-m", "pip", "install", "-q"]
-        index = os.environ.get("APT_TORCH_INDEX_URL")
-        session.run(*pip, TORCH, *(["--index-url", index] if index else []), external=True)
-        session.run(*pip, *map(str, wheels), external=True)
+        session.run(sys.executable, "-m", "venv", "--without-pip", str(venv), external=True)
+        python = _bin(venv, "python")
+        _pip_install(session, python, wheelhouse, TORCH)
+        clock.lap("install torch")
+        _pip_install(session, python, wheelhouse, *map(str, wheels))
+        clock.lap("install the wheels")
 
         # 4. listing from an empty folder, so that nothing from the source tree can be imported
         work = tmp / "work"
@@ -109,9 +157,11 @@ def packaging(session: nox.Session) -> None:
                 session.error(f"plugin {name!r} is listed as {listed[name].get('status')!r}, expected 'available'")
         with session.chdir(work):
             session.run(apt, "plugins", "doctor", external=True)
+        clock.lap("list + doctor")
 
         # 5. uninstall one plugin: it disappears, training still works with the others
-        session.run(_bin(venv, "python"), "-m", "pip", "uninstall", "-y", "-q", "apt-plugin-moe", external=True)
+        session.run(sys.executable, "-m", "pip", "--python", python, "uninstall", "-y", "-q", "apt-plugin-moe",
+                    external=True)  # fmt: skip
         listed = _plugins_listed(session, apt, work)
         if "moe" in listed:
             session.error("`apt plugins list` still shows 'moe' after `pip uninstall apt-plugin-moe`")
@@ -123,6 +173,12 @@ def packaging(session: nox.Session) -> None:
         summaries = list((work / "runs").rglob("summary.json"))
         if not summaries:
             session.error("`apt train` finished but wrote no runs/*/summary.json")
-        session.log(f"training summary: {summaries[0].read_text(encoding='utf-8')[:300]}")
+        summary = json.loads(summaries[0].read_text(encoding="utf-8"))
+        if summary.get("steps") != 2 or "moe" in {p["name"] for p in summary.get("plugins", [])}:
+            session.error(
+                f"unexpected training summary: steps {summary.get('steps')}, plugins {summary.get('plugins')}"
+            )
+        session.log(f"trained {summary['steps']} steps with plugins {[p['name'] for p in summary['plugins']]}")
+        clock.lap("uninstall moe + list + train")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -15,6 +15,22 @@ from apt.testing._entry_points import fake_entry_points
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """Run each test on one intra-op thread, then restore the setting.
+
+    The models in tests are tiny, so a second thread buys nothing, while on a busy machine
+    an OpenMP parallel region can stall for a whole scheduler tick (~16 ms per large op).
+    torch is imported only here, so kernel tests stay free of it.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def no_installed_plugins() -> Iterator[None]:
     """Hide the really installed apt.plugins entry points from discovery."""

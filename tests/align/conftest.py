@@ -6,7 +6,6 @@ from collections.abc import Callable
 
 import pytest
 import torch
-
 from apt.core import ModelConfig
 from apt.core import ProviderRegistry
 from apt.model import GPT
@@ -16,7 +15,7 @@ def _make_gpt(seed: int = 0, **overrides: object) -> GPT:
     torch.manual_seed(seed)
     options: dict[str, object] = {"vocab_size": 32, "block_size": 8, "n_layer": 1, "n_head": 2, "d_model": 16}
     options.update(overrides)
-    return GPT(ModelConfig(**options), ProviderRegistry())  # type: ignore[arg-type]
+    return GPT(ModelConfig(**options), ProviderRegistry())
 
 
 @pytest.fixture

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import pytest
 import torch
+from apt.model import GPT
+from apt_plugin_align import StableState
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from torch.optim.swa_utils import get_ema_multi_avg_fn
-
-from apt.model import GPT
-from apt_plugin_align import StableState
 
 
 def _fill(model: nn.Module, value: float) -> None:
@@ -108,6 +108,9 @@ def test_tied_weights_are_updated_once_and_stay_tied(make_gpt: Callable[..., GPT
 
 
 class _WithBuffers(nn.Module):
+    running: torch.Tensor
+    count: torch.Tensor
+
     def __init__(self) -> None:
         super().__init__()
         self.lin = nn.Linear(3, 3)
@@ -151,8 +154,9 @@ def test_structure_change_keeps_matching_tensors(make_gpt: Callable[..., GPT]) -
     stable = StableState(model)
     _fill(model, 1.0)
     stable.update(model, 0.5)  # every stable weight is 0.5
-    new_ffn = nn.Sequential(nn.Linear(16, 16, bias=False))
-    nn.init.constant_(new_ffn[0].weight, 3.0)
+    linear = nn.Linear(16, 16, bias=False)
+    nn.init.constant_(linear.weight, 3.0)
+    new_ffn = nn.Sequential(linear)
     model.blocks[0].ffn = new_ffn
     assert not stable.matches(model)
     kept, new = stable.rebuild(model)
@@ -181,7 +185,21 @@ def test_state_dict_round_trip(make_gpt: Callable[..., GPT]) -> None:
     assert other.num_updates == 1
     for k, v in stable.module.state_dict().items():
         assert torch.equal(other.module.state_dict()[k], v)
-    bad = {"tensors": dict(state["tensors"]), "num_updates": 1}
-    del bad["tensors"]["wpe.weight"]
+    tensors = dict(state["tensors"])
+    del tensors["wpe.weight"]
+    bad = {"tensors": tensors, "num_updates": 1}
     with pytest.raises(KeyError, match="wpe.weight"):
         other.load_state_dict(bad)
+
+
+def test_param_drift(make_gpt: Callable[..., GPT]) -> None:
+    """||theta - xi|| / ||xi||: 0 for equal states, 1 for theta = 2 xi, NaN once the structure changed."""
+    model = make_gpt()
+    stable = StableState(model)
+    assert stable.drift(model) == 0.0
+    _fill(model, 0.5)
+    stable.update(model, 0.0)
+    _fill(model, 1.0)
+    assert stable.drift(model) == pytest.approx(1.0, abs=1e-6)
+    model.blocks[0].ffn = nn.Sequential(nn.Linear(16, 16, bias=False))
+    assert math.isnan(stable.drift(model))

@@ -8,7 +8,6 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-
 from apt_plugin_align import argmax_agreement
 from apt_plugin_align import hidden_cosine_loss
 from apt_plugin_align import temperature_kl

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from importlib.metadata import entry_points
 
-import pytest
-
 import apt_plugin_align
+import pytest
 from apt.core import ProviderRegistry
 from apt.errors import CheckpointError
 from apt.errors import ConfigError
@@ -76,7 +75,7 @@ def test_bad_values_are_refused_with_their_key(section: dict[str, object], key: 
         pm.load("align", section)
     assert info.value.key == key
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        AlignPlugin(section)  # type: ignore[arg-type]
+        AlignPlugin(section)
 
 
 def test_decay_end_below_decay_is_refused() -> None:

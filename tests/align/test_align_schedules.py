@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from apt_plugin_align import align_weight
 from apt_plugin_align import ema_decay_at
 from apt_plugin_align import ramp_value

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-
 from apt.core import APTConfig
 from apt.model import GPT
 from apt.plugins import Plugin
@@ -67,8 +67,11 @@ _DETERMINISTIC = ("loss", "grad_norm", "lr", "val_loss", "train_loss")
 
 def test_no_effect_before_activation(tmp_path: Path) -> None:
     """Epoch 0 (before align.start_epoch = 1) is bitwise the run without the plugin; epoch 1 is not."""
-    _trainer(_config([]), tmp_path / "plain").fit()
-    trainer = _trainer(_config(["align"]), tmp_path / "align")
+    # dropout on: a plugin that drew random numbers before activation would change the losses
+    plain_cfg, align_cfg = _config([]), _config(["align"])
+    plain_cfg.model.dropout = align_cfg.model.dropout = 0.1
+    _trainer(plain_cfg, tmp_path / "plain").fit()
+    trainer = _trainer(align_cfg, tmp_path / "align")
     trainer.fit()
     plain, align = _records(tmp_path / "plain"), _records(tmp_path / "align")
     assert len(plain) == len(align) == 8
@@ -89,7 +92,7 @@ def test_schedule_enables_align_at_epoch_1(tmp_path: Path) -> None:
     trainer.fit()
     records = _records(run)
     step_keys = {"loss/align_kl", "loss/align_hidden", "align/w", "align/kl", "align/hidden", "align/decay"}
-    val_keys = {"align/stable_val_loss", "align/live_val_loss", "align/argmax_agreement"}
+    val_keys = {"align/stable_val_loss", "align/live_val_loss", "align/argmax_agreement", "align/param_drift"}
     for r in records:
         if r["epoch"] == 0:
             assert not _align_keys(r), r
@@ -99,10 +102,28 @@ def test_schedule_enables_align_at_epoch_1(tmp_path: Path) -> None:
     assert val_keys <= set(last)
     assert last["align/live_val_loss"] == pytest.approx(last["val_loss"], rel=1e-6)
     assert 0.0 <= last["align/argmax_agreement"] <= 1.0
+    assert 0.0 < last["align/param_drift"] < 1.0
     # the first active step starts the sigmoid ramp and the MT warm-up decay
     first = records[4]
     assert first["align/w"] == pytest.approx(0.0067379, abs=5e-8)
     assert first["align/decay"] == 0.5 and first["align/kl"] == 0.0
+    # the stable state never takes part in autograd
+    stable = _plugin(trainer).stable
+    assert stable is not None
+    assert all(not p.requires_grad and p.grad is None for p in stable.module.parameters())
+
+
+def test_bf16_autocast_run_is_finite(tmp_path: Path) -> None:
+    """Under bf16 autocast the teacher pass runs in autocast too and every align metric stays finite."""
+    config = _config(["align"], {"start_epoch": 0})
+    config.training.precision = "bf16"
+    trainer = _trainer(config, tmp_path / "run")
+    trainer.fit()
+    last = _records(tmp_path / "run")[-1]
+    values = [v for k, v in last.items() if k in _align_keys(last)]
+    assert len(values) >= 8 and all(math.isfinite(v) for v in values)
+    stable = _plugin(trainer).stable
+    assert stable is not None and all(p.dtype == torch.float32 for p in stable.module.parameters())
 
 
 def test_stable_weights_file_and_provider(tmp_path: Path) -> None:
@@ -120,7 +141,9 @@ def test_stable_weights_file_and_provider(tmp_path: Path) -> None:
     for name, tensor in stable.module.state_dict().items():
         assert torch.equal(model.state_dict()[name], tensor), name
     assert model.lm_head.weight is model.wte.weight
-    assert not torch.equal(model.wte.weight, trainer.model.wte.weight)  # type: ignore[union-attr]
+    live = trainer.model
+    assert isinstance(live, GPT)
+    assert not torch.equal(model.wte.weight, live.wte.weight)
 
 
 def test_missing_stable_weights_say_how_to_get_them(tmp_path: Path) -> None:
@@ -185,8 +208,13 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Trainer, Pa
     """One uninterrupted run with the snapshot plugin loaded (it never fires), shared by the resume tests."""
     run = tmp_path_factory.mktemp("full")
     _Snapshot.stop_after, _Snapshot.saved = 0, None
-    trainer = _trainer(_config(["align", "snapshot"]), run, _Snapshot)
-    trainer.fit()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the autouse fixture does for each test (conftest.py)
+    try:
+        trainer = _trainer(_config(["align", "snapshot"]), run, _Snapshot)
+        trainer.fit()
+    finally:
+        torch.set_num_threads(threads)
     return trainer, run
 
 

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from apt_plugin_checkpoint import CheckpointStore
 
 

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from apt_plugin_checkpoint import CheckpointStore
 from ckpt_helpers import step_losses
+from safetensors.torch import load_file
 
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
@@ -53,7 +52,7 @@ def _launch(run_dir: Path, resume: str = "") -> None:
         cmd = [sys.executable, "-c", _SCRIPT, str(run_dir), resume, str(Path(__file__).parent)]
         procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     outputs = [p.communicate(timeout=120)[0] for p in procs]
-    for rank, (p, out) in enumerate(zip(procs, outputs)):
+    for rank, (p, out) in enumerate(zip(procs, outputs, strict=True)):
         assert p.returncode == 0, f"rank {rank} failed:\n{out[-3000:]}"
 
 

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from apt.errors import CheckpointError
 from apt_plugin_checkpoint import CheckpointStore
 from apt_plugin_checkpoint import decode_state
@@ -43,7 +42,7 @@ def _assert_same(a: object, b: object, path: str = "") -> None:
             _assert_same(a[k], b[k], f"{path}.{k}")
     elif isinstance(a, (list, tuple)):
         assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
             _assert_same(x, y, f"{path}.{i}")
     elif isinstance(a, float) and math.isnan(a):
         assert math.isnan(b), path

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from apt.plugins import PluginManager
 from apt.train import Trainer
 from ckpt_helpers import same_weights

@@ -8,13 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from apt.errors import AptError
 from apt.plugins import Plugin
 from apt.plugins import PluginManager
 from apt.train import Trainer
 from apt_plugin_checkpoint import CheckpointStore
-
 from ckpt_helpers import same_weights
 from ckpt_helpers import step_losses
 from ckpt_helpers import tiny_config

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from apt.errors import CheckpointError
 from apt_plugin_checkpoint import CheckpointStore
 from apt_plugin_checkpoint import encode_state

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from apt.errors import CheckpointError
 from apt_plugin_checkpoint import CheckpointFallbackWarning
 from apt_plugin_checkpoint import CheckpointInfo

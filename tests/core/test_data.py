@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from apt.data import BatchSource
 from apt.data import ByteTokenizer
 from apt.data import TextDataset

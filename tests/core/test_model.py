@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
-
 from apt.core import ModelConfig
 from apt.core import ProviderRegistry
 from apt.model import GPT
 from apt.model import MLP
 from apt.model import RMSNorm
 from apt.model import SwiGLU
+from torch import nn
 
 
 def tiny(**kw: object) -> ModelConfig:

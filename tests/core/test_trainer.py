@@ -10,20 +10,19 @@ from typing import Any
 
 import pytest
 import torch
-from torch import nn
-
 from apt.core import ProviderRegistry
 from apt.errors import PluginConflictError
 from apt.errors import PluginHookError
 from apt.errors import UsageError
 from apt.model import GPT
 from apt.model import MLP
-from apt.plugins.hookspecs import Hookspecs
 from apt.plugins import Plugin
+from apt.plugins.hookspecs import Hookspecs
 from apt.testing import RecordingPlugin
 from apt.testing import run_tiny_training
 from apt.testing import tiny_config
 from apt.train import load_weights
+from torch import nn
 
 
 def losses(run: Any) -> list[float]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import pytest
 import torch
 
@@ -18,17 +20,26 @@ def _run(layer: MoELayer, x: torch.Tensor, dispatch: str) -> tuple[torch.Tensor,
     g = torch.randn(y.shape, generator=torch.Generator().manual_seed(7))
     (y * g).sum().backward()
     assert xg.grad is not None
-    return y.detach(), xg.grad, [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in layer.parameters()]
+    grads = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in layer.parameters()]
+    return y.detach(), xg.grad, grads
 
 
 @pytest.mark.parametrize("capacity_factor", [None, 0.75])
 @pytest.mark.parametrize("expert_ffn", ["gelu", "swiglu"])
 @pytest.mark.parametrize("dispatch", ["sliced", "grouped_mm"])
-def test_fast_dispatch_equals_loop_reference(capacity_factor: float | None, expert_ffn: str, dispatch: str) -> None:
+def test_fast_dispatch_equals_loop_reference(
+    capacity_factor: float | None, expert_ffn: Literal["gelu", "swiglu"], dispatch: str
+) -> None:
     """Outputs and all gradients (input, router, experts) match the reference loop in fp32."""
     torch.manual_seed(0)
     layer = MoELayer(
-        16, 32, num_experts=4, top_k=2, expert_ffn=expert_ffn, bias=True, capacity_factor=capacity_factor,  # type: ignore[arg-type]
+        16,
+        32,
+        num_experts=4,
+        top_k=2,
+        expert_ffn=expert_ffn,
+        bias=True,
+        capacity_factor=capacity_factor,
         shared_experts=1,
     )
     x = torch.randn(3, 20, 16)

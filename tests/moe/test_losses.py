@@ -15,7 +15,7 @@ from apt_plugin_moe import switch_load_balancing_loss
 
 def test_balance_loss_is_one_at_perfect_balance() -> None:
     """Uniform probabilities and equal slot counts give exactly 1."""
-    e, k = 4, 2
+    e = 4
     probs = torch.full((8, e), 1.0 / e)
     experts = torch.tensor([[0, 1], [2, 3]] * 4)  # every expert gets 4 of the 16 slots
     assert switch_load_balancing_loss(probs, experts, e).item() == pytest.approx(1.0, abs=1e-7)

@@ -50,7 +50,8 @@ def test_unknown_ffn_falls_back_to_module_copies() -> None:
             self.b = nn.Linear(24, 8)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.b(torch.tanh(self.a(x)))
+            out: torch.Tensor = self.b(torch.tanh(self.a(x)))
+            return out
 
     torch.manual_seed(0)
     dense = Odd()

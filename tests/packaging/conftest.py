@@ -116,22 +116,31 @@ def build_wheel() -> Callable[[Path, Path], Path]:
     return _build_wheel
 
 
+def _is_installation_path(entry: str) -> bool:
+    """Whether a ``sys.path`` entry belongs to the installation (not the repo root or the test folders)."""
+    path, tests = Path(entry).resolve(), (REPO / "tests").resolve()
+    return path.is_dir() and path != REPO.resolve() and path != tests and tests not in path.parents
+
+
 @pytest.fixture
 def make_venv(tmp_path: Path, wheelhouse: Path) -> Callable[..., Venv]:
-    """Factory for fresh venvs; ``system_site=True`` sees this interpreter's packages (torch, apt-core)."""
+    """Factory for fresh venvs.
 
-    def make(name: str = "venv", *, system_site: bool = False) -> Venv:
+    ``inherit=True`` makes this interpreter's import path (its site-packages, editable
+    installs, torch) visible in the new venv through a ``.pth`` file, after the venv's own
+    site-packages. ``--system-site-packages`` would not do: this interpreter may itself be
+    a venv (nox's), whose packages are not in the base interpreter's site-packages.
+    """
+
+    def make(name: str = "venv", *, inherit: bool = False) -> Venv:
         path = tmp_path / name
-        cmd = [
-            sys.executable,
-            "-m",
-            "venv",
-            "--without-pip",
-            *(["--system-site-packages"] if system_site else []),
-            path,
-        ]
-        run(cmd)
-        return Venv(path=path, wheelhouse=wheelhouse)
+        run([sys.executable, "-m", "venv", "--without-pip", path])
+        venv = Venv(path=path, wheelhouse=wheelhouse)
+        if inherit:
+            site = run([venv.python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).strip()
+            inherited = [p for p in sys.path if p and _is_installation_path(p)]
+            (Path(site) / "_apt_test_parent.pth").write_text("\n".join(inherited) + "\n", encoding="utf-8")
+        return venv
 
     return make
 

@@ -147,6 +147,20 @@ class StableState:
             s.copy_(b)
         self.num_updates += 1
 
+    @torch.no_grad()
+    def drift(self, model: nn.Module) -> float:
+        """``||theta - xi|| / ||xi||`` over all parameters: how far apart the two states are.
+
+        It grows before a self-distillation run diverges (the align reference note, section 6).
+        """
+        if not self.matches(model) or not self._stable_params:
+            return float("nan")
+        live = [p.detach().to(torch.float32) for p in self._live_params]
+        diff = torch._foreach_sub(live, self._stable_params)
+        num = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(diff)))
+        den = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(self._stable_params)))
+        return float(num / den) if float(den) > 0 else float("inf")
+
     # --- state ------------------------------------------------------------------------
 
     def _named_stable_tensors(self) -> dict[str, Tensor]:

@@ -20,13 +20,18 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
 
 
-def _valid_rows(x: Tensor, mask: Tensor | None) -> Tensor:
-    """Flatten ``(..., D)`` to ``(N, D)`` keeping only the rows where ``mask`` is true."""
+def _masked_mean(per_token: Tensor, mask: Tensor | None) -> Tensor:
+    """Mean of ``per_token (...)`` over the positions where ``mask`` is true; ``0`` when none is.
+
+    Elementwise (``where`` + sum) rather than boolean indexing: no gather/scatter in the
+    backward pass and no host synchronisation; masked positions contribute exactly 0.
+    """
     if mask is None:
-        return x.reshape(-1, x.shape[-1])  # (N, D)
-    if mask.shape != x.shape[:-1]:
-        raise ValueError(f"mask of shape {tuple(mask.shape)} does not match the leading dims of {tuple(x.shape)}")
-    return x[mask]  # (N, D)
+        return per_token.mean()
+    if mask.shape != per_token.shape:
+        raise ValueError(f"mask of shape {tuple(mask.shape)} does not match the token shape {tuple(per_token.shape)}")
+    total = torch.where(mask, per_token, torch.zeros_like(per_token)).sum()
+    return total / mask.sum().clamp(min=1)
 
 
 def temperature_kl(
@@ -47,16 +52,12 @@ def temperature_kl(
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    s = _valid_rows(student_logits, mask)  # (N, V)
-    t = _valid_rows(teacher_logits.detach(), mask)  # (N, V)
-    if s.shape[0] == 0:
-        return s.to(_compute_dtype(s)).sum()  # 0.0, still attached to the graph so backward() works
     # fp32 before dividing: at T = 0.15 the logits grow 6.7x, beyond what bf16 resolves well
-    dtype = _compute_dtype(s)
-    log_q = F.log_softmax(s.to(dtype) / temperature, dim=-1)  # (N, V) student, log space
-    log_p = F.log_softmax(t.to(dtype) / temperature, dim=-1)  # (N, V) teacher, log space (no log(0))
-    # sum_v p (log p - log q), summed over tokens, then divided by the number of tokens
-    return F.kl_div(log_q, log_p, reduction="sum", log_target=True) / s.shape[0]
+    dtype = _compute_dtype(student_logits)
+    log_q = F.log_softmax(student_logits.to(dtype) / temperature, dim=-1)  # (..., V) student, log space
+    log_p = F.log_softmax(teacher_logits.detach().to(dtype) / temperature, dim=-1)  # (..., V) teacher (no log(0))
+    per_token = F.kl_div(log_q, log_p, reduction="none", log_target=True).sum(dim=-1)  # (...) p (log p - log q)
+    return _masked_mean(per_token, mask)
 
 
 def hidden_cosine_loss(student_hidden: Tensor, teacher_hidden: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -70,17 +71,15 @@ def hidden_cosine_loss(student_hidden: Tensor, teacher_hidden: Tensor, mask: Ten
     :param mask: boolean ``(...)`` of valid tokens; ``None`` means all are valid.
     :returns: a scalar in fp32 (fp64 for fp64 inputs); ``0`` (not NaN) when no token is valid.
     """
-    s = _valid_rows(student_hidden, mask)  # (N, C)
-    t = _valid_rows(teacher_hidden.detach(), mask)  # (N, C)
-    if s.shape[0] == 0:
-        return s.to(_compute_dtype(s)).sum()  # 0.0, still attached to the graph so backward() works
-    dtype = _compute_dtype(s)
-    cos = F.cosine_similarity(s.to(dtype), t.to(dtype), dim=-1)  # (N,)
-    return (1.0 - cos).mean()
+    dtype = _compute_dtype(student_hidden)
+    cos = F.cosine_similarity(student_hidden.to(dtype), teacher_hidden.detach().to(dtype), dim=-1)  # (...)
+    return _masked_mean(1.0 - cos, mask)
 
 
 def argmax_agreement(logits_a: Tensor, logits_b: Tensor, mask: Tensor | None = None) -> tuple[int, int]:
     """How many valid tokens have the same argmax in both ``(..., V)`` logits: ``(agree, total)``."""
-    a = _valid_rows(logits_a.detach(), mask).argmax(dim=-1)  # (N,)
-    b = _valid_rows(logits_b.detach(), mask).argmax(dim=-1)  # (N,)
-    return int((a == b).sum().item()), int(a.numel())
+    same = logits_a.detach().argmax(dim=-1) == logits_b.detach().argmax(dim=-1)  # (...)
+    if mask is not None:
+        same = same & mask
+        return int(same.sum().item()), int(mask.sum().item())
+    return int(same.sum().item()), same.numel()

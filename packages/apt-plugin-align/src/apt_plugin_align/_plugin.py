@@ -117,7 +117,13 @@ class AlignPlugin(Plugin):
         return StableState(model)
 
     def activate(self, model: nn.Module, epoch: int, step: int) -> None:
-        """Create the stable state as a copy of ``model`` now (epoch ``epoch``, global step ``step``)."""
+        """Create the stable state as a copy of ``model`` now (epoch ``epoch``, global step ``step``).
+
+        The trainer path calls this from ``on_step_begin`` of the first step in which the plugin
+        is enabled (from the start, or by a schedule's ``on_enable``) and ``epoch >= start_epoch``:
+        by then every plugin enabled at the same boundary (MoE upcycling) has changed the model,
+        and a model rebuilt for ``apt generate`` never pays for a copy.
+        """
         self.stable = self._build_stable(model)
         self.activation_step, self.activation_epoch = step, epoch
         n = sum(p.numel() for p in self.stable.module.parameters())
@@ -146,16 +152,14 @@ class AlignPlugin(Plugin):
             log.warning("align: %d of %d checkpointed stable tensors match the model; the others restart", kept, total)
         self.stable = stable
 
-    def on_enable(self, trainer: Any = None, epoch: int | None = None, step: int | None = None) -> None:
-        """A schedule enabled the plugin: activate now if ``epoch >= align.start_epoch``."""
-        self._maybe_activate(trainer, getattr(trainer, "model", None), epoch, step)
-
     # --- training -----------------------------------------------------------------------
 
     def on_train_begin(self, trainer: Any) -> None:
+        """Read the run's length (one epoch is the default ramp; the run's end, the default anneal)."""
         self._read_trainer(trainer)
 
     def on_step_begin(self, trainer: Any, model: nn.Module, epoch: int, step: int) -> None:
+        """Activate when due, follow model changes, restore a loaded state, and fix this step's ``w(t)``."""
         self._maybe_activate(trainer, model, epoch, step)
         self._stats.reset()
         if self.stable is not None:
@@ -216,7 +220,8 @@ class AlignPlugin(Plugin):
     def on_validation_end(self, trainer: Any, model: nn.Module) -> dict[str, float] | None:
         """Validate both states on the trainer's validation batches.
 
-        :returns: ``align/stable_val_loss``, ``align/live_val_loss`` and ``align/argmax_agreement``.
+        :returns: ``align/stable_val_loss``, ``align/live_val_loss``, ``align/argmax_agreement`` and
+            ``align/param_drift`` (``||theta - xi|| / ||xi||``).
         """
         if self.stable is None or not self.config.eval_stable:
             return None
@@ -225,7 +230,9 @@ class AlignPlugin(Plugin):
         totals = compare_states(model, self.stable.module, batches, device, getattr(trainer, "dtype", torch.float32))
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(totals)  # each process validated its own share of the windows
-        return {f"align/{k}": v for k, v in summarize_comparison(totals).items()}
+        out = {f"align/{k}": v for k, v in summarize_comparison(totals).items()}
+        out["align/param_drift"] = self.stable.drift(model)
+        return out
 
     def _validation_batches(self, trainer: Any) -> list[tuple[Tensor, Tensor]]:
         """The trainer's fixed validation windows, rebuilt from public pieces (deterministic, no RNG)."""

@@ -96,7 +96,7 @@ def remove_leftovers(parent: Path) -> list[str]:
 
     Only call this where no other process is writing into ``parent`` (rank 0, at start).
     """
-    removed = []
+    removed: list[str] = []
     if not parent.is_dir():
         return removed
     for entry in parent.iterdir():

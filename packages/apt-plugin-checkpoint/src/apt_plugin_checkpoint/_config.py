@@ -34,10 +34,16 @@ class CheckpointConfig(BaseModel):
     )
     every_n_steps: int | None = Field(100, gt=0, description="Save every N optimizer steps; None turns it off.")
     every_n_epochs: int | None = Field(1, gt=0, description="Save at the end of every N-th epoch; None turns it off.")
-    every_minutes: float | None = Field(None, gt=0, description="Also save when this many minutes passed since the last save.")
+    every_minutes: float | None = Field(
+        None, gt=0, description="Also save when this many minutes passed since the last save."
+    )
     keep_last: int | None = Field(3, ge=0, description="Keep the K newest checkpoints; None keeps all.")
-    monitor: str | None = Field("val_loss", description="Metric that ranks checkpoints for keep_best; None disables it.")
-    mode: Literal["min", "max"] = Field("min", description="Whether a smaller ('min') or larger ('max') metric is better.")
+    monitor: str | None = Field(
+        "val_loss", description="Metric that ranks checkpoints for keep_best; None disables it."
+    )
+    mode: Literal["min", "max"] = Field(
+        "min", description="Whether a smaller ('min') or larger ('max') metric is better."
+    )
     keep_best: int = Field(1, ge=0, description="Keep the k best checkpoints by `monitor`; they are never deleted.")
     filename: str = Field(
         "step{step:08d}",

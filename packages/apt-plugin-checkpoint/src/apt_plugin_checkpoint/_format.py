@@ -25,6 +25,7 @@ import json
 import math
 import os
 import struct
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,12 +70,18 @@ _DTYPES: dict[torch.dtype, str] = {
     torch.uint8: "U8",
     torch.bool: "BOOL",
 }
-for _name, _code in (("float8_e4m3fn", "F8_E4M3"), ("float8_e5m2", "F8_E5M2"), ("uint16", "U16"),
-                     ("uint32", "U32"), ("uint64", "U64")):
+for _name, _code in (
+    ("float8_e4m3fn", "F8_E4M3"),
+    ("float8_e5m2", "F8_E5M2"),
+    ("uint16", "U16"),
+    ("uint32", "U32"),
+    ("uint64", "U64"),
+):
     if hasattr(torch, _name):
         _DTYPES[getattr(torch, _name)] = _code
 
-_CHUNK = 64 << 20  # hash and write big tensors in 64 MiB pieces
+_CHUNK = 16 << 20  # write big tensors in 16 MiB pieces
+_PARALLEL_HASH_MIN = 4 << 20  # hash in a second thread from this file size on
 
 
 @dataclass(frozen=True)
@@ -133,8 +140,14 @@ class _Encoder:
         value = value.detach()
         ident = None
         if value.numel() > 0:
-            ident = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape),
-                     tuple(value.stride()), value.dtype, value.device)
+            ident = (
+                value.untyped_storage().data_ptr(),
+                value.storage_offset(),
+                tuple(value.shape),
+                tuple(value.stride()),
+                value.dtype,
+                value.device,
+            )
             if ident in self._seen:
                 return {TAG: "tensor", "key": self._seen[ident]}
         key = self._tensor_key(path)
@@ -270,24 +283,43 @@ def _tensor_bytes(tensor: torch.Tensor) -> Iterator[memoryview]:
     flat = tensor.contiguous().reshape(-1)
     if flat.numel() == 0:
         return
-    raw = memoryview(flat.view(torch.uint8).numpy()) if flat.dtype != torch.uint8 else memoryview(flat.numpy())
+    raw = flat.view(torch.uint8).numpy().data  # a memoryview of the bytes, no copy
     for start in range(0, len(raw), _CHUNK):
         yield raw[start : start + _CHUNK]
 
 
-class _HashingWriter:
-    def __init__(self, f: BinaryIO) -> None:
-        self.f = f
-        self.sha = hashlib.sha256()
-        self.size = 0
+def _write_chunk(f: BinaryIO, chunk: bytes | memoryview) -> None:
+    f.write(chunk)
 
-    def write(self, data: bytes | memoryview) -> None:
-        self.f.write(data)
-        self.sha.update(data)
-        self.size += len(data)
 
-    def digest(self) -> FileDigest:
-        return FileDigest(self.size, self.sha.hexdigest())
+def _write_hashed(path: Path, chunks: list[bytes | memoryview]) -> FileDigest:
+    """Write ``chunks`` to ``path`` (fsynced) and return the size and SHA-256 of what was written.
+
+    For big files the hash runs in a second thread over the same memory while this one
+    writes: both release the GIL, so hashing costs little extra wall time.
+    """
+    size = sum(len(c) for c in chunks)
+    sha = hashlib.sha256()
+
+    def hash_all() -> None:
+        for chunk in chunks:
+            sha.update(chunk)
+
+    hasher = threading.Thread(target=hash_all, name="apt-checkpoint-sha256") if size >= _PARALLEL_HASH_MIN else None
+    if hasher is not None:
+        hasher.start()
+    else:
+        hash_all()
+    try:
+        with open(path, "wb") as f:
+            for chunk in chunks:
+                _write_chunk(f, chunk)
+            f.flush()
+            os.fsync(f.fileno())
+    finally:
+        if hasher is not None:
+            hasher.join()
+    return FileDigest(size, sha.hexdigest())
 
 
 def _write_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> FileDigest:
@@ -301,26 +333,15 @@ def _write_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> FileDige
         offset += nbytes
     head = json.dumps(header, separators=(",", ":")).encode("utf-8")
     head += b" " * (-len(head) % 8)
-    with open(path, "wb") as f:
-        out = _HashingWriter(f)
-        out.write(struct.pack("<Q", len(head)))
-        out.write(head)
-        for t in tensors.values():
-            for chunk in _tensor_bytes(t):
-                out.write(chunk)
-        f.flush()
-        os.fsync(f.fileno())
-    return out.digest()
+    chunks: list[bytes | memoryview] = [struct.pack("<Q", len(head)), head]
+    for t in tensors.values():
+        chunks.extend(_tensor_bytes(t))
+    return _write_hashed(path, chunks)
 
 
 def _write_json(path: Path, data: Any) -> FileDigest:
     raw = json.dumps(data, separators=(",", ":"), allow_nan=False).encode("utf-8")
-    with open(path, "wb") as f:
-        out = _HashingWriter(f)
-        out.write(raw)
-        f.flush()
-        os.fsync(f.fileno())
-    return out.digest()
+    return _write_hashed(path, [raw])
 
 
 def write_state_files(folder: Path, encoded: EncodedState) -> dict[str, FileDigest]:

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from apt.errors import CheckpointError
-
 from apt_plugin_checkpoint._atomic import atomic_write_bytes
 from apt_plugin_checkpoint._format import FORMAT_NAME
 from apt_plugin_checkpoint._format import FORMAT_VERSION

@@ -27,7 +27,6 @@ import torch
 from apt.errors import AptError
 from apt.errors import CheckpointError
 from apt.plugins import Plugin
-
 from apt_plugin_checkpoint._config import CheckpointConfig
 from apt_plugin_checkpoint._format import EncodedState
 from apt_plugin_checkpoint._format import encode_state
@@ -51,7 +50,7 @@ def disk_free_bytes(path: Path) -> int:
 
 
 def _tensor_bytes(tensors: Any) -> int:
-    seen: set[tuple[int, int]] = set()
+    seen: set[tuple[int, Any]] = set()
     total = 0
     for t in tensors:
         if isinstance(t, torch.Tensor) and t.numel() > 0:
@@ -173,7 +172,10 @@ class CheckpointPlugin(Plugin):
         if free < needed * keep:
             logger.warning(
                 "%s has %.1f MiB free; keeping %d checkpoints of about %.1f MiB may not fit",
-                store.root, free / 2**20, keep, needed / 2**20,
+                store.root,
+                free / 2**20,
+                keep,
+                needed / 2**20,
             )
 
     def on_train_end(self, trainer: Any, epoch: int, step: int, metrics: dict[str, float] | None = None) -> None:
@@ -248,8 +250,9 @@ class CheckpointPlugin(Plugin):
         state = self._state_for_rank(trainer, loaded)
         self._last_saved_step = loaded.manifest.step
         self._resumed_from = loaded.manifest.name
-        logger.info("resuming from checkpoint %s (epoch %d, step %d)", loaded.path, loaded.manifest.epoch,
-                    loaded.manifest.step)
+        logger.info(
+            "resuming from checkpoint %s (epoch %d, step %d)", loaded.path, loaded.manifest.epoch, loaded.manifest.step
+        )
         self._check_fingerprint(trainer, state, loaded)
         return state
 
@@ -264,12 +267,13 @@ class CheckpointPlugin(Plugin):
         return getattr(getattr(trainer, "config", None), "training", None)
 
     def _epoch_ends(self, trainer: Any, global_step: int) -> bool:
-        per_epoch = getattr(self._training_cfg(trainer), "steps_per_epoch", None)
-        return bool(per_epoch) and global_step % per_epoch == 0
+        per_epoch: int | None = getattr(self._training_cfg(trainer), "steps_per_epoch", None)
+        return per_epoch is not None and per_epoch > 0 and global_step % per_epoch == 0
 
     def _validation_follows(self, trainer: Any, global_step: int) -> bool:
-        interval = getattr(self._training_cfg(trainer), "val_interval", None)
-        return bool(interval and global_step % interval == 0) or self._epoch_ends(trainer, global_step)
+        interval: int | None = getattr(self._training_cfg(trainer), "val_interval", None)
+        validates = interval is not None and interval > 0 and global_step % interval == 0
+        return validates or self._epoch_ends(trainer, global_step)
 
     def _agree(self, trainer: Any, decision: bool) -> bool:
         """Rank 0's decision on every rank (a wall-clock decision may differ between ranks)."""
@@ -323,8 +327,15 @@ class CheckpointPlugin(Plugin):
         def job() -> None:
             started = time.perf_counter()
             manifest = store.save(
-                encoded, name=name, step=global_step, epoch=epoch, reason=reason, metrics=metrics,
-                monitor=self.config.monitor, mode=self.config.mode, fingerprint=fingerprint,
+                encoded,
+                name=name,
+                step=global_step,
+                epoch=epoch,
+                reason=reason,
+                metrics=metrics,
+                monitor=self.config.monitor,
+                mode=self.config.mode,
+                fingerprint=fingerprint,
             )
             self._saves += 1
             deleted = store.prune(policy, protect=(manifest.name,))
@@ -334,8 +345,11 @@ class CheckpointPlugin(Plugin):
                 for c in best_checkpoints(infos, self.config.keep_best, self.config.mode)
             ]
             logger.info(
-                "saved checkpoint %s (%s, %.1f MiB, %.2fs)%s", store.root / manifest.name, reason,
-                manifest.size_bytes / 2**20, time.perf_counter() - started,
+                "saved checkpoint %s (%s, %.1f MiB, %.2fs)%s",
+                store.root / manifest.name,
+                reason,
+                manifest.size_bytes / 2**20,
+                time.perf_counter() - started,
                 f"; removed {', '.join(deleted)}" if deleted else "",
             )
 
@@ -390,7 +404,10 @@ class CheckpointPlugin(Plugin):
             logger.warning(
                 "checkpoint %s was written by %d processes, this run has %d: ranks below %d get their own RNG and "
                 "data position, the others rank 0's; the resumed run will not repeat the original exactly",
-                loaded.path, len(per_rank), world, len(per_rank),
+                loaded.path,
+                len(per_rank),
+                world,
+                len(per_rank),
             )
         mine = per_rank[rank] if rank < len(per_rank) else per_rank[0]
         return {**state, "rng": mine["rng"], "data": mine["data"]}

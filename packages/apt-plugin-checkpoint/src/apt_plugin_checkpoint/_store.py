@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 from apt.errors import CheckpointError
-
 from apt_plugin_checkpoint._atomic import TMP_PREFIX
 from apt_plugin_checkpoint._atomic import TRASH_PREFIX
 from apt_plugin_checkpoint._atomic import atomic_write_bytes
@@ -87,7 +86,7 @@ class CheckpointStore:
             if not e.name.startswith((TMP_PREFIX, TRASH_PREFIX)) and (e / MANIFEST_FILE).is_file()
         ]
 
-    def list(self) -> list[tuple[Manifest | None, str]]:
+    def manifests(self) -> list[tuple[Manifest | None, str]]:
         """Every committed checkpoint, oldest first, with its manifest (None if unreadable)."""
         result: list[tuple[Manifest | None, str]] = []
         for name in self.names():
@@ -102,7 +101,7 @@ class CheckpointStore:
         """Retention's view of the readable checkpoints, oldest first."""
         return [
             CheckpointInfo(name=name, step=m.step, created_unix=m.created_unix, metric=m.metric)
-            for m, name in self.list()
+            for m, name in self.manifests()
             if m is not None
         ]
 
@@ -177,7 +176,9 @@ class CheckpointStore:
     def delete(self, name: str) -> None:
         """Remove one checkpoint (never the ``latest`` target)."""
         if name == self.latest_name():
-            raise CheckpointError(f"refusing to delete {self.root / name}: `latest` points to it", path=self.root / name)
+            raise CheckpointError(
+                f"refusing to delete {self.root / name}: `latest` points to it", path=self.root / name
+            )
         remove_tree(self.root / name)
 
     def prune(self, policy: RetentionPolicy, protect: tuple[str, ...] = ()) -> list[str]:
@@ -206,7 +207,7 @@ class CheckpointStore:
         :raises CheckpointError: if there is no checkpoint, or none verifies.
         """
         latest = self.latest_name()
-        order = [name for _, name in reversed(self.list())]
+        order = [name for _, name in reversed(self.manifests())]
         if latest is not None:
             order = [latest, *(n for n in order if n != latest)]
         if not order:

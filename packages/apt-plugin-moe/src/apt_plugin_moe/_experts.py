@@ -83,16 +83,23 @@ class StackedExperts(nn.Module):
 
     def expert_forward(self, e: int, x: Tensor) -> Tensor:
         """Expert ``e`` on rows ``x (M, D) -> (M, D)``."""
+        return self._expert(self._per_expert(), e, x)
 
-        def lin(w: Tensor | None, b: Tensor | None, inp: Tensor) -> Tensor:
-            assert w is not None
-            return F.linear(inp, w[e].to(inp.dtype), None if b is None else b[e].to(inp.dtype))
+    def _per_expert(self) -> dict[str, tuple[Tensor, ...]]:
+        # unbind once: its backward stacks the E gradients into one tensor, whereas indexing
+        # w[e] per expert would make E full-size zero-filled gradients and add them up
+        return {name: p.unbind(0) for name, p in self.named_parameters()}
+
+    def _expert(self, per: dict[str, tuple[Tensor, ...]], e: int, x: Tensor) -> Tensor:
+        def lin(name: str, inp: Tensor) -> Tensor:
+            bias = per.get("b" + name[1:])
+            return F.linear(inp, per[name][e].to(inp.dtype), None if bias is None else bias[e].to(inp.dtype))
 
         if self.activation == "gelu":
-            h = F.gelu(lin(self.w1, self.b1, x))  # (M, F)
+            h = F.gelu(lin("w1", x))  # (M, F)
         else:
-            h = F.silu(lin(self.w1, self.b1, x)) * lin(self.w3, self.b3, x)  # (M, F)
-        return lin(self.w2, self.b2, h)  # (M, D)
+            h = F.silu(lin("w1", x)) * lin("w3", x)  # (M, F)
+        return lin("w2", h)  # (M, D)
 
     # --- all experts on rows sorted by expert -------------------------------------------
 
@@ -102,7 +109,8 @@ class StackedExperts(nn.Module):
         :param xs: ``(M, D)`` rows grouped by expert (expert 0's rows first).
         :param counts: rows of each expert, summing to M (host ints).
         """
-        parts = [self.expert_forward(e, xe) for e, xe in enumerate(torch.split(xs, counts)) if xe.shape[0] > 0]
+        per = self._per_expert()
+        parts = [self._expert(per, e, xe) for e, xe in enumerate(torch.split(xs, counts)) if xe.shape[0] > 0]
         return torch.cat(parts) if parts else xs.new_zeros(0, self.d_model)  # (M, D)
 
     def forward_grouped(self, xs: Tensor, counts: Tensor) -> Tensor:
@@ -140,9 +148,10 @@ class StackedExperts(nn.Module):
 
     def forward_dense(self, x: Tensor) -> Tensor:
         """Every row through every expert, summed: used for shared experts. ``(..., D) -> (..., D)``."""
-        out = self.expert_forward(0, x)
+        per = self._per_expert()
+        out = self._expert(per, 0, x)
         for e in range(1, self.num_experts):
-            out = out + self.expert_forward(e, x)
+            out = out + self._expert(per, e, x)
         return out
 
     def extra_repr(self) -> str:

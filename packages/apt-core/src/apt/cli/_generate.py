@@ -17,15 +17,20 @@ __all__ = ["InferenceHost", "load_run_model", "register"]
 
 def register(subparsers: Any) -> None:
     """Add the ``generate`` command."""
-    p = subparsers.add_parser("generate", help="sample text from a trained run",
-                              description="Sample text from RUN_DIR's model (config.yaml + model.safetensors).")
+    p = subparsers.add_parser(
+        "generate",
+        help="sample text from a trained run",
+        description="Sample text from RUN_DIR's model (config.yaml + model.safetensors).",
+    )
     p.add_argument("--run", type=Path, required=True, metavar="RUN_DIR", help="a run folder written by apt train")
     p.add_argument("--prompt", default="", help="text to continue (default: empty)")
     p.add_argument("--max-new-tokens", type=int, default=200, metavar="N")
     p.add_argument("--temperature", type=float, default=0.8, metavar="T", help="0 = greedy")
     p.add_argument("--top-k", type=int, default=None, metavar="K")
     p.add_argument("--seed", type=int, default=0, metavar="S")
-    p.add_argument("--weights", metavar="NAME", help="a 'weights' provider to take weights from (e.g. align's 'stable')")
+    p.add_argument(
+        "--weights", metavar="NAME", help="a 'weights' provider to take weights from (e.g. align's 'stable')"
+    )
     p.set_defaults(func=run)
 
 
@@ -83,7 +88,9 @@ def load_run_model(run_dir: Path, weights: str | None = None) -> tuple[Any, Any]
 
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
-        raise UsageError(f"{str(run_dir)!r} is not a run folder: it has no config.yaml (give the folder apt train made)")
+        raise UsageError(
+            f"{str(run_dir)!r} is not a run folder: it has no config.yaml (give the folder apt train made)"
+        )
     config = APTConfig.from_yaml(cfg_path)
     config.training.resume = None
     pm = PluginManager()
@@ -109,8 +116,9 @@ def load_run_model(run_dir: Path, weights: str | None = None) -> tuple[Any, Any]
     else:
         path = run_dir / "model.safetensors"
         if not path.is_file():
-            raise CheckpointError(f"{str(path)!r} does not exist: the run did not finish (apt train writes it at the end)",
-                                  path=str(path))
+            raise CheckpointError(
+                f"{str(path)!r} does not exist: the run did not finish (apt train writes it at the end)", path=str(path)
+            )
         load_weights(host.model, path)
     host.model.eval()
     return host.model, pm
@@ -129,8 +137,9 @@ def run(args: argparse.Namespace) -> int:
         ids = tok.encode(args.prompt) or [ord("\n")]  # an empty prompt starts a new line
         idx = torch.tensor([ids], dtype=torch.long)  # (1, T)
         generator = torch.Generator().manual_seed(args.seed)
-        out = model.generate(idx, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                             generator=generator)
+        out = model.generate(
+            idx, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, generator=generator
+        )
         print(tok.decode(out[0].tolist()))
     finally:
         pm.teardown_all()

@@ -29,8 +29,11 @@ _NOT_SERIES = {"step", "epoch", "loss", "val_loss", "train_loss"}
 
 def register(subparsers: Any) -> None:
     """Add the ``plot`` command."""
-    p = subparsers.add_parser("plot", help="plot a run's metrics to PNG files",
-                              description="Draw RUN_DIR/metrics.jsonl to PNG files under RUN_DIR/plots/.")
+    p = subparsers.add_parser(
+        "plot",
+        help="plot a run's metrics to PNG files",
+        description="Draw RUN_DIR/metrics.jsonl to PNG files under RUN_DIR/plots/.",
+    )
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     p.add_argument("--no-plugins", action="store_true", help="skip the run's plugins' own plots")
     p.set_defaults(func=run)

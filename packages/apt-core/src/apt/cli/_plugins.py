@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -270,7 +271,7 @@ def load_all(config: APTConfig, *, every_installed: bool) -> tuple[PluginManager
     if every_installed:
         data["plugins"], data["disable_plugins"] = None, []
     excluded: list[str] = list(data.get("disable_plugins") or [])
-    with _autoload_env_removed() if every_installed else nullcontext():
+    with _autoload_env_removed() if every_installed else nullcontext(), _quiet_kernel_log():
         # Errors that stop a whole load (a bad config section, a conflict) belong to one
         # plugin: record it, leave it out, and try again with the others.
         for _ in range(64):
@@ -295,6 +296,18 @@ def load_all(config: APTConfig, *, every_installed: bool) -> tuple[PluginManager
         for name, failure in pm.failures.items():
             failures.setdefault(name, failure.as_dict())
     return pm, failures
+
+
+@contextmanager
+def _quiet_kernel_log() -> Iterator[None]:
+    """The kernel logs each failed plugin as a warning; these commands report them themselves."""
+    logger = logging.getLogger("apt.plugins")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _culprit(exc: BaseException, excluded: list[str]) -> str | None:
@@ -551,7 +564,10 @@ def order_report(pm: PluginManager, event: str | None = None) -> dict[str, list[
                 and previous[0] == prio
                 and not (plugin and previous[1] in requires.get(plugin, []))
             ):
-                why.append("tie broken by plugin position, then name, then registration order")
+                if plugin is not None and previous[1] == plugin:
+                    why.append("same plugin: in registration order")
+                else:
+                    why.append(f"same priority as {previous[1] or 'the previous handler'}: by name")
             rows.append(
                 {
                     "handler": h.name,

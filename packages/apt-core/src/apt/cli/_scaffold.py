@@ -126,6 +126,12 @@ def scaffold(names: ScaffoldNames, parent: Path) -> Path:
         "api": PLUGIN_API_VERSION,
         "core_min": f"{core_major}.0",
         "core_next": str(core_major + 1),
+        # Orders that depend on the class name, computed so that the generated code stays
+        # isort-clean and its __all__ sorted whatever the name.
+        "test_imports": "\n".join(
+            f"from {names.package} import {n}" for n in sorted(["ReluSquaredFFN", names.cls], key=str.lower)
+        ),
+        "all_names": ", ".join(f'"{n}"' for n in sorted(["ReluSquaredFFN", names.cls, names.cls + "Config"])),
     }
     templates = resources.files("apt.cli").joinpath("_templates")
     files: dict[Path, str] = {}

@@ -31,14 +31,16 @@ def load_corpus(path: str | Path | None = None) -> str:
     if p.is_dir():
         files = sorted(f for f in p.rglob("*.txt") if f.is_file())
         if not files:
-            raise ConfigError(f"data.path {str(p)!r} is a folder without .txt files; add some or point to a file",
-                              key="data.path")
+            raise ConfigError(
+                f"data.path {str(p)!r} is a folder without .txt files; add some or point to a file", key="data.path"
+            )
         text = "\n\n".join(_read(f) for f in files)
     elif p.is_file():
         text = _read(p)
     else:
-        raise ConfigError(f"data.path {str(p)!r} does not exist; give a UTF-8 text file or a folder of .txt files",
-                          key="data.path")
+        raise ConfigError(
+            f"data.path {str(p)!r} does not exist; give a UTF-8 text file or a folder of .txt files", key="data.path"
+        )
     if not text.strip():
         raise ConfigError(f"data.path {str(p)!r} holds no text", key="data.path")
     return text
@@ -48,8 +50,9 @@ def _read(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"data.path: {str(path)!r} is not UTF-8 text ({exc.reason} at byte {exc.start})",
-                          key="data.path") from None
+        raise ConfigError(
+            f"data.path: {str(path)!r} is not UTF-8 text ({exc.reason} at byte {exc.start})", key="data.path"
+        ) from None
 
 
 def split_tokens(tokens: Tensor, val_fraction: float) -> tuple[Tensor, Tensor]:

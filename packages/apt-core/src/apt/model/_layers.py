@@ -75,7 +75,8 @@ class CausalSelfAttention(nn.Module):
             q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
         )  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads: (B, T, C)
-        return self.resid_dropout(self.c_proj(y))
+        out: Tensor = self.resid_dropout(self.c_proj(y))  # (B, T, C)
+        return out
 
 
 class MLP(nn.Module):
@@ -89,7 +90,8 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         h = F.gelu(self.c_fc(x))  # (B, T, d_ff)
-        return self.dropout(self.c_proj(h))  # (B, T, C)
+        out: Tensor = self.dropout(self.c_proj(h))  # (B, T, C)
+        return out
 
 
 class SwiGLU(nn.Module):
@@ -108,4 +110,5 @@ class SwiGLU(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         gate, up = self.c_fc(x).split(self.d_ff, dim=-1)  # 2 x (B, T, d_ff)
-        return self.dropout(self.c_proj(F.silu(gate) * up))  # (B, T, C)
+        out: Tensor = self.dropout(self.c_proj(F.silu(gate) * up))  # (B, T, C)
+        return out

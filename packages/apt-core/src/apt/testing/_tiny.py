@@ -104,7 +104,7 @@ class TinyRun:
 
     @property
     def recorder(self) -> RecordingPlugin:
-        plugin = self.plugin_manager.get_plugin(RecordingPlugin.name)  # type: ignore[arg-type]
+        plugin = self.plugin_manager.get_plugin("recorder")
         assert isinstance(plugin, RecordingPlugin)
         return plugin
 
@@ -132,7 +132,7 @@ def run_tiny_training(
     from apt.train import Trainer
 
     config = config if config is not None else tiny_config()
-    classes = [*plugins, RecordingPlugin] if record else list(plugins)
+    classes: list[type[Plugin]] = [*plugins, RecordingPlugin] if record else list(plugins)
     names = [str(cls.name) for cls in classes]
     config = config.with_overrides(overrides)
     config.plugins = list(dict.fromkeys([*(config.plugins or []), *names]))

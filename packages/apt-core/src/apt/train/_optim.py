@@ -46,7 +46,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 
 def build_adamw(param_groups: list[dict[str, Any]], config: TrainingConfig) -> torch.optim.Optimizer:
     """AdamW with ``training.lr``, ``training.betas``; weight decay as set per group."""
-    return torch.optim.AdamW(param_groups, lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay)
+    return torch.optim.AdamW(param_groups, lr=config.lr, betas=(config.betas[0], config.betas[1]), weight_decay=config.weight_decay)
 
 
 def build_sgd(param_groups: list[dict[str, Any]], config: TrainingConfig) -> torch.optim.Optimizer:

@@ -102,6 +102,8 @@ class Trainer:
         self.dist: DistInfo = init_distributed(self.device)
         self.rank, self.world_size = self.dist.rank, self.dist.world_size
         self.is_global_zero = self.dist.is_global_zero
+        if not self.is_global_zero:
+            logging.getLogger("apt").setLevel(logging.WARNING)  # one process reports progress; all report problems
         if self.dist.enabled and tc.distributed == "fsdp":
             raise ConfigError(
                 "training.distributed: fsdp is not supported yet; use ddp (the default)", key="training.distributed"
@@ -324,8 +326,9 @@ class Trainer:
             bar.update(1)
             tokens_per_s = self.tokens_per_step * busy_steps / max(busy_s, 1e-9)
             metrics["tokens_per_s"] = tokens_per_s
-            bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}", tok_s=f"{tokens_per_s:.0f}",
-                            refresh=False)
+            bar.set_postfix(
+                loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}", tok_s=f"{tokens_per_s:.0f}", refresh=False
+            )
             self._check_stop()
             last = self.step_in_epoch == tc.steps_per_epoch or self.stop_reason is not None
             validated = not last and self.global_step % tc.val_interval == 0
@@ -341,8 +344,9 @@ class Trainer:
         val = self.validate()
         self._train_loss = sum(self._epoch_losses) / len(self._epoch_losses) if self._epoch_losses else math.nan
         epoch_metrics: dict[str, Any] = {"train_loss": self._train_loss, **val}
-        for plugin, extra in self._collect(_EPOCH_END, model=self.model, epoch=epoch, step=self.global_step,
-                                           metrics=dict(epoch_metrics)):
+        for plugin, extra in self._collect(
+            _EPOCH_END, model=self.model, epoch=epoch, step=self.global_step, metrics=dict(epoch_metrics)
+        ):
             epoch_metrics.update(_as_metrics(extra, plugin, _EPOCH_END))
         self._check_stop()
         self.last_metrics.update(epoch_metrics)
@@ -422,8 +426,15 @@ class Trainer:
 
         # 8. the step ends; plugins may add metrics
         if hooks.has_handlers(_STEP_END):
-            for plugin, extra in self._collect(_STEP_END, model=model, batch=(x, y), epoch=epoch, step=step,
-                                               loss=metrics["loss"], metrics=dict(metrics)):
+            for plugin, extra in self._collect(
+                _STEP_END,
+                model=model,
+                batch=(x, y),
+                epoch=epoch,
+                step=step,
+                loss=metrics["loss"],
+                metrics=dict(metrics),
+            ):
                 metrics.update(_as_metrics(extra, plugin, _STEP_END))
         return metrics
 
@@ -443,8 +454,9 @@ class Trainer:
         all_reduce_sum(total, self.dist)
         val_loss = float(total[0] / total[1])
         metrics = {"val_loss": val_loss, "val_bpb": bits_per_byte(val_loss)}
-        for plugin, extra in self._collect(_VAL_END, model=model, epoch=self.epoch, step=self.global_step,
-                                           metrics=dict(metrics)):
+        for plugin, extra in self._collect(
+            _VAL_END, model=model, epoch=self.epoch, step=self.global_step, metrics=dict(metrics)
+        ):
             metrics.update(_as_metrics(extra, plugin, _VAL_END))
         model.train()
         log.debug("step %d: val_loss %.4f, val_bpb %.4f", self.global_step, metrics["val_loss"], metrics["val_bpb"])
@@ -597,8 +609,13 @@ class Trainer:
 
         total = self.config.training.total_steps
         # rank 0 only; disable=None lets tqdm hide itself when stderr is not a terminal
-        bar = tqdm(total=total, initial=self.global_step, unit="step", dynamic_ncols=True,
-                   disable=True if not self.is_global_zero else None)
+        bar = tqdm(
+            total=total,
+            initial=self.global_step,
+            unit="step",
+            dynamic_ncols=True,
+            disable=True if not self.is_global_zero else None,
+        )
         try:
             with logging_redirect_tqdm():
                 yield bar

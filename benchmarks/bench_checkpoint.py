@@ -1,0 +1,136 @@
+"""Checkpoint cost, measured side by side in one run.
+
+1. Save time of apt-plugin-checkpoint (safetensors + JSON + SHA-256 manifest + fsync of
+   files and folders + atomic rename + `latest`) divided by a plain ``torch.save`` of the
+   same trainer state to the same disk (target: <= 1.2x). ``torch.save`` does not fsync,
+   so the ratio against ``torch.save`` + fsync is printed too, and the load time.
+2. Training-time overhead of saving every ``every_n_steps`` steps (default 100): the
+   same run with and without the plugin, plus the time the plugin's hooks took inside
+   the run with checkpoints (target: <= 5%), for synchronous and asynchronous saves.
+
+    python benchmarks/bench_checkpoint.py            # about 2-4 minutes on 2 CPU cores
+    python benchmarks/bench_checkpoint.py --quick    # smaller model, fewer steps
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from apt.core import APTConfig
+from apt.train import Trainer
+from apt_plugin_checkpoint import CheckpointStore
+from apt_plugin_checkpoint import encode_state
+from apt_plugin_checkpoint import load_checkpoint
+
+
+def _config(model: dict[str, Any], training: dict[str, Any], plugins: list[str], **sections: Any) -> APTConfig:
+    base = {"device": "cpu", "log_interval": 1000, "val_batches": 2}
+    return APTConfig(model=model, training={**base, **training}, plugins=plugins, **sections)
+
+
+def bench_save(model: dict[str, Any], repeats: int, folder: Path) -> None:
+    # a real trainer state after one optimizer step (Adam moments exist)
+    trainer = Trainer(_config(model, {"max_epochs": 1, "steps_per_epoch": 1, "batch_size": 4}, []), run_dir=None)
+    trainer.fit()
+    state = trainer.state_dict()
+    n_bytes = encode_state(state).tensor_bytes
+    print(
+        f"trainer state: {n_bytes / 2**20:.1f} MiB of tensors ({sum(p.numel() for p in trainer.model.parameters()) / 1e6:.1f}M params)"
+    )
+
+    def torch_save(i: int, sync: bool) -> float:
+        path = folder / f"plain{i}.pt"
+        t0 = time.perf_counter()
+        with open(path, "wb") as f:
+            torch.save(state, f)
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
+        dt = time.perf_counter() - t0
+        path.unlink()
+        return dt
+
+    store = CheckpointStore(folder / "ckpt")
+
+    def apt_save(i: int) -> float:
+        t0 = time.perf_counter()
+        store.save(encode_state(state), name=f"s{i}", step=i, epoch=0)
+        dt = time.perf_counter() - t0
+        if i > 0:
+            store.delete(f"s{i - 1}")
+        return dt
+
+    plain, plain_sync, ours, load = [], [], [], []
+    for i in range(repeats):  # interleaved, so that disk and CPU noise hits all three alike
+        plain.append(torch_save(i, sync=False))
+        plain_sync.append(torch_save(i, sync=True))
+        ours.append(apt_save(i))
+        t0 = time.perf_counter()
+        load_checkpoint(store.root / f"s{i}")
+        load.append(time.perf_counter() - t0)
+    m_plain, m_sync, m_ours = statistics.median(plain), statistics.median(plain_sync), statistics.median(ours)
+    print(f"torch.save             median {m_plain * 1e3:8.1f} ms  ({n_bytes / 2**20 / m_plain:.0f} MiB/s)")
+    print(f"torch.save + fsync     median {m_sync * 1e3:8.1f} ms")
+    print(f"apt checkpoint save    median {m_ours * 1e3:8.1f} ms  (sha256 + fsync files/dirs + rename + latest)")
+    print(f"apt checkpoint load    median {statistics.median(load) * 1e3:8.1f} ms  (verify sha256 + parse)")
+    print(f"RATIO save / torch.save          = {m_ours / m_plain:.2f}x  (target <= 1.2x)")
+    print(f"RATIO save / (torch.save+fsync)  = {m_ours / m_sync:.2f}x")
+
+
+def _fit(config: APTConfig, run_dir: Path | None) -> tuple[float, float]:
+    trainer = Trainer(config, run_dir=run_dir)
+    t0 = time.perf_counter()
+    summary = trainer.fit()
+    wall = time.perf_counter() - t0
+    hook_s = sum(
+        h["total_s"] for event in summary["hooks"].values() for h in event["handlers"] if h["plugin"] == "checkpoint"
+    )
+    return wall, hook_s
+
+
+def bench_overhead(model: dict[str, Any], steps: int, every: int, folder: Path) -> None:
+    training = {"max_epochs": 1, "steps_per_epoch": steps, "batch_size": 8, "val_interval": steps}
+    print(f"\ntraining {steps} steps, checkpoint every {every} steps (plus epoch end)")
+    base_cfg = _config(model, training, [])
+    _fit(base_cfg, None)  # warm-up: allocator, kernels, page cache
+    rows = []
+    for mode in ("sync", "async"):
+        ck = {"every_n_steps": every, "async_save": mode == "async", "keep_last": 2}
+        cfg = _config(model, training, ["checkpoint"], checkpoint={**ck, "dir": str(folder / f"ck-{mode}")})
+        plain_wall, _ = _fit(base_cfg, None)
+        wall, hook_s = _fit(cfg, None)
+        rows.append((mode, plain_wall, wall, hook_s))
+    for mode, plain_wall, wall, hook_s in rows:
+        print(
+            f"{mode:5s}: without plugin {plain_wall:6.2f} s, with {wall:6.2f} s -> side-by-side overhead "
+            f"{(wall / plain_wall - 1) * 100:+5.1f}%; time in checkpoint hooks {hook_s:.3f} s = "
+            f"{hook_s / wall * 100:.2f}% of the run (target <= 5%)"
+        )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smaller model and fewer steps")
+    parser.add_argument("--dir", type=Path, default=None, help="folder on the disk to measure (default: a temp dir)")
+    args = parser.parse_args()
+    big = {"n_layer": 6, "n_head": 6, "d_model": 384, "block_size": 64}
+    small = {"n_layer": 2, "n_head": 4, "d_model": 128, "block_size": 64}
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        folder = Path(tmp)
+        print(f"python {sys.version.split()[0]}, torch {torch.__version__}, {os.cpu_count()} CPUs, folder {folder}")
+        bench_save(small if args.quick else big, repeats=3 if args.quick else 5, folder=folder)
+        bench_overhead(small, steps=100 if args.quick else 300, every=100, folder=folder)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# MoE layer fwd+bwd throughput vs an equal-FLOP dense FFN, bf16 on one CUDA GPU (H100 / H200).
+#
+# Targets (issue 4): ratio >= 0.75 at (16384 tokens, d 1024, d_ff 4096, 8 experts, top-2)
+#                    ratio >= 0.6  at (16384 tokens, d 2048, d_ff 1408, 64 experts, top-6)
+# Reference on an H200: loop 0.11 / 0.007, sort + per-expert matmul 0.48 / 0.09, sort + grouped_mm 0.63 / 0.46.
+# Needs apt-core and apt-plugin-moe importable (pip install -e packages/apt-core -e packages/apt-plugin-moe,
+# or run from the repository root: PYTHONPATH is set below).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH="packages/apt-core/src:packages/apt-plugin-moe/src${PYTHONPATH:+:$PYTHONPATH}"
+python -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.__version__, torch.cuda.get_device_name())"
+
+# Mixtral-like experts (SwiGLU, as the experts the reference numbers were measured with)
+python benchmarks/bench_moe.py --device cuda --dtype bf16 --activation swiglu \
+    --tokens 16384 --d-model 1024 --d-ff 4096 --experts 8 --top-k 2 --repeats 20 --warmup 3 "$@"
+# fine-grained experts (DeepSeek-like)
+python benchmarks/bench_moe.py --device cuda --dtype bf16 --activation swiglu \
+    --tokens 16384 --d-model 2048 --d-ff 1408 --experts 64 --top-k 6 --repeats 20 --warmup 3 "$@"

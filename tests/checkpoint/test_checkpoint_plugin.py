@@ -1,0 +1,126 @@
+"""The plugin inside the real Trainer: schedule, retention by metric, async, disk checks, save errors."""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import apt_plugin_checkpoint
+import pytest
+from apt.errors import AptError
+from apt.errors import ConfigError
+from apt.plugins import PluginManager
+from apt.train import Trainer
+from apt_plugin_checkpoint import CheckpointConfig
+from apt_plugin_checkpoint import CheckpointPlugin
+from apt_plugin_checkpoint import CheckpointStore
+from ckpt_helpers import tiny_config
+
+
+def _fit(run: Path, **checkpoint: Any) -> Trainer:
+    config = tiny_config(["checkpoint"], checkpoint=checkpoint)
+    pm = PluginManager()
+    pm.load_from_config(config)
+    trainer = Trainer(config, pm, run_dir=run)
+    trainer.fit()
+    return trainer
+
+
+def _manifests(run: Path) -> dict[str, dict[str, Any]]:
+    store = CheckpointStore(run / "checkpoints")
+    return {name: json.loads((store.root / name / "manifest.json").read_text()) for name in store.names()}
+
+
+def test_public_names_are_sorted_and_exported() -> None:
+    assert apt_plugin_checkpoint.__all__ == sorted(apt_plugin_checkpoint.__all__)
+    assert all(hasattr(apt_plugin_checkpoint, n) for n in apt_plugin_checkpoint.__all__)
+    assert CheckpointPlugin.name == "checkpoint" and CheckpointPlugin.priority < 0
+
+
+def test_config_rejects_unknown_keys_and_bad_templates() -> None:
+    with pytest.raises(ValueError, match="every_n_step"):
+        CheckpointConfig(every_n_step=5)  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="plain folder name"):
+        CheckpointConfig(filename="../escape{step}")
+    with pytest.raises(ConfigError, match="checkpoint.keep_best"):
+        PluginManager().load("checkpoint", {"keep_best": -1})
+
+
+def test_schedule_saves_after_validation_and_keeps_newest_and_best(tmp_path: Path) -> None:
+    # every 3 steps; validation runs at steps 3 and 9 (val_interval 3), the epochs end at 6 and 12
+    _fit(tmp_path, every_n_steps=3, keep_last=2, keep_best=1, filename="e{epoch}-s{step:03d}-{val_loss:.3f}")
+    manifests = _manifests(tmp_path)
+    by_step = {m["step"]: m for m in manifests.values()}
+    assert sorted(by_step)[-2:] == [9, 12]  # the two newest
+    for m in manifests.values():
+        # saved after this step's validation, so the monitored metric is this step's val_loss
+        assert m["name"].endswith(f"-{m['metrics']['val_loss']:.3f}")
+        assert m["reason"] in ("step", "epoch")
+    # the best val_loss of all saves (3, 6, 9, 12) is kept even when it is not among the newest
+    log = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    val = {r["step"]: r["val_loss"] for r in log if "val_loss" in r and r["step"] in (3, 6, 9, 12)}
+    best = min(val, key=lambda s: val[s])
+    assert best in by_step
+    assert len(manifests) == (2 if best in (9, 12) else 3)
+    assert CheckpointStore(tmp_path / "checkpoints").latest_name() == by_step[12]["name"]
+
+
+def test_async_and_time_based_saves_write_the_same_bytes_as_sync(tmp_path: Path) -> None:
+    _fit(tmp_path / "sync", every_n_steps=2, keep_last=None)
+    _fit(tmp_path / "async", every_n_steps=2, keep_last=None, async_save=True)
+    _fit(tmp_path / "time", every_n_steps=None, every_minutes=1e-9, keep_last=None)  # due at every step
+    sync, asyn, timed = (_manifests(tmp_path / k) for k in ("sync", "async", "time"))
+    assert sorted(sync) == sorted(asyn) and len(sync) == 6
+    for name in sync:
+        assert sync[name]["files"]["tensors.safetensors"] == asyn[name]["files"]["tensors.safetensors"]
+    assert sorted(m["step"] for m in timed.values()) == list(range(1, 13))
+
+
+def test_not_enough_disk_space_is_refused_at_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("apt_plugin_checkpoint._plugin.disk_free_bytes", lambda path: 1 << 20)
+    with pytest.raises(AptError, match=r"not enough disk space for one checkpoint.*MiB needed.*checkpoint.dir"):
+        _fit(tmp_path)
+
+
+@pytest.mark.parametrize("policy", ["continue", "stop"])
+def test_failed_save_is_reported_and_the_run_continues_or_stops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, policy: str
+) -> None:
+    real_save = CheckpointStore.save
+
+    def flaky(self: CheckpointStore, encoded: Any, **kwargs: Any) -> Any:
+        if kwargs["step"] == 4:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(self, encoded, **kwargs)
+
+    monkeypatch.setattr(CheckpointStore, "save", flaky)
+    with caplog.at_level(logging.ERROR, logger="apt.checkpoint"):
+        trainer = _fit(tmp_path, every_n_steps=2, keep_last=None, on_save_error=policy)
+    assert "checkpoint save failed at step 4" in caplog.text and "No space left" in caplog.text
+    steps = sorted(m["step"] for m in _manifests(tmp_path).values())
+    if policy == "continue":
+        assert trainer.global_step == 12 and 4 not in steps and steps[-1] == 12
+    else:
+        assert trainer.global_step == 4 and trainer.stop_reason and "checkpoint save failed" in trainer.stop_reason
+        assert steps == [2]  # the failed save never became a checkpoint, nor `latest`
+        assert CheckpointStore(tmp_path / "checkpoints").latest_name() == "step00000002"
+
+
+def test_emergency_save_on_exception(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tiny_config(["checkpoint"], checkpoint={"every_n_steps": None, "every_n_epochs": None})
+    trainer = Trainer(config, run_dir=tmp_path)
+    real_step = trainer.train_step
+
+    def failing_step(x: Any, y: Any) -> Any:
+        if trainer.global_step == 5:
+            raise RuntimeError("simulated crash")
+        return real_step(x, y)
+
+    monkeypatch.setattr(trainer, "train_step", failing_step)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        trainer.fit()
+    manifests = _manifests(tmp_path)
+    assert [(m["step"], m["reason"]) for m in manifests.values()] == [(5, "exception")]

@@ -1,0 +1,82 @@
+"""More than one process: a 2-process gloo run matches one process with the same global batch.
+
+Tolerance: losses agree to 1e-5 relative (measured: about 2e-7; the only difference is the
+order of floating-point sums in DDP's gradient all-reduce).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import yaml
+from apt.errors import UsageError
+from apt.testing import TINY_CONFIG
+from apt.train._distributed import DistInfo
+from apt.train._distributed import check_fingerprints
+
+
+TORCHRUN = shutil.which("torchrun")
+
+
+def read_losses(run_dir: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.skipif(TORCHRUN is None, reason="torchrun is not on PATH")
+def test_two_process_gloo_run_matches_one_process(tmp_path: Path) -> None:
+    """torchrun --nproc_per_node=2 with batch B per rank logs the losses of one process with batch 2B."""
+    config = copy.deepcopy(TINY_CONFIG)
+    config["training"].update(batch_size=2, steps_per_epoch=3, val_interval=100)
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    two = subprocess.run(
+        [str(TORCHRUN), "--standalone", "--nproc_per_node=2", "-m", "apt", "train", "--config", str(path),
+         "--no-plugins", "--run-dir", str(tmp_path / "two")],
+        capture_output=True, text=True, timeout=180, env=env,
+    )  # fmt: skip
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("run folder:") == 1  # only rank 0 reports
+    one = subprocess.run(
+        [sys.executable, "-m", "apt", "train", "--config", str(path), "--no-plugins", "--run-dir",
+         str(tmp_path / "one"), "--set", "training.batch_size=4"],
+        capture_output=True, text=True, timeout=180, env=env,
+    )  # fmt: skip
+    assert one.returncode == 0, one.stderr[-3000:]
+    a, b = read_losses(tmp_path / "two"), read_losses(tmp_path / "one")
+    assert len(a) == len(b) == 6
+    assert a == pytest.approx(b, rel=1e-5)
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["tokens"] == 6 * 4 * 32
+
+
+def _fingerprint_worker(rank: int, init_file: str, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    version = "1.0" if rank == 0 else "1.1"
+    fingerprint = {"plugins": [{"name": "moe", "version": version}], "order": {}}
+    try:
+        check_fingerprints(fingerprint, DistInfo(rank=rank, world_size=2))
+        message = "no error"
+    except UsageError as exc:
+        message = str(exc)
+    finally:
+        dist.destroy_process_group()
+    Path(out_dir, f"rank{rank}.txt").write_text(message)
+
+
+def test_ranks_with_different_plugins_stop_with_a_clear_message(tmp_path: Path) -> None:
+    """Every rank raises a UsageError naming the rank and the differing plugin version."""
+    mp.spawn(_fingerprint_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    for rank in range(2):
+        message = (tmp_path / f"rank{rank}.txt").read_text()
+        assert "rank 1 loaded different plugins than rank 0" in message
+        assert "'1.0'" in message and "'1.1'" in message

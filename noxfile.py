@@ -10,9 +10,14 @@ multi-GB CUDA build; the packages themselves declare ``torch>=2.4``.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import nox
 
-from noxfile_packaging import packaging
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # nox loads this file by path
+from noxfile_packaging import packaging  # noqa: E402
 
 
 __all__ = ["lint", "packaging", "tests"]

@@ -24,6 +24,7 @@ import importlib.util
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -90,6 +91,8 @@ def _pip_install(session: nox.Session, python: str, wheelhouse: Path, *targets: 
     """Install ``targets`` into the venv of ``python``: offline from the wheelhouse, filling it on a miss.
 
     The venv is created without pip; this interpreter's pip installs into it (``pip --python``).
+    Downloads always pin torch (:data:`TORCH`): resolving the wheels' ``torch>=2.4`` freely
+    would fetch the newest CUDA build and its GBs of dependencies.
     """
     pip = [sys.executable, "-m", "pip", "--python", python]
     offline = [*pip, "install", "-q", "--no-index", "--find-links", str(wheelhouse), *targets]
@@ -99,8 +102,9 @@ def _pip_install(session: nox.Session, python: str, wheelhouse: Path, *targets: 
     except CommandFailed:
         session.log(f"wheelhouse {wheelhouse} lacks something for {' '.join(targets)}; downloading once")
     index = os.environ.get("APT_TORCH_INDEX_URL")
-    extra = ["--extra-index-url", index] if index and any(t.startswith("torch") for t in targets) else []
-    session.run(*pip, "download", "-q", "-d", str(wheelhouse), *extra, *targets, external=True)
+    extra = ["--extra-index-url", index] if index else []
+    pins = [] if TORCH in targets else [TORCH]
+    session.run(*pip, "download", "-q", "-d", str(wheelhouse), *extra, *pins, *targets, external=True)
     for own in wheelhouse.glob("apt_*"):  # this tree's wheels are installed from dist/, never from the cache
         own.unlink()
     session.run(*offline, external=True)
@@ -181,4 +185,11 @@ def packaging(session: nox.Session) -> None:
         session.log(f"trained {summary['steps']} steps with plugins {[p['name'] for p in summary['plugins']]}")
         clock.lap("uninstall moe + list + train")
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        # A venv holding torch is tens of thousands of files: deleting it takes longer than
+        # everything above on a slow disk, so it is left to a detached `rm -rf`.
+        if shutil.which("rm") is not None:
+            subprocess.Popen(["rm", "-rf", str(tmp)], start_new_session=True)
+            session.log(f"removing {tmp} in the background")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+        clock.lap("clean up")

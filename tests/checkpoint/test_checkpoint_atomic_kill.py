@@ -26,11 +26,11 @@ _CHILD = textwrap.dedent(
     store = CheckpointStore(sys.argv[1])
     store.save(encode_state({"w": torch.full((4,), 1.0), "step": 1}), name="step1", step=1, epoch=0)
     fmt._CHUNK = 256 << 10
-    write = fmt._HashingWriter.write
-    def slow_write(self, data):
+    write = fmt._write_chunk
+    def slow_write(f, data):
         time.sleep(0.004)
-        write(self, data)
-    fmt._HashingWriter.write = slow_write
+        write(f, data)
+    fmt._write_chunk = slow_write
     big = torch.arange(4 << 20, dtype=torch.float32)  # 16 MiB -> 64 slow chunks, about 0.3 s
     store.save(encode_state({"w": big, "step": 2}), name="step2", step=2, epoch=0)
     print("finished", flush=True)

@@ -123,4 +123,10 @@ def test_emergency_save_on_exception(tmp_path: Path, monkeypatch: pytest.MonkeyP
     with pytest.raises(RuntimeError, match="simulated crash"):
         trainer.fit()
     manifests = _manifests(tmp_path)
-    assert [(m["step"], m["reason"]) for m in manifests.values()] == [(5, "exception")]
+    assert [(n, m["step"], m["reason"]) for n, m in manifests.items()] == [("step00000005-exception", 5, "exception")]
+    # taken while failing (maybe mid-step): durable and loadable by path, but never `latest` nor a fallback
+    store = CheckpointStore(tmp_path / "checkpoints")
+    assert store.latest_name() is None
+    with pytest.raises(AptError, match="only emergency checkpoints.*--resume .*step00000005-exception"):
+        store.load_latest()
+    assert store.load("step00000005-exception").state["trainer"]["counters"]["global_step"] == 5

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from apt.plugins import PluginManager
 from apt.train import Trainer
+from ckpt_helpers import one_thread
 from ckpt_helpers import same_weights
 from ckpt_helpers import step_losses
 from ckpt_helpers import tiny_config
@@ -34,7 +35,8 @@ def _trainer(run: Path, resume: str | None = None) -> Trainer:
 def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Trainer, Path]:
     run = tmp_path_factory.mktemp("reference3")
     trainer = _trainer(run)
-    trainer.fit()
+    with one_thread():
+        trainer.fit()
     return trainer, run
 
 

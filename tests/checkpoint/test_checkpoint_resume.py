@@ -13,6 +13,7 @@ from apt.plugins import Plugin
 from apt.plugins import PluginManager
 from apt.train import Trainer
 from apt_plugin_checkpoint import CheckpointStore
+from ckpt_helpers import one_thread
 from ckpt_helpers import same_weights
 from ckpt_helpers import step_losses
 from ckpt_helpers import tiny_config
@@ -43,7 +44,8 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Trainer, Path]:
     """One uninterrupted run that saves every 2 steps and keeps everything."""
     run = tmp_path_factory.mktemp("reference")
     trainer = _trainer(tiny_config(["checkpoint"], checkpoint={"every_n_steps": 2, "keep_last": None}), run)
-    trainer.fit()
+    with one_thread():
+        trainer.fit()
     return trainer, run
 
 
@@ -120,3 +122,23 @@ def test_resume_with_nothing_to_resume_says_how(tmp_path: Path) -> None:
     trainer = _trainer(tiny_config(["checkpoint"], resume="latest"), tmp_path)
     with pytest.raises(AptError, match="nothing to resume from"):
         trainer.fit()
+
+
+def test_resume_latest_in_a_new_run_folder_continues_the_newest_run(
+    reference: tuple[Trainer, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # `apt train --resume latest` without run.name gets a fresh time-stamped folder
+    ref, _ = reference
+    older, newer = tmp_path / "runs" / "older", tmp_path / "runs" / "newer"
+    shutil.copytree(reference[1] / "checkpoints", older / "checkpoints")
+    CheckpointStore(older / "checkpoints").set_latest("step00000002")
+    config = tiny_config(["checkpoint", "stop_at"], checkpoint={"every_n_steps": 4}, stop_at={"step": 7})
+    _trainer(config, newer, _StopAt).fit()  # saved at 4 and 7, after `older` was written
+    fresh = tmp_path / "runs" / "fresh"
+    config = tiny_config(["checkpoint"], resume="latest", run={"dir": str(tmp_path / "runs")})
+    with caplog.at_level(logging.WARNING, logger="apt.checkpoint"):
+        trainer = _trainer(config, fresh)
+        trainer.fit()
+    assert f"resuming the newest run's latest checkpoint in {newer / 'checkpoints'}" in caplog.text
+    assert same_weights(ref.model, trainer.model)
+    assert min(step_losses(fresh)) == 8

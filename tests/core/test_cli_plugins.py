@@ -192,6 +192,34 @@ def test_list_status_follows_config_and_environment(
     assert rows["alpha"]["reason"] == f"{AUTOLOAD_ENV} is set and the config does not name it"
 
 
+def test_list_tells_unreadable_from_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A class made at runtime is 'available' with a note; a package that is not installed is 'failed'."""
+    (tmp_path / "cli_dynamic.py").write_text(
+        "from apt.plugins import Plugin\n"
+        "def make():\n"
+        "    return type('Dyn', (Plugin,), {'name': 'dynamic'})\n"
+        "Dyn = make()\n",
+        encoding="utf-8",
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv(AUTOLOAD_ENV, raising=False)
+    importlib.invalidate_caches()
+    eps = [SourceEntryPoint("dynamic", "cli_dynamic:Dyn"), SourceEntryPoint("gone", "cli_not_installed_pkg:Gone")]
+    try:
+        with fake_entry_points(*eps):
+            rows = _rows(_run(capsys, "plugins", "list", "--json")[1])
+            checked = _rows(_run(capsys, "plugins", "list", "--json", "--check")[1])
+    finally:
+        sys.modules.pop("cli_dynamic", None)
+    assert rows["dynamic"]["status"] == "available"
+    assert rows["dynamic"]["note"].startswith("metadata not readable without importing (cannot find class 'Dyn'")
+    assert rows["gone"]["status"].startswith("failed: cannot locate the source of module 'cli_not_installed_pkg'")
+    assert checked["dynamic"]["status"] == "loaded" and checked["dynamic"]["note"] is None
+    assert checked["gone"]["status"].startswith("failed: plugin 'gone'")
+
+
 def test_list_table_and_check(installed: dict[str, SourceEntryPoint], capsys: pytest.CaptureFixture[str]) -> None:
     """The table has one line per plugin; `--check` imports and reports loaded / failed with the cause."""
     code, out, _ = _run(capsys, "plugins", "list")

@@ -102,6 +102,14 @@ def test_cli_writes_the_package_and_refuses_to_overwrite(tmp_path: Path, capsys:
     assert "already exists and is not empty" in capsys.readouterr().err
 
 
+def test_cli_warns_when_the_name_is_taken(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Scaffolding a plugin named like an installed one works, with a warning naming that distribution."""
+    with fake_entry_points(FakeEntryPoint("taken", object, distribution="apt-plugin-taken", version="2.0.0")):
+        assert main(["plugin", "new", "taken", "--dir", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert "warning: plugin name 'taken' is already used by the installed distribution apt-plugin-taken 2.0.0" in err
+
+
 def test_generated_plugin_metadata_is_readable_without_importing(tmp_path: Path) -> None:
     """`apt plugins list` can read everything about a scaffolded plugin from its source."""
     project = scaffold(ScaffoldNames.from_name("demo_static"), tmp_path)

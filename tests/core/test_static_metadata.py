@@ -232,6 +232,8 @@ def test_errors_name_the_module_or_class(site: Path, target: str, message: str) 
     info = read_static_metadata(target)
     assert info.error is not None and message in info.error
     assert info.unknown == [*METADATA_FIELDS, "hooks"]
+    # only a top-level package that is not installed at all is sure to fail on import too
+    assert info.missing is (target == "stat_missing_pkg:Thing")
 
 
 def test_module_only_entry_point_with_one_plugin_class(site: Path) -> None:

@@ -303,9 +303,7 @@ def test_run_folder_files(tmp_path: Path) -> None:
 
 def test_training_beats_the_unigram_baseline() -> None:
     """A short real run already predicts bytes better than their frequencies do."""
-    run = run_tiny_training(
-        overrides=["model.d_model=64", "model.block_size=64", "training.steps_per_epoch=40", "training.batch_size=8",
-                   "training.val_interval=1000", "training.lr=0.01"],
-        round_trip=False, record=False,
-    )  # fmt: skip
-    assert run.summary["val_bpb"] < run.summary["baseline_bpb"] - 0.3
+    overrides = ["training.steps_per_epoch=60", "training.batch_size=8", "training.val_interval=1000",
+                 "training.lr=0.01", "training.min_lr=0.001"]  # fmt: skip
+    run = run_tiny_training(overrides=overrides, round_trip=False, record=False)
+    assert run.summary["val_bpb"] < run.summary["baseline_bpb"] - 0.25

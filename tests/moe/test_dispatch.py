@@ -17,7 +17,7 @@ def _run(layer: MoELayer, x: torch.Tensor, dispatch: str) -> tuple[torch.Tensor,
     layer.zero_grad(set_to_none=True)
     xg = x.detach().clone().requires_grad_(True)
     y = layer(xg)
-    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(7))
+    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(7)).to(y)
     (y * g).sum().backward()
     assert xg.grad is not None
     grads = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in layer.parameters()]
@@ -126,3 +126,16 @@ def test_auto_uses_sliced_on_cpu_and_grouped_mm_checks_alignment() -> None:
     bad = MoELayer(6, 10, num_experts=2, top_k=1, dispatch="grouped_mm")
     with pytest.raises(ConfigError, match="moe.dispatch"):
         bad(torch.randn(1, 3, 6))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_grouped_mm_on_cuda_bf16_matches_loop() -> None:
+    """On CUDA, 'auto' takes the grouped_mm path; in bf16 it agrees with the loop reference to bf16 precision."""
+    torch.manual_seed(0)
+    layer = MoELayer(64, 128, num_experts=8, top_k=2, expert_ffn="swiglu").cuda().to(torch.bfloat16)
+    x = torch.randn(4, 64, 64, device="cuda", dtype=torch.bfloat16)
+    assert layer.backend(x.reshape(-1, 64)) == "grouped_mm"
+    y_ref, gx_ref, _ = _run(layer, x, "loop")
+    y, gx, _ = _run(layer, x, "auto")
+    torch.testing.assert_close(y.float(), y_ref.float(), rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(gx.float(), gx_ref.float(), rtol=2e-2, atol=2e-2)

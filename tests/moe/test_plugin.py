@@ -211,3 +211,51 @@ def test_scheduled_run_upcycles_at_epoch_1_and_resumes(tmp_path: Path) -> None:
         assert torch.equal(a, b), k
     fresh_plugin = fresh.plugin_manager.get_plugin("moe")
     assert isinstance(fresh_plugin, MoEPlugin) and fresh_plugin.aux_loss_weight == plugin.aux_loss_weight
+
+
+def test_capacity_and_loss_weights_follow_their_schedules() -> None:
+    """moe_capacity / moe_aux_loss_weight / moe_z_loss_weight anneal by step, read at each step begin."""
+    from types import SimpleNamespace
+
+    from apt.core import Schedule
+
+    plugin, registry = _plugin(num_experts=4, top_k=2)
+    model = GPT(tiny_config().model, registry)
+    plugin.on_model_built(model=model, config=tiny_config())
+    schedule = Schedule(
+        {
+            "moe_capacity": {"start": 2.0, "end": 1.0, "by": "step"},
+            "moe_aux_loss_weight": {"start": 0.1, "end": 0.0, "by": "step", "curve": "cosine"},
+            "moe_z_loss_weight": {"start": 0.0, "end": 0.01, "by": "step"},
+        }
+    )
+    schedule.bind(total_epochs=1, steps_per_epoch=10)
+    trainer = SimpleNamespace(schedule=schedule)
+    plugin.on_step_begin(trainer=trainer, model=model, epoch=0, step=5)
+    assert plugin.capacity_factor == pytest.approx(1.5)
+    assert plugin.aux_loss_weight == pytest.approx(0.05)
+    assert plugin.z_loss_weight == pytest.approx(0.005)
+    assert all(layer.capacity_factor == pytest.approx(1.5) for _, layer in moe_layers(model))
+    state = plugin.on_save_checkpoint(trainer=SimpleNamespace(model=model))
+    other, _ = _plugin(num_experts=4, top_k=2)
+    other.on_load_checkpoint(trainer=SimpleNamespace(model=model), state=state)
+    assert (other.capacity_factor, other.aux_loss_weight) == (plugin.capacity_factor, plugin.aux_loss_weight)
+
+
+def test_mismatched_checkpoint_and_bad_layers_are_named_errors() -> None:
+    """A checkpoint with MoE blocks the model lacks, and moe.layers out of range, raise typed errors."""
+    from types import SimpleNamespace
+
+    from apt.errors import CheckpointError
+    from apt.errors import ConfigError
+
+    plugin, registry = _plugin(num_experts=2, top_k=1, layers=[1])
+    model = GPT(tiny_config().model, registry)
+    plugin.on_model_built(model=model, config=tiny_config())
+    state = plugin.on_save_checkpoint(trainer=SimpleNamespace(model=model))
+    dense = GPT(tiny_config().model, registry)
+    with pytest.raises(CheckpointError, match=r"blocks \[1\]"):
+        plugin.on_load_checkpoint(trainer=SimpleNamespace(model=dense), state=state)
+    bad, registry = _plugin(num_experts=2, top_k=1, layers=[5])
+    with pytest.raises(ConfigError, match="moe.layers"):
+        bad.on_model_built(model=GPT(tiny_config().model, registry), config=tiny_config())

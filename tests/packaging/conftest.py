@@ -52,7 +52,7 @@ class Venv:
     """A fresh virtual environment driven by this interpreter's pip (``pip --python``)."""
 
     path: Path
-    wheelhouse: Path
+    wheelhouse: Path | None = None
 
     @property
     def python(self) -> Path:
@@ -72,8 +72,13 @@ class Venv:
 
     def install(self, *targets: str | Path, deps: bool = False) -> None:
         """Install wheels or requirements offline from the wheelhouse."""
+        assert self.wheelhouse is not None, "this venv has no wheelhouse (use the core_venv fixture)"
         flags = ["--no-index", "--find-links", str(self.wheelhouse), "-q"]
         self.pip("install", *flags, *([] if deps else ["--no-deps"]), *targets)
+
+    def apt(self, *args: str | Path, cwd: Path) -> str:
+        """Run the ``apt`` command of this venv (``python -m apt``) from ``cwd``; return stdout."""
+        return run([self.python, "-m", "apt", *args], cwd=cwd, env=self.env())
 
     def python_script(self, code: str, cwd: Path) -> str:
         """Run ``code`` with the venv's python from ``cwd`` (outside the source tree); return stdout."""
@@ -123,7 +128,7 @@ def _is_installation_path(entry: str) -> bool:
 
 
 @pytest.fixture
-def make_venv(tmp_path: Path, wheelhouse: Path) -> Callable[..., Venv]:
+def make_venv(tmp_path: Path) -> Callable[..., Venv]:
     """Factory for fresh venvs.
 
     ``inherit=True`` makes this interpreter's import path (its site-packages, editable
@@ -135,7 +140,7 @@ def make_venv(tmp_path: Path, wheelhouse: Path) -> Callable[..., Venv]:
     def make(name: str = "venv", *, inherit: bool = False) -> Venv:
         path = tmp_path / name
         run([sys.executable, "-m", "venv", "--without-pip", path])
-        venv = Venv(path=path, wheelhouse=wheelhouse)
+        venv = Venv(path=path)
         if inherit:
             site = run([venv.python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).strip()
             inherited = [p for p in sys.path if p and _is_installation_path(p)]
@@ -146,9 +151,10 @@ def make_venv(tmp_path: Path, wheelhouse: Path) -> Callable[..., Venv]:
 
 
 @pytest.fixture
-def core_venv(make_venv: Callable[..., Venv], apt_core_wheel: Path) -> Venv:
+def core_venv(make_venv: Callable[..., Venv], apt_core_wheel: Path, wheelhouse: Path) -> Venv:
     """A fresh venv with apt-core (from its wheel) and its light dependencies, without torch."""
     venv = make_venv("core-venv")
+    venv.wheelhouse = wheelhouse
     venv.install(*LIGHT_DEPS, deps=True)
     venv.install(apt_core_wheel)  # --no-deps: torch is not needed for discovery and dispatch
     return venv

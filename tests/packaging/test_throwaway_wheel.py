@@ -175,6 +175,13 @@ def test_throwaway_plugin_wheel_in_a_fresh_venv(
     assert {"throwaway_after/seen": 1.0} in out["results"]
     assert out["torch_imported"] is False
 
+    # the `apt` command works without torch: listing reads metadata, and the scaffold's
+    # templates ship inside the apt-core wheel
+    listed = json.loads(core_venv.apt("plugins", "list", "--json", cwd=workdir))
+    assert {r["name"]: r["status"] for r in listed} == {"throwaway": "available", "throwaway_after": "available"}
+    core_venv.apt("plugin", "new", "shipped", "--dir", workdir, cwd=workdir)
+    assert (workdir / "apt-plugin-shipped" / "src" / "apt_plugin_shipped" / "_plugin.py").is_file()
+
     core_venv.pip("uninstall", "-y", "-q", "apt-plugin-throwaway")
     gone = json.loads(core_venv.python_script(UNINSTALLED, workdir).strip().splitlines()[-1])
     assert "throwaway" not in gone["discovered"] and "throwaway_after" not in gone["discovered"]

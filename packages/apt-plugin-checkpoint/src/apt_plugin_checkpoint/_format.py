@@ -112,8 +112,9 @@ def _path_str(path: tuple[Any, ...]) -> str:
 
 
 class _Encoder:
-    def __init__(self, copy_tensors: bool) -> None:
+    def __init__(self, copy_tensors: bool, buffers: dict[str, torch.Tensor] | None) -> None:
         self.copy_tensors = copy_tensors
+        self.buffers = buffers
         self.tensors: dict[str, torch.Tensor] = {}
         # (storage pointer, offset, shape, stride, dtype) -> key: the same tensor twice
         # (tied weights) is stored once and comes back as one tensor.
@@ -151,9 +152,17 @@ class _Encoder:
             if ident in self._seen:
                 return {TAG: "tensor", "key": self._seen[ident]}
         key = self._tensor_key(path)
-        cpu = value.to("cpu")
-        if self.copy_tensors and cpu.untyped_storage().data_ptr() == value.untyped_storage().data_ptr():
-            cpu = cpu.clone()  # an async save must not see later in-place updates
+        if self.copy_tensors:
+            # a snapshot that later in-place updates (the next optimizer step) cannot change;
+            # reusing the previous save's buffers avoids fresh allocations and their page faults
+            cpu = self.buffers.get(key) if self.buffers is not None else None
+            if cpu is None or cpu.shape != value.shape or cpu.dtype != value.dtype:
+                cpu = torch.empty(value.shape, dtype=value.dtype, device="cpu")
+                if self.buffers is not None:
+                    self.buffers[key] = cpu
+            cpu.copy_(value)
+        else:
+            cpu = value.to("cpu")
         self.tensors[key] = cpu
         if ident is not None:
             self._seen[ident] = key
@@ -215,14 +224,18 @@ class _Encoder:
         )
 
 
-def encode_state(state: Any, *, copy_tensors: bool = False) -> EncodedState:
+def encode_state(
+    state: Any, *, copy_tensors: bool = False, buffers: dict[str, torch.Tensor] | None = None
+) -> EncodedState:
     """Split ``state`` into a JSON-compatible tree and a flat dict of CPU tensors.
 
-    :param copy_tensors: copy tensors that already live on the CPU, so that later in-place
-        updates (the next optimizer step) cannot change what an asynchronous save writes.
+    :param copy_tensors: copy every tensor, so that later in-place updates (the next
+        optimizer step) cannot change what an asynchronous save writes.
+    :param buffers: with ``copy_tensors``, CPU tensors by key to copy into (filled on first
+        use and reused); the caller must not reuse them while a save of them is running.
     :raises CheckpointError: naming the key path of a value that JSON cannot represent.
     """
-    encoder = _Encoder(copy_tensors)
+    encoder = _Encoder(copy_tensors, buffers)
     tree = encoder.encode(state, ())
     return EncodedState(tree=tree, tensors=encoder.tensors)
 

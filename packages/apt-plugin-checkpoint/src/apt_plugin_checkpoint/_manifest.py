@@ -12,6 +12,7 @@ returns the verified bytes, so that what was checked is exactly what gets parsed
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import stat
@@ -22,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from apt.errors import CheckpointError
-from apt_plugin_checkpoint._atomic import atomic_write_bytes
 from apt_plugin_checkpoint._format import FORMAT_NAME
 from apt_plugin_checkpoint._format import FORMAT_VERSION
 from apt_plugin_checkpoint._format import STATE_FILE
@@ -142,11 +142,14 @@ def _check_file_name(name: Any, source: Any) -> None:
 
 
 def write_manifest(folder: Path, manifest: Manifest) -> None:
-    """Write ``manifest.json`` (fsynced) into ``folder``: the checkpoint's commit marker."""
-    import json
+    """Write ``manifest.json`` (fsynced) into the unpublished ``folder``: the checkpoint's commit marker."""
 
     raw = json.dumps(manifest.to_json(), indent=1, allow_nan=False).encode("utf-8")
-    atomic_write_bytes(folder / MANIFEST_FILE, raw)
+    # a plain write is enough: the folder is still a hidden temp folder, published by rename
+    with open(folder / MANIFEST_FILE, "wb") as f:
+        f.write(raw)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _read_regular_file(path: Path, folder: Path, limit: int | None = None) -> bytes:

@@ -30,8 +30,10 @@ from apt.plugins import Plugin
 from apt_plugin_checkpoint._config import CheckpointConfig
 from apt_plugin_checkpoint._format import EncodedState
 from apt_plugin_checkpoint._format import encode_state
+from apt_plugin_checkpoint._manifest import read_manifest
 from apt_plugin_checkpoint._retention import RetentionPolicy
 from apt_plugin_checkpoint._retention import best_checkpoints
+from apt_plugin_checkpoint._store import EMERGENCY
 from apt_plugin_checkpoint._store import CheckpointStore
 from apt_plugin_checkpoint._store import LoadedCheckpoint
 from apt_plugin_checkpoint._store import load_checkpoint
@@ -122,6 +124,7 @@ class CheckpointPlugin(Plugin):
         self._executor: ThreadPoolExecutor | None = None
         self._inflight: Future[None] | None = None
         self._trainer: Any = None
+        self._snapshot: dict[str, torch.Tensor] = {}  # async_save's reusable CPU copy of the state
 
     # --- where ----------------------------------------------------------------------------
 
@@ -190,7 +193,7 @@ class CheckpointPlugin(Plugin):
         try:
             if self.config.save_on_exception:
                 # Under DDP the other ranks may not be here, so no collective: rank 0's state only.
-                self._save(trainer, "exception", collective=False)
+                self._save(trainer, EMERGENCY, collective=False)
             self._wait()
         except Exception as exc:  # never hide the original failure
             logger.error("emergency checkpoint failed: %s", exc)
@@ -296,7 +299,11 @@ class CheckpointPlugin(Plugin):
             if not getattr(trainer, "is_global_zero", True):
                 self._last_saved_step = global_step
                 return
-            encoded = encode_state({"trainer": state, "per_rank": per_rank}, copy_tensors=self.config.async_save)
+            encoded = encode_state(
+                {"trainer": state, "per_rank": per_rank},
+                copy_tensors=self.config.async_save,
+                buffers=self._snapshot,  # free: _wait() above let the previous save finish
+            )
             job = self._make_job(trainer, encoded, reason, global_step, state)
         except Exception as exc:
             self._save_failed(trainer, exc)
@@ -321,6 +328,9 @@ class CheckpointPlugin(Plugin):
         fields = _Fields(metrics)
         fields.update(step=global_step, epoch=epoch)
         name = self.config.filename.format_map(fields).replace("/", "_").replace("\\", "_")
+        emergency = reason == EMERGENCY
+        if emergency:
+            name += "-exception"
         fingerprint = encoded.tree["trainer"].get("fingerprint") if isinstance(encoded.tree["trainer"], dict) else None
         policy = RetentionPolicy(self.config.keep_last, self.config.keep_best, self.config.mode)
 
@@ -336,8 +346,16 @@ class CheckpointPlugin(Plugin):
                 monitor=self.config.monitor,
                 mode=self.config.mode,
                 fingerprint=fingerprint,
+                make_latest=not emergency,
             )
             self._saves += 1
+            if emergency:
+                logger.warning(
+                    "emergency checkpoint written to %s; it is not marked `latest` because the failure may have "
+                    "struck in the middle of a step. Resume it explicitly with --resume %s if you trust it",
+                    store.root / manifest.name,
+                    store.root / manifest.name,
+                )
             deleted = store.prune(policy, protect=(manifest.name,))
             infos = store.infos()
             self._best = [
@@ -383,13 +401,56 @@ class CheckpointPlugin(Plugin):
 
     def _load(self, trainer: Any, resume: str) -> LoadedCheckpoint:
         if resume == "latest":
-            return self._store(trainer).load_latest()
+            store = self._store(trainer)
+            if not store.names():
+                other = self._newest_sibling_store(trainer)
+                if other is not None:
+                    # `apt train --resume latest` without a fixed run name starts a new, time-stamped
+                    # run folder: continue the newest run next to it, and say so.
+                    logger.warning(
+                        "no checkpoint in %s; resuming the newest run's latest checkpoint in %s (new checkpoints "
+                        "go to %s)",
+                        store.root,
+                        other.root,
+                        store.root,
+                    )
+                    return other.load_latest()
+            return store.load_latest()
         path = Path(resume).expanduser()
         if not path.exists() and not path.is_absolute():
             candidate = self.checkpoint_dir(trainer) / path  # `--resume step00000100`
             if candidate.exists():
                 path = candidate
         return load_checkpoint(path)
+
+    def _newest_sibling_store(self, trainer: Any) -> CheckpointStore | None:
+        """The checkpoint folder of the most recently saved run next to this one, if any.
+
+        Only for the default layout (``<run.dir>/<time stamp>``, no ``run.name``): there a
+        resumed run cannot know its predecessor's folder name.
+        """
+        run_dir = getattr(trainer, "run_dir", None)
+        run_cfg = getattr(getattr(trainer, "config", None), "run", None)
+        if run_dir is None or run_cfg is None or Path(self.config.dir).expanduser().is_absolute():
+            return None
+        if run_cfg.name is not None or Path(run_dir).parent.resolve() != Path(run_cfg.dir).resolve():
+            return None
+        best: tuple[float, CheckpointStore] | None = None
+        parent = Path(run_dir).parent
+        for sibling in parent.iterdir() if parent.is_dir() else ():
+            if sibling == Path(run_dir) or not sibling.is_dir():
+                continue
+            store = CheckpointStore(sibling / self.config.dir)
+            latest = store.latest_name()
+            if latest is None:
+                continue
+            try:
+                created = read_manifest(store.root / latest).created_unix
+            except CheckpointError:
+                created = 0.0  # a broken latest still counts; load_latest falls back inside that run
+            if best is None or created > best[0]:
+                best = (created, store)
+        return best[1] if best is not None else None
 
     def _state_for_rank(self, trainer: Any, loaded: LoadedCheckpoint) -> dict[str, Any]:
         document = loaded.state

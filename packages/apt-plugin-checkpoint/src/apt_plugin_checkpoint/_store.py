@@ -48,9 +48,11 @@ from apt_plugin_checkpoint._retention import RetentionPolicy
 from apt_plugin_checkpoint._retention import select_for_deletion
 
 
-__all__ = ["LATEST_FILE", "CheckpointFallbackWarning", "CheckpointStore", "LoadedCheckpoint"]
+__all__ = ["EMERGENCY", "LATEST_FILE", "CheckpointFallbackWarning", "CheckpointStore", "LoadedCheckpoint"]
 
 LATEST_FILE = "latest"
+#: ``reason`` of a checkpoint written from ``on_exception``
+EMERGENCY = "exception"
 logger = logging.getLogger("apt.checkpoint")
 
 
@@ -139,8 +141,9 @@ class CheckpointStore:
         monitor: str | None = None,
         mode: str = "min",
         fingerprint: Any = None,
+        make_latest: bool = True,
     ) -> Manifest:
-        """Write a checkpoint durably and move ``latest`` to it.
+        """Write a checkpoint durably and (unless ``make_latest`` is false) move ``latest`` to it.
 
         Either the whole checkpoint becomes visible under its name and ``latest`` names it,
         or (on any error, or if the process dies) nothing changes but a ``.tmp-`` leftover.
@@ -166,7 +169,8 @@ class CheckpointStore:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        self.set_latest(name)
+        if make_latest:
+            self.set_latest(name)
         return manifest
 
     def set_latest(self, name: str) -> None:
@@ -207,10 +211,20 @@ class CheckpointStore:
         :raises CheckpointError: if there is no checkpoint, or none verifies.
         """
         latest = self.latest_name()
-        order = [name for _, name in reversed(self.manifests())]
+        # emergency checkpoints (taken while a run failed, maybe mid-step) are never picked
+        # automatically; they can be resumed by path
+        order = [name for m, name in reversed(self.manifests()) if m is None or m.reason != EMERGENCY]
         if latest is not None:
             order = [latest, *(n for n in order if n != latest)]
         if not order:
+            emergency = [name for m, name in self.manifests() if m is not None and m.reason == EMERGENCY]
+            if emergency:
+                raise CheckpointError(
+                    f"{self.root} holds only emergency checkpoints ({', '.join(emergency)}), written while a run "
+                    "failed and possibly mid-step; `latest` never picks them. Resume one explicitly with "
+                    f"--resume {self.root / emergency[-1]}",
+                    path=self.root,
+                )
             raise CheckpointError(
                 f"no checkpoint in {self.root}: nothing to resume from. Start without --resume, or point "
                 "--resume at a checkpoint folder (with `--resume latest` the run must write into the same run "

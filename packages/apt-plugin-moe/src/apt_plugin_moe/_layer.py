@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Final
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -102,10 +103,12 @@ class MoELayer(nn.Module):
 
     # --- forward ------------------------------------------------------------------------
 
-    def backend(self, x: Tensor) -> str:
+    def backend(self, x: Tensor) -> Literal["loop", "sliced", "grouped_mm"]:
         """The dispatch used for input ``x``: 'loop', 'sliced' or 'grouped_mm'."""
-        if self.dispatch in ("loop", "sliced"):
-            return self.dispatch
+        if self.dispatch == "loop":
+            return "loop"
+        if self.dispatch == "sliced":
+            return "sliced"
         dtype = compute_dtype(x)
         if self.dispatch == "grouped_mm":
             if not (isinstance(self.experts, StackedExperts) and self.experts.grouped_ok(dtype)):
@@ -133,7 +136,7 @@ class MoELayer(nn.Module):
         if backend == "loop":
             y = loop_moe(flat, r.weights, r.experts, plan.keep, self.experts)  # (N, D)
         else:
-            y = sorted_moe(flat, r.weights, plan, self.experts, backend)  # type: ignore[arg-type]
+            y = sorted_moe(flat, r.weights, plan, self.experts, backend)
         if self.shared is not None:
             y = y + self.shared.forward_dense(flat)  # (N, D)
         y = self.drop(y)

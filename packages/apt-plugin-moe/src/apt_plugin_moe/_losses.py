@@ -60,5 +60,5 @@ def router_entropy(probs: Tensor) -> Tensor:
     e = probs.shape[-1]
     if e == 1:
         return probs.new_zeros(())
-    ent = -(probs * probs.clamp_min(1e-20).log()).sum(-1)  # (N,)
+    ent: Tensor = torch.special.entr(probs).sum(-1)  # (N,) -p log p, 0 where p = 0
     return ent.mean() / math.log(e)

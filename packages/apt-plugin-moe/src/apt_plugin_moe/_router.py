@@ -32,7 +32,7 @@ class TopKRouter(nn.Module):
     """Softmax over experts, top-k, gates renormalised over the k chosen (HF Mixtral).
 
     Megatron's ``pre_softmax=False`` (top-k on logits, softmax over the k) gives the same
-    gates. The softmax runs in fp32 whatever the input dtype. ``jitter`` multiplies the
+    gates. Logits and softmax are computed in fp32 whatever the input dtype or autocast. ``jitter`` multiplies the
     router input by ``U(1 - jitter, 1 + jitter)`` in training (Switch Transformer); the
     experts still see the clean input.
 
@@ -56,7 +56,10 @@ class TopKRouter(nn.Module):
         if self.training and self.jitter > 0:
             noise = torch.empty_like(x).uniform_(1.0 - self.jitter, 1.0 + self.jitter)
             x = x * noise  # out of place: the experts keep the clean input
-        logits = F.linear(x, self.gate.weight).float()  # (N, E)
+        # the router runs in fp32 even under autocast (cheap: D x E) so that logits, the z-loss
+        # and near-tied top-k choices are not decided in bf16
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            logits = F.linear(x.float(), self.gate.weight.float())  # (N, E)
         probs = logits.softmax(dim=-1)  # (N, E)
         weights, experts = probs.topk(self.top_k, dim=-1, sorted=True)  # (N, k), (N, k)
         weights = weights / weights.sum(dim=-1, keepdim=True)  # renormalise over the k chosen

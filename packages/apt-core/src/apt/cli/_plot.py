@@ -99,14 +99,21 @@ def plot_run(run_dir: Path, with_plugins: bool = True) -> list[Path]:
         prefix = key.split("/", 1)[0] if "/" in key else key
         groups["loss_terms" if prefix == "loss" else prefix].append(key)
     for name, keys in groups.items():
-        fig, ax = plt.subplots(figsize=(7, 4))
+        # deeper keys (moe/layer0/load_e1) get one panel per middle part (layer0), the rest share one
+        panels: dict[str, list[str]] = defaultdict(list)
         for key in keys:
-            xs, ys = _series(records, key)
-            ax.plot(xs, ys, "-" if len(xs) > 1 else "o", label=key, markersize=3)
-        ax.set(xlabel="step", title=name)
-        if len(keys) > 1:
-            ax.legend(fontsize="small")
-        ax.grid(alpha=0.3)
+            parts = key.split("/")
+            panels["/".join(parts[1:-1]) if len(parts) > 2 else name].append(key)
+        fig, axes = plt.subplots(len(panels), 1, figsize=(7, 3 * len(panels)), squeeze=False, sharex=True)
+        for ax, (title, panel_keys) in zip(axes[:, 0], panels.items(), strict=True):
+            for key in panel_keys:
+                xs, ys = _series(records, key)
+                ax.plot(xs, ys, "-" if len(xs) > 1 else "o", label=key.rsplit("/", 1)[-1], markersize=3)
+            ax.set(title=title)
+            if 1 < len(panel_keys) <= 16:
+                ax.legend(fontsize="x-small", ncol=2)
+            ax.grid(alpha=0.3)
+        axes[-1, 0].set(xlabel="step")
         save(fig, name.replace("/", "_"))
 
     if with_plugins:

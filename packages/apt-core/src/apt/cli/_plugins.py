@@ -165,10 +165,14 @@ def static_rows(config: APTConfig) -> list[dict[str, Any]]:
             "api_version": meta["api_version"],
             "file": str(info.file) if info.file else None,
             "unknown": list(info.unknown),
+            "note": None,
         }
         problem = None
-        if info.error is not None:
-            problem = info.error
+        if info.error is not None and info.missing:
+            problem = f"{info.error}; reinstall its distribution"
+        elif info.error is not None:
+            # not readable statically (a class made at runtime, say): that is no failure
+            row["note"] = f"metadata not readable without importing ({info.error}); see --check"
         elif names.count(ep.name) > 1:
             others = ", ".join(f"{e.distribution} {e.version}" for e in eps if e.name == ep.name)
             problem = f"plugin name {ep.name!r} is provided by several distributions ({others}); uninstall all but one"
@@ -351,6 +355,7 @@ def _apply_check(rows: list[dict[str, Any]], config: APTConfig) -> PluginManager
                 providers=list(plugin.providers),
                 hooks=list(described["hooks"]),
                 unknown=[],
+                note=None,
             )
         elif name in failures:
             reason = failures[name]["error"]
@@ -391,6 +396,7 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
     for line in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
     notes = [f"  {r['name']}: {r['status'].split(':')[0]}: {r['reason']}" for r in rows if r["reason"]]
+    notes += [f"  {r['name']}: {r['note']}" for r in rows if r.get("note")]
     if notes:
         print()
         print("\n".join(notes))
@@ -518,21 +524,17 @@ def order_report(pm: PluginManager, event: str | None = None) -> dict[str, list[
     from packaging.requirements import Requirement
 
     from apt.plugins import HOOK_NAMES
+    from apt.plugins._ordering import resolve_order
     from apt.plugins.hooks import resolve_event
 
     plugins = {p.get_name(): p for p in pm.loaded()}
     position = {name: i for i, name in enumerate(plugins)}
-    requires = {n: [Requirement(s).name for s in p.requires] for n, p in plugins.items()}
-    required_by: dict[str, list[str]] = {n: [] for n in plugins}
-    for n, deps in requires.items():
-        for d in deps:
-            if d in required_by:
-                required_by[d].append(n)
-    effective: dict[str, int] = {}
+    requires = {n: [r for r in (Requirement(s).name for s in p.requires) if r in plugins] for n, p in plugins.items()}
+    required_by: dict[str, list[str]] = {n: [m for m in plugins if n in requires[m]] for n in plugins}
+    # the kernel's own computation, so that the explanation cannot drift from the order
+    _, effective = resolve_order(requires, {n: p.priority for n, p in plugins.items()})
 
     def eff(n: str) -> int:
-        if n not in effective:
-            effective[n] = max([plugins[n].priority, *(eff(m) for m in required_by[n])])
         return effective[n]
 
     events = [resolve_event(event)] if event else list(HOOK_NAMES)

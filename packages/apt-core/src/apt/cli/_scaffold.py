@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import keyword
 import re
+import sys
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -94,8 +95,17 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 def cmd_new(args: argparse.Namespace) -> int:
     """``apt plugin new NAME [--dir DIR]``."""
+    from apt.plugins import discover_entry_points
+
     names = ScaffoldNames.from_name(args.name)
     project = scaffold(names, Path(args.dir))
+    taken = [ep for ep in discover_entry_points() if ep.name == names.name]
+    for ep in taken:
+        print(
+            f"warning: plugin name {names.name!r} is already used by the installed distribution "
+            f"{ep.distribution} {ep.version}; installing both would make the name ambiguous",
+            file=sys.stderr,
+        )
     print(f"created {names.dist} (plugin {names.name!r}, class {names.cls}) in {project}")
     print("next:")
     print(f"  cd {project}")

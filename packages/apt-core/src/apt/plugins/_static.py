@@ -65,6 +65,8 @@ class StaticPluginInfo:
     :param suspicious: methods named ``on_*`` that match no event (likely misspellings).
     :param unknown: metadata fields (and ``"hooks"``) that could not be read statically.
     :param error: why nothing could be read, when the class was not found at all.
+    :param missing: the entry point's top-level package is not installed at all, so
+        importing it would fail too (any other ``error`` may be a limit of static reading).
     """
 
     target: str
@@ -76,6 +78,7 @@ class StaticPluginInfo:
     suspicious: list[str] = field(default_factory=list)
     unknown: list[str] = field(default_factory=list)
     error: str | None = None
+    missing: bool = False
 
     @property
     def complete(self) -> bool:
@@ -94,6 +97,7 @@ class StaticPluginInfo:
             "suspicious": list(self.suspicious),
             "unknown": list(self.unknown),
             "error": self.error,
+            "missing": self.missing,
         }
 
 
@@ -122,6 +126,7 @@ def read_static_metadata(target: str) -> StaticPluginInfo:
     except _NotFound as exc:
         info.error = str(exc)
         info.unknown = [*METADATA_FIELDS, "hooks"]
+        info.missing = _top_level_missing(module_name)
         return info
     info.module, info.qualname, info.file = found.module, found.node.name, found.file
     reader.read_class(found, info)
@@ -398,6 +403,13 @@ class _Reader:
             return False, None
 
 
+def _top_level_missing(module_name: str) -> bool:
+    try:
+        return importlib.util.find_spec(module_name.split(".")[0]) is None
+    except (ImportError, ValueError):
+        return True
+
+
 def _valid(attr: str, value: Any) -> bool:
     """Whether a literal has the type the Plugin contract gives the attribute."""
     if attr in ("requires", "conflicts", "providers"):
@@ -448,7 +460,8 @@ def _imported_module_name(mod: _Module, local: str) -> str | None:
 def _is_plugin_root(mod: _Module, base: ast.expr, reader: _Reader) -> bool:
     """Whether a base-class expression is APT's own ``Plugin`` (the end of the chain)."""
     if isinstance(base, ast.Attribute):  # plugins.Plugin, apt.plugins.Plugin
-        return base.attr == "Plugin" and (_imported_module_name(mod, _root_name(base)) or "").startswith("apt")
+        source = _imported_module_name(mod, _root_name(base)) or ""
+        return base.attr == "Plugin" and (source == "apt" or source.startswith("apt."))
     if not isinstance(base, ast.Name):
         return False
     for stmt in mod.tree.body:

@@ -24,12 +24,11 @@ import time
 from collections.abc import Callable
 
 import torch
-from torch import nn
-
 from apt.model import MLP
 from apt.model import SwiGLU
 from apt_plugin_moe import MoELayer
 from apt_plugin_moe import StackedExperts
+from torch import nn
 
 
 def _sync(device: torch.device) -> None:

@@ -122,6 +122,7 @@ def test_resume_with_nothing_to_resume_says_how(tmp_path: Path) -> None:
     trainer = _trainer(tiny_config(["checkpoint"], resume="latest"), tmp_path)
     with pytest.raises(AptError, match="nothing to resume from"):
         trainer.fit()
+    assert CheckpointStore(tmp_path / "checkpoints").names() == []  # no emergency save of an untrained model
 
 
 def test_resume_latest_in_a_new_run_folder_continues_the_newest_run(

@@ -6,7 +6,6 @@ from typing import Literal
 
 import pytest
 import torch
-
 from apt_plugin_moe import MoELayer
 from apt_plugin_moe import capacity_for
 from apt_plugin_moe import plan_dispatch

@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-
 from apt_plugin_moe import TopKRouter
 from apt_plugin_moe import router_entropy
 from apt_plugin_moe import router_z_loss

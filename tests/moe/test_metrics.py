@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import apt_plugin_moe
 import pytest
 import torch
-
-import apt_plugin_moe
 from apt_plugin_moe import MoELayer
 from apt_plugin_moe import reduce_moe_stats
 

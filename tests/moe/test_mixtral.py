@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-
 from apt.errors import CheckpointError
 from apt.errors import ConfigError
 from apt_plugin_moe import MoELayer

@@ -8,12 +8,10 @@ from typing import Any
 
 import pytest
 import torch
-
 from apt.core import ProviderRegistry
 from apt.model import GPT
 from apt.plugins import HookManager
 from apt.plugins import PluginManager
-from apt.testing import run_tiny_training
 from apt.testing import tiny_config
 from apt.train import Trainer
 from apt_plugin_moe import MoEConfig
@@ -106,18 +104,22 @@ def test_eval_forwards_do_not_count() -> None:
     assert layer.stats_tensor() is None
 
 
-def test_train_writes_moe_metrics_and_loss_terms(tmp_path: Path) -> None:
-    """A real tiny run with grad accumulation logs moe/ metrics and loss/moe_* terms; apt plot draws the heatmap."""
-    run = run_tiny_training(
-        MoEPlugin,
-        overrides=[*FAST, "training.max_epochs=1", "training.grad_accum=2", "moe.capacity_factor=1.0"],
-        run_dir=tmp_path,
-        record=False,
-        round_trip=False,
-    )
-    records = _records(tmp_path)
-    steps = [r for r in records if "moe/aux_loss" in r]
-    assert len(steps) == run.summary["steps"]
+def test_apt_train_writes_moe_metrics_and_loss_terms(tmp_path: Path) -> None:
+    """`apt train --plugins moe` logs moe/ metrics and loss/moe_* terms; `apt plot` draws the load heatmap."""
+    import yaml
+    from apt.cli import main
+    from apt.testing import TINY_CONFIG
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(TINY_CONFIG), encoding="utf-8")
+    run_dir = tmp_path / "run"
+    sets = [*FAST, "training.max_epochs=1", "training.grad_accum=2", "moe.capacity_factor=1.0"]
+    argv = ["train", "--config", str(config), "--plugins", "moe", "--run-dir", str(run_dir)]
+    assert main([*argv, *(arg for s in sets for arg in ("--set", s))]) == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert [p["name"] for p in summary["plugins"]] == ["moe"]
+    steps = [r for r in _records(run_dir) if "moe/aux_loss" in r]
+    assert len(steps) == summary["steps"] == 2
     for r in steps:
         assert r["loss/moe_aux"] == pytest.approx(0.01 * r["moe/aux_loss"], rel=1e-4)
         assert r["loss/moe_z"] == pytest.approx(0.001 * r["moe/z_loss"], rel=1e-4)
@@ -125,12 +127,10 @@ def test_train_writes_moe_metrics_and_loss_terms(tmp_path: Path) -> None:
             assert sum(r[f"moe/layer{layer}/load_e{j}"] for j in range(4)) == pytest.approx(1.0)
             assert 0.0 <= r[f"moe/layer{layer}/dropped_frac"] < 1.0
             assert 0.0 < r[f"moe/layer{layer}/entropy"] <= 1.0
-    # `apt plot RUN_DIR` loads the run's plugins from config.yaml (the installed entry point) and calls
+    # `apt plot RUN_DIR` loads the run's plugins (from config.yaml, through the installed entry point) and calls
     # every plot provider
-    from apt.cli import main
-
-    assert main(["plot", str(tmp_path)]) == 0
-    assert (tmp_path / "plots" / "moe_load.png").stat().st_size > 1000
+    assert main(["plot", str(run_dir)]) == 0
+    assert (run_dir / "plots" / "moe_load.png").stat().st_size > 1000
 
 
 def test_plot_provider_draws_heatmap(tmp_path: Path) -> None:

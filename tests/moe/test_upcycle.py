@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
-
 from apt.model import MLP
 from apt.model import SwiGLU
 from apt_plugin_moe import ModuleExperts
 from apt_plugin_moe import StackedExperts
 from apt_plugin_moe import stack_ffns
 from apt_plugin_moe import upcycle_ffn
+from torch import nn
 
 
 @pytest.mark.parametrize("cls", [MLP, SwiGLU])

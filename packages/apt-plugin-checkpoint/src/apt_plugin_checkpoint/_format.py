@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 from typing import BinaryIO
 
+import numpy as np
 import torch
 from safetensors.torch import load as safetensors_load
 
@@ -160,7 +161,7 @@ class _Encoder:
                 cpu = torch.empty(value.shape, dtype=value.dtype, device="cpu")
                 if self.buffers is not None:
                     self.buffers[key] = cpu
-            cpu.copy_(value)
+            _copy_into(cpu, value)
         else:
             cpu = value.to("cpu")
         self.tensors[key] = cpu
@@ -205,8 +206,6 @@ class _Encoder:
         )
 
     def numpy(self, value: Any, path: tuple[Any, ...]) -> Any:
-        import numpy as np
-
         if isinstance(value, np.ndarray):
             try:
                 tensor = torch.from_numpy(np.ascontiguousarray(value))
@@ -222,6 +221,19 @@ class _Encoder:
         raise CheckpointError(
             f"checkpoint state at {_path_str(path)!r} is a numpy {type(value).__name__}, which is not supported"
         )
+
+
+def _copy_into(dst: torch.Tensor, src: torch.Tensor) -> None:
+    """``dst.copy_(src)``; CPU to CPU as one plain memcpy of the bytes.
+
+    torch's parallel copy can stall for whole scheduler ticks on a busy machine (measured:
+    10x slower than a single-threaded copy with 2 threads on 2 busy cores).
+    """
+    if src.device.type != "cpu" or src.numel() == 0:
+        dst.copy_(src)
+        return
+    src = src.detach().contiguous()
+    np.copyto(dst.reshape(-1).view(torch.uint8).numpy(), src.reshape(-1).view(torch.uint8).numpy())
 
 
 def encode_state(
@@ -272,8 +284,6 @@ def decode_state(tree: Any, tensors: dict[str, torch.Tensor], *, source: Any = N
                 raise bad(f"invalid tagged float {text!r}")
             return float(text)
         if tag == "npscalar":
-            import numpy as np
-
             return np.dtype(str(value["dtype"])).type(value["value"])
         raise bad(f"unknown tag {tag!r} in {STATE_FILE}; was it written by a newer apt-plugin-checkpoint?")
 

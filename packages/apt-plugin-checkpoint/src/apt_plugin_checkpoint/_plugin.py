@@ -120,11 +120,11 @@ class CheckpointPlugin(Plugin):
         self._last_save_time = time.monotonic()
         self._saves = 0
         self._best: list[dict[str, Any]] = []
-        self._resumed_from: str | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._inflight: Future[None] | None = None
         self._trainer: Any = None
         self._snapshot: dict[str, torch.Tensor] = {}  # async_save's reusable CPU copy of the state
+        self._running = False  # between on_train_begin and on_train_end: what an emergency save is for
 
     # --- where ----------------------------------------------------------------------------
 
@@ -158,6 +158,7 @@ class CheckpointPlugin(Plugin):
                 path=store.root,
             )
         if not getattr(trainer, "is_global_zero", True):
+            self._running = True
             return
         removed = store.prepare()
         if removed:
@@ -180,9 +181,11 @@ class CheckpointPlugin(Plugin):
                 keep,
                 needed / 2**20,
             )
+        self._running = True
 
     def on_train_end(self, trainer: Any, epoch: int, step: int, metrics: dict[str, float] | None = None) -> None:
         self._update_metrics(metrics)
+        self._running = False
         if self.config.save_on_train_end or self._pending:
             self._save(trainer, "train_end")
         self._wait()
@@ -191,7 +194,8 @@ class CheckpointPlugin(Plugin):
         if trainer is None:
             return
         try:
-            if self.config.save_on_exception:
+            # not before training started (a failed resume, a bad config): nothing worth saving
+            if self.config.save_on_exception and self._running:
                 # Under DDP the other ranks may not be here, so no collective: rank 0's state only.
                 self._save(trainer, EMERGENCY, collective=False)
             self._wait()
@@ -208,7 +212,7 @@ class CheckpointPlugin(Plugin):
 
     def on_step_end(self, trainer: Any, epoch: int, step: int, metrics: dict[str, float] | None = None) -> None:
         self._update_metrics(metrics)
-        self._raise_async_error(trainer)
+        self._poll_async(trainer)
         global_step = int(getattr(trainer, "global_step", step + 1))
         every = self.config.every_n_steps
         reason = "step" if every and global_step % every == 0 else None
@@ -252,7 +256,6 @@ class CheckpointPlugin(Plugin):
         loaded = self._load(trainer, resume)
         state = self._state_for_rank(trainer, loaded)
         self._last_saved_step = loaded.manifest.step
-        self._resumed_from = loaded.manifest.name
         logger.info(
             "resuming from checkpoint %s (epoch %d, step %d)", loaded.path, loaded.manifest.epoch, loaded.manifest.step
         )
@@ -356,7 +359,11 @@ class CheckpointPlugin(Plugin):
                     store.root / manifest.name,
                     store.root / manifest.name,
                 )
-            deleted = store.prune(policy, protect=(manifest.name,))
+            try:
+                deleted = store.prune(policy, protect=(manifest.name,))
+            except OSError as exc:  # the new checkpoint is safe; only the clean-up failed
+                logger.warning("could not remove old checkpoints in %s: %s", store.root, exc)
+                deleted = []
             infos = store.infos()
             self._best = [
                 {"name": c.name, "step": c.step, "value": c.metric}
@@ -393,7 +400,8 @@ class CheckpointPlugin(Plugin):
         if exc is not None:
             self._save_failed(trainer or self._trainer, exc)
 
-    def _raise_async_error(self, trainer: Any) -> None:
+    def _poll_async(self, trainer: Any) -> None:
+        """Report a finished asynchronous save's failure without waiting for one still running."""
         if self._inflight is not None and self._inflight.done():
             self._wait(trainer)
 

@@ -137,7 +137,7 @@ def sorted_moe(
     else:
         n_kept = s if plan.keep is None else int(plan.kept_counts.sum())  # sync only in capacity mode
     rows = plan.order if n_kept == s else plan.order[:n_kept]  # (M,) slot ids of the kept rows
-    xs: Tensor = _GatherSlots.apply(x, rows, k)  # type: ignore[no-untyped-call]  # (M, D) grouped by expert
+    xs: Tensor = _GatherSlots.apply(x, rows, k)  # type: ignore[no-untyped-call, unused-ignore]  # (M, D) grouped by expert
     if backend == "sliced" or isinstance(bank, ModuleExperts):
         ys = bank.forward_sliced(xs, counts_host)  # (M, D)
     else:

@@ -44,11 +44,11 @@ def _grouped_linear(xs: Tensor, weight: Tensor, offs: Tensor) -> Tensor:
 class StackedExperts(nn.Module):
     """E GELU or SwiGLU FFNs with stacked weights.
 
-    GELU expert e: ``w2[e] @ gelu(w1[e] @ x + b1[e]) + b2[e]``.
-    SwiGLU expert e: ``w2[e] @ (silu(w1[e] @ x) * (w3[e] @ x))`` (w1 = gate, w3 = up, w2 =
-    down: the Mixtral / Llama names).
-
-    Shapes: ``w1, w3: (E, F, D)``, ``w2: (E, D, F)``, biases ``b1, b3: (E, F)``, ``b2: (E, D)``.
+    GELU expert e: ``w2[e] @ gelu(w1[e] @ x + b1[e]) + b2[e]`` with ``w1: (E, F, D)``.
+    SwiGLU expert e: ``w2[e] @ (silu(gate) * up)`` where ``[gate | up] = w1[e] @ x + b1[e]`` and
+    ``w1: (E, 2F, D)``: the gate and up projections are fused as in ``apt.model.SwiGLU.c_fc`` and
+    transformers v5's ``gate_up_proj`` (Mixtral's w1 = ``w1[e, :F]``, w3 = ``w1[e, F:]``), so one
+    matmul serves both. ``w2: (E, D, F)``; biases ``b1: (E, F or 2F)``, ``b2: (E, D)``.
     Default init is that of ``nn.Linear`` (uniform in ``±1/sqrt(fan_in)``), per expert.
     """
 
@@ -60,19 +60,16 @@ class StackedExperts(nn.Module):
             raise ValueError(f"expert activation must be 'gelu' or 'swiglu', got {activation!r}")
         self.num_experts, self.d_model, self.d_ff = num_experts, d_model, d_ff
         self.activation: ExpertActivation = activation
-        self.w1 = nn.Parameter(torch.empty(num_experts, d_ff, d_model))
+        d_in = 2 * d_ff if activation == "swiglu" else d_ff  # rows of the first projection
+        self.w1 = nn.Parameter(torch.empty(num_experts, d_in, d_model))
         self.w2 = nn.Parameter(torch.empty(num_experts, d_model, d_ff))
-        self.w3 = nn.Parameter(torch.empty(num_experts, d_ff, d_model)) if activation == "swiglu" else None
-        self.b1 = nn.Parameter(torch.empty(num_experts, d_ff)) if bias else None
+        self.b1 = nn.Parameter(torch.empty(num_experts, d_in)) if bias else None
         self.b2 = nn.Parameter(torch.empty(num_experts, d_model)) if bias else None
-        self.b3 = nn.Parameter(torch.empty(num_experts, d_ff)) if bias and activation == "swiglu" else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """``nn.Linear``'s default init, applied to each expert's matrices."""
-        for w, b in ((self.w1, self.b1), (self.w2, self.b2), (self.w3, self.b3)):
-            if w is None:
-                continue
+        for w, b in ((self.w1, self.b1), (self.w2, self.b2)):
             bound = 1.0 / math.sqrt(w.shape[-1])
             with torch.no_grad():
                 w.uniform_(-bound, bound)
@@ -95,11 +92,16 @@ class StackedExperts(nn.Module):
             bias = per.get("b" + name[1:])
             return F.linear(inp, per[name][e].to(inp.dtype), None if bias is None else bias[e].to(inp.dtype))
 
-        if self.activation == "gelu":
-            h = F.gelu(lin("w1", x))  # (M, F)
-        else:
-            h = F.silu(lin("w1", x)) * lin("w3", x)  # (M, F)
+        h = self._activate(lin("w1", x))  # (M, F)
         return lin("w2", h)  # (M, D)
+
+    def _activate(self, h1: Tensor) -> Tensor:
+        """gelu(h1), or silu(gate) * up for ``h1 = [gate | up]``: ``(M, F or 2F) -> (M, F)``."""
+        if self.activation == "gelu":
+            return F.gelu(h1)
+        gate, up = torch.split(h1, self.d_ff, dim=-1)  # 2 x (M, F)
+        out: Tensor = F.silu(gate) * up
+        return out
 
     # --- all experts on rows sorted by expert -------------------------------------------
 
@@ -129,16 +131,12 @@ class StackedExperts(nn.Module):
                 return None
             return b.to(dt).repeat_interleave(counts, dim=0, output_size=xs.shape[0])
 
-        def glin(w: Tensor | None, b: Tensor | None, inp: Tensor) -> Tensor:
-            assert w is not None
+        def glin(w: Tensor, b: Tensor | None, inp: Tensor) -> Tensor:
             out = _grouped_linear(inp, w.to(dt), offs)
             rows = bias_rows(b)
             return out if rows is None else out + rows
 
-        if self.activation == "gelu":
-            h = F.gelu(glin(self.w1, self.b1, xs))  # (M, F)
-        else:
-            h = F.silu(glin(self.w1, self.b1, xs)) * glin(self.w3, self.b3, xs)  # (M, F)
+        h = self._activate(glin(self.w1, self.b1, xs))  # (M, F)
         return glin(self.w2, self.b2, h)  # (M, D)
 
     def grouped_ok(self, dtype: torch.dtype) -> bool:

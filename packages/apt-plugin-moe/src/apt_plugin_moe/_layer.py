@@ -6,10 +6,10 @@ from typing import Final
 from typing import Literal
 
 import torch
+from apt.errors import ConfigError
 from torch import Tensor
 from torch import nn
 
-from apt.errors import ConfigError
 from apt_plugin_moe._config import MoEConfig
 from apt_plugin_moe._dispatch import capacity_for
 from apt_plugin_moe._dispatch import loop_moe

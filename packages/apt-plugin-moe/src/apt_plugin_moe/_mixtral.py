@@ -20,10 +20,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
-from torch import Tensor
-
 from apt.errors import CheckpointError
 from apt.errors import ConfigError
+from torch import Tensor
+
 from apt_plugin_moe._experts import StackedExperts
 from apt_plugin_moe._layer import MoELayer
 
@@ -47,11 +47,11 @@ def to_mixtral_state_dict(layer: MoELayer, prefix: str = "") -> dict[str, Tensor
         )
     if layer.shared is not None:
         raise ConfigError("Mixtral's block has no shared experts; set moe.shared_experts=0", key="moe.shared_experts")
-    assert bank.w3 is not None
+    f = bank.d_ff
     sd = {f"{prefix}gate.weight": layer.router.gate.weight.detach().clone()}
     for e in range(bank.num_experts):
-        sd[f"{prefix}experts.{e}.w1.weight"] = bank.w1[e].detach().clone()
-        sd[f"{prefix}experts.{e}.w3.weight"] = bank.w3[e].detach().clone()
+        sd[f"{prefix}experts.{e}.w1.weight"] = bank.w1[e, :f].detach().clone()  # gate rows of the fused w1
+        sd[f"{prefix}experts.{e}.w3.weight"] = bank.w1[e, f:].detach().clone()  # up rows
         sd[f"{prefix}experts.{e}.w2.weight"] = bank.w2[e].detach().clone()
     return sd
 
@@ -101,12 +101,13 @@ def from_mixtral_state_dict(
         dispatch=dispatch,
     ).to(device=gate.device, dtype=gate.dtype)
     bank = layer.experts
-    assert isinstance(bank, StackedExperts) and bank.w3 is not None
+    assert isinstance(bank, StackedExperts)
     expected = {"w1": (d_ff, d_model), "w3": (d_ff, d_model), "w2": (d_model, d_ff)}
     with torch.no_grad():
         layer.router.gate.weight.copy_(gate)
         for e in range(num_experts):
-            for name, target in (("w1", bank.w1), ("w3", bank.w3), ("w2", bank.w2)):
+            targets = (("w1", bank.w1[e, :d_ff]), ("w3", bank.w1[e, d_ff:]), ("w2", bank.w2[e]))
+            for name, target in targets:
                 t = get(f"experts.{e}.{name}.weight")
                 if tuple(t.shape) != expected[name]:
                     raise CheckpointError(
@@ -114,5 +115,5 @@ def from_mixtral_state_dict(
                         f"(E={num_experts}, D={d_model}, F={d_ff})",
                         path=f"{prefix}experts.{e}.{name}.weight",
                     )
-                target[e].copy_(t)
+                target.copy_(t)
     return layer

@@ -6,14 +6,14 @@ import math
 from typing import Any
 
 import torch
-from torch import Tensor
-from torch import nn
-
 from apt.core import ProviderRegistry
 from apt.errors import CheckpointError
 from apt.errors import ConfigError
 from apt.plugins import HookManager
 from apt.plugins import Plugin
+from torch import Tensor
+from torch import nn
+
 from apt_plugin_moe._config import MoEConfig
 from apt_plugin_moe._experts import StackedExperts
 from apt_plugin_moe._layer import MoELayer

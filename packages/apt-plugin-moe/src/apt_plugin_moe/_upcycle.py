@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import nn
-
 from apt.model import MLP
 from apt.model import SwiGLU
+from torch import nn
+
 from apt_plugin_moe._experts import ExpertActivation
 from apt_plugin_moe._experts import ModuleExperts
 from apt_plugin_moe._experts import StackedExperts
@@ -47,24 +47,13 @@ def stack_ffns(ffns: Sequence[nn.Module]) -> StackedExperts | None:
     bank.to(device=fc.weight.device, dtype=fc.weight.dtype)
     with torch.no_grad():
         for e, f in enumerate(cores):
-            w_fc, w_proj = f.c_fc.weight, f.c_proj.weight  # (F or 2F, D), (D, F)
-            if swiglu:
-                assert bank.w3 is not None
-                bank.w1[e].copy_(w_fc[:d_ff])  # SwiGLU.c_fc is [gate | up]
-                bank.w3[e].copy_(w_fc[d_ff:])
-            else:
-                bank.w1[e].copy_(w_fc)
-            bank.w2[e].copy_(w_proj)
+            # MLP.c_fc (F, D) and SwiGLU.c_fc (2F, D) = [gate | up] have exactly the layout of w1[e]
+            bank.w1[e].copy_(f.c_fc.weight)
+            bank.w2[e].copy_(f.c_proj.weight)  # (D, F)
             if bias:
                 assert bank.b1 is not None and bank.b2 is not None
-                b_fc = f.c_fc.bias
-                assert b_fc is not None and f.c_proj.bias is not None
-                if swiglu:
-                    assert bank.b3 is not None
-                    bank.b1[e].copy_(b_fc[:d_ff])
-                    bank.b3[e].copy_(b_fc[d_ff:])
-                else:
-                    bank.b1[e].copy_(b_fc)
+                assert f.c_fc.bias is not None and f.c_proj.bias is not None
+                bank.b1[e].copy_(f.c_fc.bias)
                 bank.b2[e].copy_(f.c_proj.bias)
     return bank
 

@@ -14,6 +14,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from apt.errors import PluginHookError
 from apt.errors import UsageError
 
 
@@ -54,12 +55,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except UsageError as exc:
-        message = " ".join(str(exc).split())  # one line, whatever the error text holds
-        print(f"apt: error: {message}", file=sys.stderr)
-        return 2
+        return _user_error(exc)
+    except PluginHookError as exc:
+        # a plugin refusing bad user input (a corrupt checkpoint, a bad path) from inside a hook
+        if isinstance(exc.__cause__, UsageError):
+            return _user_error(exc.__cause__)
+        raise
     except KeyboardInterrupt:
         print("apt: interrupted", file=sys.stderr)
         return 130
+
+
+def _user_error(exc: BaseException) -> int:
+    message = " ".join(str(exc).split())  # one line, whatever the error text holds
+    print(f"apt: error: {message}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,6 +10,7 @@ from apt.train._optim import build_constant
 from apt.train._optim import build_cosine
 from apt.train._optim import build_sgd
 from apt.train._optim import param_groups
+from apt.train._optim import sync_param_groups
 from apt.train._trainer import Trainer
 from apt.train._weights import load_weights
 from apt.train._weights import save_weights
@@ -27,4 +28,5 @@ __all__ = [
     "load_weights",
     "param_groups",
     "save_weights",
+    "sync_param_groups",
 ]

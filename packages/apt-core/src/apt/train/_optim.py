@@ -29,6 +29,7 @@ __all__ = [
     "build_cosine",
     "build_sgd",
     "param_groups",
+    "sync_param_groups",
 ]
 
 
@@ -46,7 +47,9 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 
 def build_adamw(param_groups: list[dict[str, Any]], config: TrainingConfig) -> torch.optim.Optimizer:
     """AdamW with ``training.lr``, ``training.betas``; weight decay as set per group."""
-    return torch.optim.AdamW(param_groups, lr=config.lr, betas=(config.betas[0], config.betas[1]), weight_decay=config.weight_decay)
+    return torch.optim.AdamW(
+        param_groups, lr=config.lr, betas=(config.betas[0], config.betas[1]), weight_decay=config.weight_decay
+    )
 
 
 def build_sgd(param_groups: list[dict[str, Any]], config: TrainingConfig) -> torch.optim.Optimizer:
@@ -88,3 +91,33 @@ def build_cosine(optimizer: torch.optim.Optimizer, config: TrainingConfig, total
 def build_constant(optimizer: torch.optim.Optimizer, config: TrainingConfig, total_steps: int) -> LambdaLR:
     """Linear warm-up for ``training.warmup_steps``, then ``training.lr`` until the end."""
     return LambdaLR(optimizer, WarmupCosine(config.warmup_steps, total_steps, 1.0, decay=False))
+
+
+def sync_param_groups(optimizer: torch.optim.Optimizer, model: nn.Module) -> tuple[int, int]:
+    """Make ``optimizer``'s groups hold exactly ``model``'s trainable parameters; returns (added, removed).
+
+    Parameters gone from the model leave their group and their state; new ones join the
+    ``decay`` group (``dim >= 2``) or the ``no_decay`` group (found by name, else by
+    weight decay). Groups are edited in place, so the LR scheduler keeps working and the
+    state (Adam moments) of unchanged parameters is kept.
+    """
+    current = [p for p in model.parameters() if p.requires_grad]
+    alive = {id(p) for p in current}
+    known: set[int] = set()
+    removed = 0
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if id(p) not in alive:
+                optimizer.state.pop(p, None)
+                removed += 1
+        group["params"] = [p for p in group["params"] if id(p) in alive]
+        known.update(id(p) for p in group["params"])
+    added = [p for p in current if id(p) not in known]
+    if added:
+        groups = optimizer.param_groups
+        by_name = {g.get("name"): g for g in groups}
+        decay = by_name.get("decay") or next((g for g in groups if g.get("weight_decay", 0) > 0), groups[0])
+        plain = by_name.get("no_decay") or next((g for g in groups if g.get("weight_decay", 0) == 0), groups[-1])
+        decay["params"].extend(p for p in added if p.dim() >= 2)
+        plain["params"].extend(p for p in added if p.dim() < 2)
+    return len(added), removed

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import random
+import os
 import time
 from collections.abc import Iterator
 from collections.abc import Mapping
@@ -43,6 +43,10 @@ from apt.train._metrics import MetricsWriter
 from apt.train._metrics import bits_per_byte
 from apt.train._metrics import write_json
 from apt.train._optim import param_groups
+from apt.train._optim import sync_param_groups
+from apt.train._rng import rng_state
+from apt.train._rng import seed_everything
+from apt.train._rng import set_rng_state
 from apt.train._weights import save_weights
 
 
@@ -171,7 +175,7 @@ class Trainer:
             return
         tc, pm = self.config.training, self.plugin_manager
         pm.setup_all()
-        _seed_everything(tc.seed)
+        seed_everything(tc.seed)
         self.schedule.bind(total_epochs=tc.max_epochs, steps_per_epoch=tc.steps_per_epoch)
         # plugins scheduled for later start disabled; the ones due now get on_enable
         pm.apply_schedule(self, epoch=0, step=0)
@@ -250,24 +254,9 @@ class Trainer:
         if self.optimizer is None or self.model is None:
             return
         self.model.to(self.device)
-        current = [p for p in self.model.parameters() if p.requires_grad]
-        alive = {id(p) for p in current}
-        known: set[int] = set()
-        removed = 0
-        for group in self.optimizer.param_groups:
-            for p in group["params"]:
-                if id(p) not in alive:
-                    self.optimizer.state.pop(p, None)
-                    removed += 1
-            group["params"] = [p for p in group["params"] if id(p) in alive]
-            known.update(id(p) for p in group["params"])
-        added = [p for p in current if id(p) not in known]
-        if added:
-            decay_group, plain_group = _decay_groups(self.optimizer)
-            decay_group["params"].extend(p for p in added if p.dim() >= 2)
-            plain_group["params"].extend(p for p in added if p.dim() < 2)
+        added, removed = sync_param_groups(self.optimizer, self.model)
         if added or removed:
-            log.info("optimizer synced with the model: %d parameter tensors added, %d removed", len(added), removed)
+            log.info("optimizer synced with the model: %d parameter tensors added, %d removed", added, removed)
         if self._ddp is not None or self.config.training.compile:
             self._wrap_model()
 
@@ -533,7 +522,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "lr_scheduler": self.lr_scheduler.state_dict(),
             "grad_scaler": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
-            "rng": _rng_state(),
+            "rng": rng_state(),
             "data": self.batches.state_dict(),
             "counters": {"epoch": self.epoch, "global_step": self.global_step, "step_in_epoch": self.step_in_epoch},
             "config": self.config.to_dict(),
@@ -558,11 +547,10 @@ class Trainer:
         counters = state["counters"]
         self.epoch, self.global_step = int(counters["epoch"]), int(counters["global_step"])
         self.step_in_epoch = int(counters["step_in_epoch"])
-        changed = pm.load_state_dict(dict(state.get("plugin_manager") or {}), trainer=self)
-        changed |= pm.apply_schedule(self, epoch=self.epoch, step=self.global_step)
+        pm.load_state_dict(dict(state.get("plugin_manager") or {}), trainer=self)
+        pm.apply_schedule(self, epoch=self.epoch, step=self.global_step)
         pm.restore_states(self, dict(state), dict(state.get("plugins") or {}))
-        self.sync_optimizer()
-        del changed  # the sync above covers every change
+        self.sync_optimizer()  # whatever the plugins changed above, the optimizer now matches the model
         missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
         if missing or unexpected:
             raise UsageError(
@@ -573,7 +561,7 @@ class Trainer:
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         if self.grad_scaler is not None and state.get("grad_scaler") is not None:
             self.grad_scaler.load_state_dict(state["grad_scaler"])
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         self.batches.load_state_dict(state["data"])
 
     def _resume(self, resume: str) -> None:
@@ -657,18 +645,7 @@ class Trainer:
 
 
 def _env_local_rank() -> int:
-    import os
-
     return int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def _decay_groups(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The groups new matrices and new vectors join: by name (core's groups) or by weight decay."""
-    groups = optimizer.param_groups
-    by_name = {g.get("name"): g for g in groups}
-    decay = by_name.get("decay") or next((g for g in groups if g.get("weight_decay", 0) > 0), groups[0])
-    plain = by_name.get("no_decay") or next((g for g in groups if g.get("weight_decay", 0) == 0), groups[-1])
-    return decay, plain
 
 
 def _as_metrics(result: Any, plugin: str | None, event: str) -> dict[str, float]:
@@ -679,24 +656,3 @@ def _as_metrics(result: Any, plugin: str | None, event: str) -> dict[str, float]
             plugin=plugin,
         )
     return {str(k): float(v) for k, v in result.items()}
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)  # also seeds every CUDA device
-
-
-def _rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: Mapping[str, Any]) -> None:
-    python = state["python"]
-    # a round trip through JSON-like storage turns the tuple into lists
-    random.setstate((python[0], tuple(python[1]), python[2]) if isinstance(python, list) else python)
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,36 @@
+"""Seeding and the random-number-generator state that an exact resume restores."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+
+__all__ = ["rng_state", "seed_everything", "set_rng_state"]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's and torch's generators (torch's call seeds every CUDA device too)."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """The state of every generator a run draws from (the batch sampler keeps its own)."""
+    state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore :func:`rng_state`."""
+    python = state["python"]
+    # a round trip through JSON-like storage turns the state tuple into lists
+    random.setstate((python[0], tuple(python[1]), python[2]) if isinstance(python, list) else python)
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

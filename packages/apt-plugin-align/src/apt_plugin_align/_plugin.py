@@ -27,7 +27,6 @@ from pydantic import ValidationError
 from torch import Tensor
 from torch import nn
 
-from apt.data import validation_windows
 from apt.errors import CheckpointError
 from apt.errors import ConfigError
 from apt.plugins import Plugin
@@ -87,7 +86,6 @@ class AlignPlugin(Plugin):
         self._stats = StepStats()
         self._weight = 0.0
         self._decay: float | None = None
-        self._val_batches: list[tuple[Tensor, Tensor]] | None = None
 
     # --- setup --------------------------------------------------------------------------
 
@@ -225,7 +223,7 @@ class AlignPlugin(Plugin):
         """
         if self.stable is None or not self.config.eval_stable:
             return None
-        batches = self._validation_batches(trainer)
+        batches = trainer.val_batches  # the trainer's fixed windows, this process's share
         device = next(self.stable.module.parameters()).device
         totals = compare_states(model, self.stable.module, batches, device, getattr(trainer, "dtype", torch.float32))
         if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -233,16 +231,6 @@ class AlignPlugin(Plugin):
         out = {f"align/{k}": v for k, v in summarize_comparison(totals).items()}
         out["align/param_drift"] = self.stable.drift(model)
         return out
-
-    def _validation_batches(self, trainer: Any) -> list[tuple[Tensor, Tensor]]:
-        """The trainer's fixed validation windows, rebuilt from public pieces (deterministic, no RNG)."""
-        if self._val_batches is None:
-            cfg = trainer.config
-            self._val_batches = validation_windows(
-                trainer.data.val, cfg.model.block_size, cfg.training.batch_size, cfg.training.val_batches,
-                getattr(trainer, "rank", 0), getattr(trainer, "world_size", 1),
-            )  # fmt: skip
-        return self._val_batches
 
     # --- end of run ---------------------------------------------------------------------
 

@@ -55,7 +55,11 @@ class CheckpointConfig(BaseModel):
         "continue", description="After a failed save (e.g. disk full): keep training, or request a stop."
     )
     strict_resume: bool = Field(False, description="Refuse to resume when the plugin set differs (else: a warning).")
-    async_save: bool = Field(False, description="Write checkpoints in a background thread (state is copied first).")
+    async_save: bool = Field(
+        True,
+        description="Write checkpoints in a background thread after a quick copy of the state (training is "
+        "blocked only for the copy); False writes in the training thread.",
+    )
 
     @field_validator("filename")
     @classmethod

@@ -121,7 +121,7 @@ class CheckpointPlugin(Plugin):
         self._saves = 0
         self._best: list[dict[str, Any]] = []
         self._executor: ThreadPoolExecutor | None = None
-        self._inflight: Future[None] | None = None
+        self._inflight: tuple[Future[None], int] | None = None  # an async save and its step
         self._trainer: Any = None
         self._snapshot: dict[str, torch.Tensor] = {}  # async_save's reusable CPU copy of the state
         self._running = False  # between on_train_begin and on_train_end: what an emergency save is for
@@ -316,12 +316,12 @@ class CheckpointPlugin(Plugin):
         if self.config.async_save:
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="apt-checkpoint")
-            self._inflight = self._executor.submit(job)
+            self._inflight = (self._executor.submit(job), global_step)
         else:
             try:
                 job()
             except Exception as exc:
-                self._save_failed(trainer, exc)
+                self._save_failed(trainer, exc, global_step)
 
     def _make_job(self, trainer: Any, encoded: EncodedState, reason: str, global_step: int, state: Any) -> Any:
         store = self._store(trainer)
@@ -380,9 +380,11 @@ class CheckpointPlugin(Plugin):
 
         return job
 
-    def _save_failed(self, trainer: Any, exc: BaseException) -> None:
+    def _save_failed(self, trainer: Any, exc: BaseException, step: int | None = None) -> None:
+        if step is None:
+            step = getattr(trainer, "global_step", None)
         message = (
-            f"checkpoint save failed at step {getattr(trainer, 'global_step', '?')}: {type(exc).__name__}: {exc}; "
+            f"checkpoint save failed at step {step if step is not None else '?'}: {type(exc).__name__}: {exc}; "
             "`latest` still points to the previous checkpoint"
         )
         if self.config.on_save_error == "stop":
@@ -393,16 +395,17 @@ class CheckpointPlugin(Plugin):
 
     def _wait(self, trainer: Any = None) -> None:
         """Wait for an asynchronous save in flight and report its failure, if any."""
-        future, self._inflight = self._inflight, None
-        if future is None:
+        inflight, self._inflight = self._inflight, None
+        if inflight is None:
             return
+        future, step = inflight
         exc = future.exception()
         if exc is not None:
-            self._save_failed(trainer or self._trainer, exc)
+            self._save_failed(trainer or self._trainer, exc, step)
 
     def _poll_async(self, trainer: Any) -> None:
         """Report a finished asynchronous save's failure without waiting for one still running."""
-        if self._inflight is not None and self._inflight.done():
+        if self._inflight is not None and self._inflight[0].done():
             self._wait(trainer)
 
     # --- loading ----------------------------------------------------------------------------

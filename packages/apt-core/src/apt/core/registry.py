@@ -25,7 +25,17 @@ __all__ = ["CORE_KINDS", "ProviderInfo", "ProviderRegistry"]
 log = logging.getLogger("apt.registry")
 
 #: Kinds that core knows; a plugin may add others by registering under a new kind.
-CORE_KINDS: tuple[str, ...] = ("attention", "ffn", "norm", "router", "align", "optimizer", "lr_scheduler")
+CORE_KINDS: tuple[str, ...] = (
+    "attention",
+    "ffn",
+    "norm",
+    "router",
+    "align",
+    "optimizer",
+    "lr_scheduler",
+    "plot",  # (records: list[dict], run_dir: Path) -> list[Path]; every one is called by `apt plot`
+    "weights",  # (run_dir: Path) -> dict[str, Tensor]; chosen by `apt generate --weights NAME`
+)
 
 # Core's built-in providers, imported lazily: (kind, name, "module:attr", default)
 _BUILTINS: tuple[tuple[str, str, str, bool], ...] = (

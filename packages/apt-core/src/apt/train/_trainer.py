@@ -162,6 +162,11 @@ class Trainer:
         return self.plugin_manager.schedule
 
     @property
+    def val_batches(self) -> list[tuple[Tensor, Tensor]]:
+        """This process's fixed validation batches (what :meth:`validate` uses)."""
+        return self._val_batches
+
+    @property
     def tokens_per_step(self) -> int:
         """Tokens in one optimizer step over all processes."""
         tc = self.config.training
@@ -273,6 +278,11 @@ class Trainer:
             self.setup()
             if tc.resume:
                 self._resume(tc.resume)
+                if self.step_in_epoch >= tc.steps_per_epoch and self.epoch + 1 < tc.max_epochs:
+                    # the checkpoint was taken at the end of an epoch: go on with the next one
+                    # (_run_epoch applies that epoch's schedule, as an uninterrupted run does)
+                    self.epoch += 1
+                    self.step_in_epoch = 0
             self._fire(_TRAIN_BEGIN, model=self.model, config=self.config, epoch=self.epoch, step=self.global_step)
             with self._progress_bar() as bar:
                 while True:
@@ -513,7 +523,14 @@ class Trainer:
     # --- state ------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything an exact resume needs (see docs/CONTRACT.md); plugin states through ``on_save_checkpoint``."""
+        """Everything an exact resume needs; plugin states come through ``on_save_checkpoint``.
+
+        Keys: ``model``, ``optimizer``, ``lr_scheduler``, ``grad_scaler``, ``rng``, ``data``
+        (sampler), ``counters`` (``epoch``, ``global_step``, ``step_in_epoch``),
+        ``epoch_losses`` (the current epoch's step losses so far), ``config``,
+        ``plugin_manager`` (enabled flags, schedule), ``fingerprint`` and ``plugins``.
+        Values are tensors and JSON-compatible data only.
+        """
         self.setup()
         assert self.model is not None and self.optimizer is not None
         pm = self.plugin_manager
@@ -525,6 +542,7 @@ class Trainer:
             "rng": rng_state(),
             "data": self.batches.state_dict(),
             "counters": {"epoch": self.epoch, "global_step": self.global_step, "step_in_epoch": self.step_in_epoch},
+            "epoch_losses": list(self._epoch_losses),
             "config": self.config.to_dict(),
             "plugin_manager": pm.state_dict(),
             "fingerprint": pm.fingerprint(),
@@ -547,6 +565,7 @@ class Trainer:
         counters = state["counters"]
         self.epoch, self.global_step = int(counters["epoch"]), int(counters["global_step"])
         self.step_in_epoch = int(counters["step_in_epoch"])
+        self._epoch_losses = [float(v) for v in state.get("epoch_losses", [])]
         pm.load_state_dict(dict(state.get("plugin_manager") or {}), trainer=self)
         pm.apply_schedule(self, epoch=self.epoch, step=self.global_step)
         pm.restore_states(self, dict(state), dict(state.get("plugins") or {}))

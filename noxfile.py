@@ -43,7 +43,10 @@ def _install(session: nox.Session, *extra: str) -> None:
 def tests(session: nox.Session) -> None:
     """Run the test suite (pass pytest arguments after --)."""
     _install(session)
-    session.run("python", "-m", "pytest", "tests", "-q", "-p", "no:cacheprovider", *session.posargs)
+    # APT_RUN_SLOW=1: also the 10-SIGKILL resume test (about a minute)
+    session.run(
+        "python", "-m", "pytest", "tests", "-q", "-p", "no:cacheprovider", *session.posargs, env={"APT_RUN_SLOW": "1"}
+    )
 
 
 @nox.session(python="3.11")

@@ -73,7 +73,7 @@ class TrainingConfig(_Section):
 
     seed: int = 1337
     max_epochs: int = Field(2, gt=0)
-    steps_per_epoch: int = Field(250, gt=0, description="Optimizer steps per epoch.")
+    steps_per_epoch: int = Field(200, gt=0, description="Optimizer steps per epoch.")
     batch_size: int = Field(16, gt=0, description="Sequences per micro-batch (per process).")
     grad_accum: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
     optimizer: str = Field("adamw", description="Provider of kind 'optimizer'.")

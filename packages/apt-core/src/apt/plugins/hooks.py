@@ -264,21 +264,10 @@ class HookManager:
             if event in self._known:
                 return []
             resolve_event(event)  # raises with a did-you-mean
-        name, impls, argnames, firstresult, attributed = entry  # type: ignore[misc]
-        if self._middleware:
-            kwargs = self._apply_middleware(event, kwargs)
-        if len(kwargs) != len(argnames):
-            kwargs = {**dict.fromkeys(argnames), **kwargs}
-        clock = self._clock
-        outer = clock[0]
-        clock[0] = _now()
-        results: Any = self._hookexec(name, impls, kwargs, firstresult)
-        clock[0] = outer
-        if self._failures:
-            self._settle_failures(kwargs)
-        if firstresult:
+        results = self._dispatch(event, entry, kwargs)  # type: ignore[arg-type]
+        if entry[3]:  # type: ignore[index]  # firstresult
             return [] if results is None else [results]
-        if attributed:
+        if entry[4]:  # type: ignore[index]  # attributed: drop the owners
             return [r for _, r in results]
         return results  # type: ignore[no-any-return]
 
@@ -292,6 +281,10 @@ class HookManager:
         entry = self._active.get(event)
         if entry is None:
             return []
+        return list(self._dispatch(event, entry, kwargs))
+
+    def _dispatch(self, event: str, entry: tuple[str, list[Any], tuple[str, ...], bool, bool], kwargs: dict[str, Any]) -> Any:
+        """Run pluggy's executor over the event's implementations; then settle handler errors."""
         name, impls, argnames, firstresult, _ = entry
         if self._middleware:
             kwargs = self._apply_middleware(event, kwargs)
@@ -300,11 +293,11 @@ class HookManager:
         clock = self._clock
         outer = clock[0]
         clock[0] = _now()
-        results: Any = self._hookexec(name, impls, kwargs, firstresult)
+        results = self._hookexec(name, impls, kwargs, firstresult)
         clock[0] = outer
         if self._failures:
             self._settle_failures(kwargs)
-        return list(results)
+        return results
 
     def has_handlers(self, event: str) -> bool:
         """Whether ``event`` has at least one enabled handler (cheap)."""

@@ -51,10 +51,15 @@ def _latest_step(store: CheckpointStore) -> int:
 
 
 def kill_and_resume(tmp_path: Path, kills: int, seed: int) -> int:
-    """Train with ``kills`` SIGKILLs and resumes; returns how many kills hit a running training."""
+    """Train with ``kills`` SIGKILLs and resumes; returns how many kills hit a running training.
+
+    The run is long enough for every kill to land before it ends even on a fast machine:
+    a launch advances at most about 0.25 s of steps before its kill, so 15 steps per kill.
+    """
     rng = random.Random(seed)
     config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump(_CONFIG))
+    settings = {**_CONFIG, "training": {**_CONFIG["training"], "steps_per_epoch": max(20, 15 * kills)}}
+    config.write_text(yaml.safe_dump(settings))
     # the uninterrupted reference, launched like the others (same threads, same code path)
     reference = tmp_path / "reference"
     done = subprocess.run(

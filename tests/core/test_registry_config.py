@@ -101,3 +101,8 @@ def test_schedules_toggles_and_annealing() -> None:
         Schedule({"enable_moe_at_epok": 1})
     with pytest.raises(ConfigError, match=r"schedules.cap.curv"):
         Schedule({"cap": {"start": 1, "end": 2, "curv": "linear"}})
+
+
+def test_model_shape_is_checked_with_the_keys_named() -> None:
+    with pytest.raises(ConfigError, match=r"model.d_model \(128\) must be divisible by model.n_head \(3\)"):
+        APTConfig(model={"n_head": 3})

@@ -22,6 +22,7 @@ from pydantic import ConfigDict
 from pydantic import Field
 from pydantic import ValidationError
 from pydantic import field_validator
+from pydantic import model_validator
 
 from apt.errors import ConfigError
 
@@ -62,6 +63,15 @@ class ModelConfig(_Section):
     ffn: str = Field("gelu", description="Provider of kind 'ffn' ('gelu', 'swiglu', or a plugin's).")
     norm: str = Field("layernorm", description="Provider of kind 'norm' ('layernorm', 'rmsnorm').")
     tie_embeddings: bool = Field(True, description="Share the token embedding with the output head.")
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> ModelConfig:
+        if self.d_model % self.n_head:
+            raise ValueError(
+                f"model.d_model ({self.d_model}) must be divisible by model.n_head ({self.n_head}); "
+                "change one of them"
+            )
+        return self
 
     @property
     def ffn_hidden(self) -> int:
@@ -274,6 +284,9 @@ def config_error_from_validation(exc: ValidationError, model: type[BaseModel], p
             hint = did_you_mean(loc[-1], fields)
             allowed = f"; allowed: {', '.join(fields)}" if fields else ""
             messages.append(f"unknown config key {key!r}{hint}{allowed}")
+        elif err["type"] == "value_error" or isinstance(err.get("input"), Mapping):
+            # a check across fields: its own message names the keys; the whole section is noise
+            messages.append(f"config key {key!r}: {err['msg'].removeprefix('Value error, ')}")
         else:
             messages.append(f"config key {key!r}: {err['msg']} (got {err.get('input')!r})")
     return ConfigError("; ".join(messages), key=first_key)

@@ -255,3 +255,13 @@ def test_handler_asking_for_an_argument_the_hook_lacks() -> None:
         hm.register("on_step_end", lambda step, los: None)
     with pytest.raises(HookError, match=r"unknown hook event 'on_stepend' \(did you mean 'on_step_end'\?\)"):
         hm.register("on_stepend", lambda step: None)
+
+
+def test_plugin_named_twice_by_distributions_says_why_it_cannot_load() -> None:
+    with fake_entry_points(
+        FakeEntryPoint("dup", make("dup"), distribution="apt-plugin-dup"),
+        FakeEntryPoint("dup", make("dup"), distribution="apt-plugin-dup-fork"),
+    ):
+        pm = PluginManager(registry=ProviderRegistry(), hook_manager=HookManager())
+        with pytest.raises(PluginNotFoundError, match=r"plugin 'dup' cannot load: .*several distributions .*uninstall all but one"):
+            pm.load_from_config(APTConfig(plugins=["dup"]))

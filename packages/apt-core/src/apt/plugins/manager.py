@@ -534,7 +534,9 @@ class PluginManager:
         known = sorted(self._candidates)
         hint = did_you_mean(name, known)
         listing = ", ".join(known) or "none"
-        if where == "config":
+        if name in self.failures and name not in self._candidates:
+            text = f"plugin {name!r} cannot load: {self.failures[name].message}"
+        elif where == "config":
             text = f"unknown plugin {name!r}{hint} named in the config; installed plugins: {listing}"
         elif name in self._candidates:
             text = f"plugin {name!r} is installed but not loaded; load it first (plugin_manager.load({name!r}))"

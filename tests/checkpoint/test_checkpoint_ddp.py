@@ -19,9 +19,14 @@ from safetensors.torch import load_file
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
 
+# Like `apt train` under torchrun, the script leaves without interpreter finalization once
+# fit() has returned (see apt.cli._main.console_main: DDP keeps gloo's threads alive, and one
+# touching Python during finalization aborts a finished run; seen once in CI). faulthandler
+# prints every thread's stack should a rank still die.
 _SCRIPT = textwrap.dedent(
     """
-    import json, sys
+    import faulthandler, sys
+    faulthandler.enable()
     sys.path.insert(0, sys.argv[3])
     from ckpt_helpers import tiny_config
     from apt.train import Trainer
@@ -31,6 +36,9 @@ _SCRIPT = textwrap.dedent(
     config = config.with_overrides(["training.steps_per_epoch=4", "training.batch_size=2"])
     trainer = Trainer(config, run_dir=run_dir)
     trainer.fit()
+    trainer.plugin_manager.teardown_all()
+    from apt.cli._main import exit_skipping_finalization
+    exit_skipping_finalization(0)
     """
 )
 

@@ -80,3 +80,18 @@ def test_ranks_with_different_plugins_stop_with_a_clear_message(tmp_path: Path) 
         message = (tmp_path / f"rank{rank}.txt").read_text()
         assert "rank 1 loaded different plugins than rank 0" in message
         assert "'1.0'" in message and "'1.1'" in message
+
+
+def test_exit_skipping_finalization_still_joins_threads_runs_atexit_and_flushes() -> None:
+    """What `apt` does after a torchrun run: a normal exit for the program, without interpreter teardown."""
+    script = (
+        "import atexit, sys, threading, time\n"
+        "from apt.cli._main import exit_skipping_finalization\n"
+        "atexit.register(lambda: print('atexit ran'))\n"
+        "threading.Thread(target=lambda: (time.sleep(0.2), print('worker done'))).start()\n"
+        "sys.stdout.write('buffered, no newline')\n"
+        "exit_skipping_finalization(3)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3
+    assert done.stdout.splitlines() == ["buffered, no newlineworker done", "atexit ran"]

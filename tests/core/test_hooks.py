@@ -78,8 +78,14 @@ def test_conditions_combine() -> None:
     hm = HookManager()
     fired: list[tuple[str, int]] = []
     hm.register("on_epoch_end", lambda epoch: fired.append(("every2", epoch)), condition=every_n_epochs(2))
-    hm.register("on_epoch_end", lambda epoch: fired.append(("window", epoch)), condition=after_epoch(1) & before_epoch(4))
-    hm.register("on_epoch_end", lambda epoch: fired.append(("not0", epoch)), condition=~before_epoch(1) | (lambda epoch: epoch == 0))
+    hm.register(
+        "on_epoch_end", lambda epoch: fired.append(("window", epoch)), condition=after_epoch(1) & before_epoch(4)
+    )
+    hm.register(
+        "on_epoch_end",
+        lambda epoch: fired.append(("not0", epoch)),
+        condition=~before_epoch(1) | (lambda epoch: epoch == 0),
+    )
     hm.register("on_epoch_end", lambda epoch: fired.append(("plain", epoch)), condition=lambda epoch: epoch == 5)
     for epoch in range(6):
         hm.trigger("on_epoch_end", epoch=epoch)

@@ -1,8 +1,6 @@
 """``python -m apt`` is the ``apt`` command (also under ``torchrun -m apt``)."""
 
-import sys
-
-from apt.cli import main
+from apt.cli._main import console_main
 
 
-sys.exit(main())
+console_main()

@@ -9,16 +9,20 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib
 import logging
+import os
 import sys
+import threading
 from collections.abc import Sequence
+from typing import NoReturn
 
 from apt.errors import PluginHookError
 from apt.errors import UsageError
 
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "console_main", "main"]
 
 # Command modules, imported lazily by name so that `apt --help` stays fast.
 _COMMANDS = ("_train", "_plot", "_generate", "_plugins", "_scaffold")
@@ -72,5 +76,31 @@ def _user_error(exc: BaseException) -> int:
     return 2
 
 
+def console_main() -> NoReturn:
+    """The ``apt`` executable and ``python -m apt``: :func:`main`, then exit with its code.
+
+    After a run under torchrun the process leaves without tearing the interpreter down:
+    DDP keeps the process group, and the backend's native threads, alive past
+    ``destroy_process_group``, and such a thread that releases a Python-owned tensor while
+    the interpreter is being finalized aborts the process ("terminate called without an
+    active exception"), turning a finished run into a failed one for torchrun.
+    """
+    code = main()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "torch.distributed" in sys.modules:
+        exit_skipping_finalization(code)
+    sys.exit(code)
+
+
+def exit_skipping_finalization(code: int) -> NoReturn:
+    """Do what a normal exit does for the program (threads, atexit, flush), then ``os._exit``."""
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()  # logging.shutdown and whatever plugins registered
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    console_main()

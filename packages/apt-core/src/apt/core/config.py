@@ -68,8 +68,7 @@ class ModelConfig(_Section):
     def _heads_divide_width(self) -> ModelConfig:
         if self.d_model % self.n_head:
             raise ValueError(
-                f"model.d_model ({self.d_model}) must be divisible by model.n_head ({self.n_head}); "
-                "change one of them"
+                f"model.d_model ({self.d_model}) must be divisible by model.n_head ({self.n_head}); change one of them"
             )
         return self
 

@@ -93,6 +93,4 @@ def as_condition(obj: Any) -> Condition:
     if any(p.kind is p.VAR_KEYWORD for p in params):
         return Condition(lambda kw: obj(**kw), getattr(obj, "__qualname__", repr(obj)))
     names = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    return Condition(
-        lambda kw: obj(**{n: kw[n] for n in names if n in kw}), getattr(obj, "__qualname__", repr(obj))
-    )
+    return Condition(lambda kw: obj(**{n: kw[n] for n in names if n in kw}), getattr(obj, "__qualname__", repr(obj)))

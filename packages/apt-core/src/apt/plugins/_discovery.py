@@ -72,7 +72,9 @@ def plugin_class_from(obj: Any, name: str, where: str = "") -> type[Plugin]:
         ]
         if len(found) == 1:
             return found[0]
-        what = "no Plugin subclass" if not found else f"several Plugin subclasses ({', '.join(c.__name__ for c in found)})"
+        what = (
+            "no Plugin subclass" if not found else f"several Plugin subclasses ({', '.join(c.__name__ for c in found)})"
+        )
         raise PluginValidationError(
             f"plugin {name!r}{where}: module {obj.__name__!r} has {what}; point the entry point at the class, "
             f"e.g. '{obj.__name__}:MyPlugin'",

@@ -29,8 +29,7 @@ def validate_plugin_class(name: str, cls: type[Plugin], where: str = "") -> None
         spec = SpecifierSet(cls.api_version)
     except InvalidSpecifier:
         raise PluginValidationError(
-            f"plugin {name!r}{where}: api_version {cls.api_version!r} is not a version specifier "
-            "(write e.g. '>=1,<2')",
+            f"plugin {name!r}{where}: api_version {cls.api_version!r} is not a version specifier (write e.g. '>=1,<2')",
             plugin=name,
         ) from None
     if not spec.contains(PLUGIN_API_VERSION, prereleases=True):

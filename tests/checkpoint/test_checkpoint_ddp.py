@@ -1,4 +1,4 @@
-"""Two gloo processes (DDP on CPU): rank 0 writes, every rank loads its own RNG, resume is exact."""
+"""Two gloo processes (DDP or FSDP2 on CPU): rank 0 writes, every rank loads its own RNG, resume is exact."""
 
 from __future__ import annotations
 
@@ -31,9 +31,11 @@ _SCRIPT = textwrap.dedent(
     from ckpt_helpers import tiny_config
     from apt.train import Trainer
 
-    run_dir, resume = sys.argv[1], (sys.argv[2] or None)
+    run_dir, resume, distributed = sys.argv[1], (sys.argv[2] or None), sys.argv[4]
     config = tiny_config(["checkpoint"], resume=resume, checkpoint={"every_n_steps": 2, "keep_last": None})
-    config = config.with_overrides(["training.steps_per_epoch=4", "training.batch_size=2"])
+    config = config.with_overrides(
+        ["training.steps_per_epoch=4", "training.batch_size=2", f"training.distributed={distributed}"]
+    )
     trainer = Trainer(config, run_dir=run_dir)
     trainer.fit()
     trainer.plugin_manager.teardown_all()
@@ -49,7 +51,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _launch(run_dir: Path, resume: str = "") -> None:
+def _launch(run_dir: Path, distributed: str, resume: str = "") -> None:
     port = _free_port()
     procs = []
     for rank in range(2):
@@ -57,16 +59,18 @@ def _launch(run_dir: Path, resume: str = "") -> None:
             **os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
             "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1",
         }  # fmt: skip
-        cmd = [sys.executable, "-c", _SCRIPT, str(run_dir), resume, str(Path(__file__).parent)]
+        cmd = [sys.executable, "-c", _SCRIPT, str(run_dir), resume, str(Path(__file__).parent), distributed]
         procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     outputs = [p.communicate(timeout=120)[0] for p in procs]
     for rank, (p, out) in enumerate(zip(procs, outputs, strict=True)):
         assert p.returncode == 0, f"rank {rank} failed:\n{out[-3000:]}"
 
 
-def test_ddp_two_processes_save_on_rank0_and_resume_exactly(tmp_path: Path) -> None:
+@pytest.mark.parametrize("distributed", ["ddp", "fsdp"])
+def test_two_processes_save_on_rank0_and_resume_exactly(tmp_path: Path, distributed: str) -> None:
+    """DDP, and FSDP2 (the sharded state gathered onto rank 0 and loaded back by every rank)."""
     ref, resumed = tmp_path / "ref", tmp_path / "resumed"
-    _launch(ref)
+    _launch(ref, distributed)
     store = CheckpointStore(ref / "checkpoints")
     # one writer: exactly one folder per save (a second writer would add "-1" duplicates)
     assert sorted(store.names()) == [f"step{s:08d}" for s in (2, 4, 6, 8)]
@@ -76,7 +80,7 @@ def test_ddp_two_processes_save_on_rank0_and_resume_exactly(tmp_path: Path) -> N
     assert not torch.equal(per_rank[0]["rng"]["torch"], per_rank[1]["rng"]["torch"])  # seeded by rank
     assert json.loads((ref / "checkpoints" / "step00000006" / "manifest.json").read_text())["step"] == 6
 
-    _launch(resumed, str(ref / "checkpoints" / "step00000006"))  # mid-epoch 1 (step 2 of 4)
+    _launch(resumed, distributed, str(ref / "checkpoints" / "step00000006"))  # mid-epoch 1 (step 2 of 4)
     a, b = load_file(ref / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     ref_losses, losses = step_losses(ref), step_losses(resumed)

@@ -113,17 +113,22 @@ def test_failed_save_is_reported_and_the_run_continues_or_stops(
             assert CheckpointStore(tmp_path / "checkpoints").latest_name() == "step00000002"
 
 
-def test_emergency_save_on_exception(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    config = tiny_config(["checkpoint"], checkpoint={"every_n_steps": None, "every_n_epochs": None})
-    trainer = Trainer(config, run_dir=tmp_path)
+def _crash_at(trainer: Trainer, step: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make ``trainer.train_step`` raise ``RuntimeError('simulated crash')`` when ``global_step == step``."""
     real_step = trainer.train_step
 
     def failing_step(x: Any, y: Any) -> Any:
-        if trainer.global_step == 5:
+        if trainer.global_step == step:
             raise RuntimeError("simulated crash")
         return real_step(x, y)
 
     monkeypatch.setattr(trainer, "train_step", failing_step)
+
+
+def test_emergency_save_on_exception(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tiny_config(["checkpoint"], checkpoint={"every_n_steps": None, "every_n_epochs": None})
+    trainer = Trainer(config, run_dir=tmp_path)
+    _crash_at(trainer, 5, monkeypatch)
     with pytest.raises(RuntimeError, match="simulated crash"):
         trainer.fit()
     manifests = _manifests(tmp_path)
@@ -134,3 +139,18 @@ def test_emergency_save_on_exception(tmp_path: Path, monkeypatch: pytest.MonkeyP
     with pytest.raises(AptError, match="only emergency checkpoints.*--resume .*step00000005-exception"):
         store.load_latest()
     assert store.load("step00000005-exception").state["trainer"]["counters"]["global_step"] == 5
+
+
+def test_no_emergency_save_under_fsdp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Sharded state needs every rank to gather it, and a failing run cannot promise that: skipped, and said."""
+    config = tiny_config(["checkpoint"], checkpoint={"every_n_steps": 2, "every_n_epochs": None})
+    trainer = Trainer(config, run_dir=tmp_path)
+    trainer.setup()
+    trainer.parallelism = "fsdp"  # what the plugin reads under torchrun with fsdp; one process shows the decision
+    _crash_at(trainer, 3, monkeypatch)
+    with caplog.at_level(logging.WARNING, logger="apt.checkpoint"), pytest.raises(RuntimeError, match="simulated"):
+        trainer.fit()
+    assert "no emergency checkpoint under FSDP2" in caplog.text
+    assert [m["step"] for m in _manifests(tmp_path).values()] == [2]

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import yaml
@@ -22,6 +23,7 @@ from apt.errors import UsageError
 from apt.testing import TINY_CONFIG
 from apt.train._distributed import DistInfo
 from apt.train._distributed import check_fingerprints
+from safetensors.torch import load_file
 
 
 TORCHRUN = shutil.which("torchrun")
@@ -31,25 +33,32 @@ def read_losses(run_dir: Path) -> list[float]:
     return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+def _torchrun(config_path: Path, run_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(TORCHRUN), "--standalone", "--nproc_per_node=2", "-m", "apt", "train", "--config", str(config_path),
+         "--run-dir", str(run_dir), *args],
+        capture_output=True, text=True, timeout=180, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+
+
 @pytest.mark.skipif(TORCHRUN is None, reason="torchrun is not on PATH")
-def test_two_process_gloo_run_matches_one_process(tmp_path: Path) -> None:
-    """torchrun --nproc_per_node=2 with batch B per rank logs the losses of one process with batch 2B."""
+@pytest.mark.parametrize("distributed", ["ddp", "fsdp"])
+def test_two_process_gloo_run_matches_one_process(tmp_path: Path, distributed: str) -> None:
+    """torchrun --nproc_per_node=2 with batch B per rank logs the losses of one process with batch 2B.
+
+    With fsdp the model is sharded per block (FSDP2); its gathered weights match too.
+    """
     config = copy.deepcopy(TINY_CONFIG)
-    config["training"].update(batch_size=2, steps_per_epoch=3, val_interval=100)
+    config["training"].update(batch_size=2, steps_per_epoch=3, val_interval=100, distributed=distributed)
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    two = subprocess.run(
-        [str(TORCHRUN), "--standalone", "--nproc_per_node=2", "-m", "apt", "train", "--config", str(path),
-         "--no-plugins", "--run-dir", str(tmp_path / "two")],
-        capture_output=True, text=True, timeout=180, env=env,
-    )  # fmt: skip
+    two = _torchrun(path, tmp_path / "two", "--no-plugins")
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count("run folder:") == 1  # only rank 0 reports
     one = subprocess.run(
         [sys.executable, "-m", "apt", "train", "--config", str(path), "--no-plugins", "--run-dir",
          str(tmp_path / "one"), "--set", "training.batch_size=4"],
-        capture_output=True, text=True, timeout=180, env=env,
+        capture_output=True, text=True, timeout=180, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
     assert one.returncode == 0, one.stderr[-3000:]
     a, b = read_losses(tmp_path / "two"), read_losses(tmp_path / "one")
@@ -57,6 +66,25 @@ def test_two_process_gloo_run_matches_one_process(tmp_path: Path) -> None:
     assert a == pytest.approx(b, rel=1e-5)
     summary = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["tokens"] == 6 * 4 * 32
+    w2, w1 = load_file(tmp_path / "two" / "model.safetensors"), load_file(tmp_path / "one" / "model.safetensors")
+    assert w2.keys() == w1.keys() and "lm_head.weight" not in w2  # full weights, the tied head stored once
+    for name in w1:
+        torch.testing.assert_close(w2[name], w1[name], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.skipif(TORCHRUN is None, reason="torchrun is not on PATH")
+def test_fsdp_refuses_a_model_change_in_the_middle_of_the_run(tmp_path: Path) -> None:
+    """MoE upcycling by schedule cannot reshard a sharded model: refused with one line before the first step."""
+    config = copy.deepcopy(TINY_CONFIG)
+    config["training"].update(batch_size=2, steps_per_epoch=2, max_epochs=2, distributed="fsdp")
+    config["schedules"] = {"enable_moe_at_epoch": 1}
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    done = _torchrun(path, tmp_path / "run", "--plugins", "moe")
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("apt: error:")]
+    assert errors and "training.distributed=fsdp" in errors[0] and "plugin 'moe'" in errors[0]
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
 def _fingerprint_worker(rank: int, init_file: str, out_dir: str) -> None:

@@ -154,6 +154,13 @@ class AlignPlugin(Plugin):
 
     def on_train_begin(self, trainer: Any) -> None:
         """Read the run's length (one epoch is the default ramp; the run's end, the default anneal)."""
+        if getattr(trainer, "parallelism", "single") == "fsdp":
+            raise ConfigError(
+                "align keeps a full fp32 copy of the model as its EMA teacher, which a model sharded with "
+                "training.distributed=fsdp cannot feed yet; use training.distributed=ddp, or leave align out "
+                "(--plugins without align)",
+                key="training.distributed",
+            )
         self._read_trainer(trainer)
 
     def on_step_begin(self, trainer: Any, model: nn.Module, epoch: int, step: int) -> None:

@@ -56,7 +56,10 @@ def _tensor_bytes(tensors: Any) -> int:
     total = 0
     for t in tensors:
         if isinstance(t, torch.Tensor) and t.numel() > 0:
-            ident = (t.untyped_storage().data_ptr(), t.storage_offset())
+            if hasattr(t, "to_local"):  # a DTensor (FSDP2): its numel is the full size the checkpoint holds
+                ident: tuple[int, Any] = (id(t), "dtensor")
+            else:
+                ident = (t.untyped_storage().data_ptr(), t.storage_offset())
             if ident not in seen:
                 seen.add(ident)
                 total += t.numel() * t.element_size()
@@ -149,14 +152,6 @@ class CheckpointPlugin(Plugin):
         self._last_save_time = time.monotonic()
         if self._last_saved_step is None and step:
             self._last_saved_step = step  # resumed: that state is on disk already
-        training = getattr(getattr(trainer, "config", None), "training", None)
-        if getattr(training, "distributed", "ddp") == "fsdp" and getattr(trainer, "world_size", 1) > 1:
-            raise CheckpointError(
-                "apt-plugin-checkpoint 1.0.0 cannot save FSDP-sharded state yet (torch.distributed.checkpoint "
-                "support is planned); train with training.distributed=ddp or disable the plugin "
-                "(disable_plugins: [checkpoint])",
-                path=store.root,
-            )
         if not getattr(trainer, "is_global_zero", True):
             self._running = True
             return
@@ -196,8 +191,12 @@ class CheckpointPlugin(Plugin):
         try:
             # not before training started (a failed resume, a bad config): nothing worth saving
             if self.config.save_on_exception and self._running:
-                # Under DDP the other ranks may not be here, so no collective: rank 0's state only.
-                self._save(trainer, EMERGENCY, collective=False)
+                if getattr(trainer, "parallelism", "single") == "fsdp":
+                    # the sharded state can only be gathered with every rank, and the others may not be here
+                    logger.warning("no emergency checkpoint under FSDP2; the last regular checkpoint stands")
+                else:
+                    # Under DDP the other ranks may not be here, so no collective: rank 0's state only.
+                    self._save(trainer, EMERGENCY, collective=False)
             self._wait()
         except Exception as exc:  # never hide the original failure
             logger.error("emergency checkpoint failed: %s", exc)

@@ -102,7 +102,14 @@ class TrainingConfig(_Section):
         "isolate", description="'raise' makes every plugin critical: any hook error stops the run."
     )
     resume: str | None = Field(None, description="'latest' or a checkpoint path (needs a checkpoint plugin).")
-    distributed: Literal["ddp", "fsdp"] = Field("ddp", description="Parallelism under torchrun.")
+    distributed: Literal["ddp", "fsdp"] = Field(
+        "ddp",
+        description="Parallelism under torchrun: 'ddp' replicates the model; 'fsdp' shards it per block (FSDP2).",
+    )
+    ddp_find_unused: Literal["auto"] | bool = Field(
+        "auto",
+        description="DDP's find_unused_parameters; 'auto' turns it on when plugins changed the model's parameters.",
+    )
     compile: bool = Field(False, description="torch.compile the model.")
 
     @property

@@ -283,7 +283,9 @@ class HookManager:
             return []
         return list(self._dispatch(event, entry, kwargs))
 
-    def _dispatch(self, event: str, entry: tuple[str, list[Any], tuple[str, ...], bool, bool], kwargs: dict[str, Any]) -> Any:
+    def _dispatch(
+        self, event: str, entry: tuple[str, list[Any], tuple[str, ...], bool, bool], kwargs: dict[str, Any]
+    ) -> Any:
         """Run pluggy's executor over the event's implementations; then settle handler errors."""
         name, impls, argnames, firstresult, _ = entry
         if self._middleware:
@@ -426,8 +428,7 @@ class HookManager:
                 "errors": sum(h.stats.errors for h in handlers),
                 "total_s": sum(h.stats.total for h in handlers),
                 "handlers": [
-                    {"handler": h.name, "plugin": h.plugin, "enabled": h.enabled, **h.stats.as_dict()}
-                    for h in handlers
+                    {"handler": h.name, "plugin": h.plugin, "enabled": h.enabled, **h.stats.as_dict()} for h in handlers
                 ],
             }
         return out
@@ -538,7 +539,9 @@ def _build_adapter(manager: HookManager, handler: Handler, spec_args: tuple[str,
     else:
         call = ", ".join(wanted)
     ret = "(_owner, _r) if _r is not None else None" if handler.event in ATTRIBUTED else "_r"
-    source = _ADAPTER_TEMPLATE.format(event=handler.event, params=", ".join(params), prelude=prelude, call=call, ret=ret)
+    source = _ADAPTER_TEMPLATE.format(
+        event=handler.event, params=", ".join(params), prelude=prelude, call=call, ret=ret
+    )
     namespace: dict[str, Any] = {
         "_now": _now,
         "_clock": manager._clock,

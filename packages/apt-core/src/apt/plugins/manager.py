@@ -192,8 +192,7 @@ class PluginManager:
                     name,
                     "import",
                     PluginConflictError(
-                        f"plugin name {name!r} is provided by several distributions ({dists}); "
-                        "uninstall all but one",
+                        f"plugin name {name!r} is provided by several distributions ({dists}); uninstall all but one",
                         plugin=name,
                     ),
                 )
@@ -317,8 +316,10 @@ class PluginManager:
                     errors.append(exc)
         errors += self._resolve()
         if errors:
-            raise errors[0] if len(errors) == 1 else PluginLoadError(
-                f"{len(errors)} plugins failed to load: " + "; ".join(str(e) for e in errors)
+            raise (
+                errors[0]
+                if len(errors) == 1
+                else PluginLoadError(f"{len(errors)} plugins failed to load: " + "; ".join(str(e) for e in errors))
             )
         return self.loaded()
 
@@ -412,7 +413,7 @@ class PluginManager:
 
     def _dist_hint(self, name: str) -> str:
         cand = self._candidates.get(name)
-        return (cand.distribution if cand and cand.distribution else f"apt-plugin-{name}")
+        return cand.distribution if cand and cand.distribution else f"apt-plugin-{name}"
 
     # --- setup, dispatch, teardown -------------------------------------------------------
 
@@ -462,7 +463,9 @@ class PluginManager:
         for attr in dir(cls):
             marks = getattr(getattr(cls, attr, None), HOOK_MARK, None)
             for event, priority, condition in marks or ():
-                self.hook_manager.register(event, getattr(plugin, attr), priority=priority, condition=condition, owner=plugin)
+                self.hook_manager.register(
+                    event, getattr(plugin, attr), priority=priority, condition=condition, owner=plugin
+                )
         plugin._setup = True
 
     def trigger_event(self, event: str, **kwargs: Any) -> list[Any]:
@@ -603,7 +606,9 @@ class PluginManager:
     def collect_states(self, trainer: Any, checkpoint: dict[str, Any]) -> dict[str, Any]:
         """Fire ``on_save_checkpoint``; returns ``{plugin: {version, state_version, state}}``."""
         out: dict[str, Any] = {}
-        for name, state in self.hook_manager.trigger_by_plugin("on_save_checkpoint", trainer=trainer, checkpoint=checkpoint):
+        for name, state in self.hook_manager.trigger_by_plugin(
+            "on_save_checkpoint", trainer=trainer, checkpoint=checkpoint
+        ):
             if name is None:
                 continue
             plugin = self._plugins[name]
@@ -629,7 +634,9 @@ class PluginManager:
         plugins = []
         for name, plugin in self._plugins.items():
             cand = self._candidates.get(name)
-            plugins.append({"name": name, "version": plugin.get_version(), "distribution": cand.distribution if cand else None})
+            plugins.append(
+                {"name": name, "version": plugin.get_version(), "distribution": cand.distribution if cand else None}
+            )
         order = {
             e: [h.plugin or h.name for h in self.hook_manager.ordered(e)]
             for e in HOOK_NAMES
@@ -655,6 +662,3 @@ class PluginManager:
 
 def _class_name(cls: type[Plugin]) -> str:
     return cls.name or cls.__name__.lower()
-
-
-

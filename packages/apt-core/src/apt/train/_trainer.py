@@ -44,6 +44,12 @@ from apt.train._metrics import bits_per_byte
 from apt.train._metrics import write_json
 from apt.train._optim import param_groups
 from apt.train._optim import sync_param_groups
+from apt.train._parallel import fsdp_shard
+from apt.train._parallel import full_model_state
+from apt.train._parallel import full_optimizer_state
+from apt.train._parallel import grad_norm_value
+from apt.train._parallel import load_model_state
+from apt.train._parallel import load_optimizer_state
 from apt.train._rng import rng_state
 from apt.train._rng import seed_everything
 from apt.train._rng import set_rng_state
@@ -108,10 +114,8 @@ class Trainer:
         self.is_global_zero = self.dist.is_global_zero
         if not self.is_global_zero:
             logging.getLogger("apt").setLevel(logging.WARNING)  # one process reports progress; all report problems
-        if self.dist.enabled and tc.distributed == "fsdp":
-            raise ConfigError(
-                "training.distributed: fsdp is not supported yet; use ddp (the default)", key="training.distributed"
-            )
+        #: how the model runs: ``"single"`` (one process), ``"ddp"`` (replicated) or ``"fsdp"`` (sharded, FSDP2)
+        self.parallelism: str = tc.distributed if self.dist.enabled else "single"
         use_bf16 = tc.precision == "bf16" or (tc.precision == "auto" and self.device.type == "cuda")
         #: the autocast dtype of forward passes (parameters stay fp32)
         self.dtype = torch.bfloat16 if use_bf16 else torch.float32
@@ -132,6 +136,8 @@ class Trainer:
         self.optimizer: torch.optim.Optimizer | None = None
         self.lr_scheduler: Any = None
         self._ddp: DistributedDataParallel | None = None
+        self._sharded = False  # fully_shard applied (training.distributed=fsdp under torchrun)
+        self._core_params: frozenset[str] = frozenset()  # the parameter names of the model before plugins
         self._forward: Any = None  # what the training step calls: the model, its DDP wrapper, or compiled
         self._val_batches: list[tuple[Tensor, Tensor]] = []
         self._metrics = MetricsWriter(None)
@@ -179,6 +185,8 @@ class Trainer:
         if self._is_setup:
             return
         tc, pm = self.config.training, self.plugin_manager
+        if self.parallelism == "fsdp":
+            self._refuse_scheduled_model_changes()
         pm.setup_all()
         seed_everything(tc.seed)
         self.schedule.bind(total_epochs=tc.max_epochs, steps_per_epoch=tc.steps_per_epoch)
@@ -208,13 +216,14 @@ class Trainer:
         # dropout and sampling noise differ per rank from here on
         torch.manual_seed(tc.seed + self.rank)
 
+        self._core_params = frozenset(name for name, _ in model.named_parameters())
+        self._wrap_model()  # before the optimizer: FSDP2 replaces the parameters by sharded ones
         self.optimizer = self.registry.build(
             "optimizer", tc.optimizer, param_groups=param_groups(self.model, tc.weight_decay), config=tc
         )
         self.lr_scheduler = self.registry.build(
             "lr_scheduler", tc.lr_scheduler, optimizer=self.optimizer, config=tc, total_steps=tc.total_steps
         )
-        self._wrap_model()
         check_fingerprints(pm.fingerprint(), self.dist)
         self._val_batches = validation_windows(
             self.data.val, self.config.model.block_size, tc.batch_size, tc.val_batches, self.rank, self.world_size
@@ -232,16 +241,24 @@ class Trainer:
         )  # fmt: skip
 
     def _wrap_model(self) -> None:
-        """(Re)build what the training step calls: DDP around the model under torchrun, compiled if asked."""
+        """(Re)build what the training step calls: the model, DDP around it or the model sharded with FSDP2 (under
+        torchrun), compiled if asked."""
         assert self.model is not None
         forward: nn.Module = self.model
-        if self.dist.enabled:
-            # Plugins may add parameters that do not get a gradient every step (MoE experts a
-            # batch did not route to); DDP must then look for unused parameters.
+        if self.parallelism == "fsdp":
+            if not self._sharded:
+                fsdp_shard(self.model)
+                self._sharded = True
+        elif self.parallelism == "ddp":
+            find_unused = self.config.training.ddp_find_unused
+            if find_unused == "auto":
+                # a plugin that changed the model's parameters may leave some without a gradient
+                # in a step; the core model uses every parameter in every step
+                find_unused = frozenset(name for name, _ in self.model.named_parameters()) != self._core_params
             self._ddp = DistributedDataParallel(
                 self.model,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=bool(self.plugin_manager.loaded()),
+                find_unused_parameters=bool(find_unused),
             )
             forward = self._ddp
         if self.config.training.compile:
@@ -259,11 +276,38 @@ class Trainer:
         if self.optimizer is None or self.model is None:
             return
         self.model.to(self.device)
+        if self._sharded and self._parameters_changed():
+            pm = self.plugin_manager
+            scheduled = [p.get_name() for p in pm.loaded() if pm.schedule.is_scheduled(p.get_name())]
+            raise UsageError(
+                f"the model changed in the middle of the run (scheduled plugins: {', '.join(scheduled) or 'none'}), "
+                "which a model sharded with training.distributed=fsdp cannot take; enable such a plugin from the "
+                "start (no schedule) or use training.distributed=ddp"
+            )
         added, removed = sync_param_groups(self.optimizer, self.model)
         if added or removed:
             log.info("optimizer synced with the model: %d parameter tensors added, %d removed", added, removed)
         if self._ddp is not None or self.config.training.compile:
             self._wrap_model()
+
+    def _refuse_scheduled_model_changes(self) -> None:
+        """FSDP2 shards the model once, at set-up: a plugin that changes the model may not switch on or off later."""
+        pm = self.plugin_manager
+        for plugin in pm.loaded():
+            name = plugin.get_name()
+            changes_model = getattr(type(plugin), "on_model_built", None) is not None  # Plugin has no default one
+            if changes_model and pm.schedule.is_scheduled(name):
+                raise ConfigError(
+                    f"plugin {name!r} changes the model and is scheduled to switch on or off during the run, "
+                    "which a model sharded with training.distributed=fsdp cannot take; remove its schedule "
+                    "(run it from the start) or use training.distributed=ddp",
+                    key="schedules",
+                )
+
+    def _parameters_changed(self) -> bool:
+        assert self.optimizer is not None and self.model is not None
+        in_optimizer = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
+        return in_optimizer != {id(p) for p in self.model.parameters()}
 
     # --- the run ----------------------------------------------------------------------
 
@@ -373,8 +417,10 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)  # sum over micro-batches of the total loss
         term_sums: dict[str, Tensor] = {}
         for micro_step, (xb, yb) in enumerate(self.batches.micro_batches(x, y)):
-            # DDP all-reduces gradients on the last micro-batch's backward only
+            # DDP all-reduces (FSDP2 reduce-scatters) gradients on the last micro-batch's backward only
             no_sync = self._ddp is not None and micro_step < accum - 1
+            if self._sharded and accum > 1:
+                model.set_requires_gradient_sync(micro_step == accum - 1)  # type: ignore[operator]
             with self._ddp.no_sync() if no_sync else contextlib.nullcontext():  # type: ignore[union-attr]
                 # 2. forward
                 with self._autocast():
@@ -398,9 +444,10 @@ class Trainer:
 
         # 5. clip; gradients are final
         if tc.grad_clip is not None:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip))
+            grad_norm = grad_norm_value(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip))
         else:
-            grad_norm = float(torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None]))
+            grads = [p.grad for p in model.parameters() if p.grad is not None]
+            grad_norm = grad_norm_value(torch.nn.utils.get_total_norm(grads))
         if hooks.has_handlers(_BEFORE_OPT):
             self._fire(_BEFORE_OPT, model=model, optimizer=self.optimizer, epoch=epoch, step=step, grad_norm=grad_norm)
 
@@ -534,9 +581,10 @@ class Trainer:
         self.setup()
         assert self.model is not None and self.optimizer is not None
         pm = self.plugin_manager
+        sharded = self._sharded  # gather the full state onto rank 0 (a collective: every rank is here)
         state: dict[str, Any] = {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "model": full_model_state(self.model) if sharded else self.model.state_dict(),
+            "optimizer": full_optimizer_state(self.model, self.optimizer) if sharded else self.optimizer.state_dict(),
             "lr_scheduler": self.lr_scheduler.state_dict(),
             "grad_scaler": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
             "rng": rng_state(),
@@ -570,13 +618,13 @@ class Trainer:
         pm.apply_schedule(self, epoch=self.epoch, step=self.global_step)
         pm.restore_states(self, dict(state), dict(state.get("plugins") or {}))
         self.sync_optimizer()  # whatever the plugins changed above, the optimizer now matches the model
-        missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
+        missing, unexpected = load_model_state(self.model, state["model"], self._sharded)
         if missing or unexpected:
             raise UsageError(
                 f"the checkpoint's model does not match this model: missing {sorted(missing)[:5]}, unexpected "
                 f"{sorted(unexpected)[:5]}; resume with the same model config and plugins that wrote it"
             )
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(self.model, self.optimizer, state["optimizer"], self._sharded)
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         if self.grad_scaler is not None and state.get("grad_scaler") is not None:
             self.grad_scaler.load_state_dict(state["grad_scaler"])
@@ -657,8 +705,9 @@ class Trainer:
             "hooks": self.plugin_manager.statistics(),
             "run_dir": str(self.run_dir) if self.run_dir is not None else None,
         }
+        weights = full_model_state(self.model) if self._sharded and self.run_dir is not None else None
         if self.run_dir is not None and self.is_global_zero:
-            save_weights(self.model, self.run_dir / "model.safetensors")
+            save_weights(self.model, self.run_dir / "model.safetensors", state=weights)
             write_json(self.run_dir / "summary.json", summary)
         return summary
 

@@ -19,25 +19,34 @@ from apt.errors import CheckpointError
 __all__ = ["load_weights", "save_weights", "weights_state_dict"]
 
 
-def weights_state_dict(model: nn.Module) -> dict[str, Tensor]:
-    """The model's tensors with every shared tensor kept once (first name wins), detached and contiguous."""
+def weights_state_dict(model: nn.Module, state: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
+    """The model's tensors with every shared tensor kept once (first name wins), detached and contiguous.
+
+    :param state: the tensors to store, when they are not ``model.state_dict()`` (the full
+        weights gathered from a sharded model); names the model ties are still stored once.
+    """
+    first_name: dict[int, str] = {}
+    aliases = set()  # later names of a tied parameter (lm_head.weight -> wte.weight)
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if first_name.setdefault(id(param), name) != name:
+            aliases.add(name)
     seen: dict[int, str] = {}
     out: dict[str, Tensor] = {}
-    for name, t in model.state_dict().items():
+    for name, t in (model.state_dict() if state is None else state).items():
         key = t.untyped_storage().data_ptr() if t.numel() else id(t)
-        if key in seen and t.numel():
+        if name in aliases or (key in seen and t.numel()):
             continue  # an alias of a tensor already stored (tied weights)
         seen[key] = name
         out[name] = t.detach().contiguous().cpu()
     return out
 
 
-def save_weights(model: nn.Module, path: str | Path) -> Path:
-    """Write the model's weights to ``path`` (safetensors)."""
+def save_weights(model: nn.Module, path: str | Path, state: Mapping[str, Tensor] | None = None) -> Path:
+    """Write the model's weights (or ``state``, see :func:`weights_state_dict`) to ``path`` (safetensors)."""
     from safetensors.torch import save_file
 
     path = Path(path)
-    save_file(weights_state_dict(model), str(path), metadata={"format": "pt", "writer": "apt"})
+    save_file(weights_state_dict(model, state), str(path), metadata={"format": "pt", "writer": "apt"})
     return path
 
 

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from apt.train import Trainer
 from apt_plugin_checkpoint import CheckpointStore
 from ckpt_helpers import step_losses
+from ckpt_helpers import tiny_config
 from safetensors.torch import load_file
 
 
@@ -85,3 +87,14 @@ def test_two_processes_save_on_rank0_and_resume_exactly(tmp_path: Path, distribu
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     ref_losses, losses = step_losses(ref), step_losses(resumed)
     assert sorted(losses) == [7, 8] and all(losses[s] == ref_losses[s] for s in losses)
+
+    if distributed == "fsdp":  # the full layout: an FSDP2 checkpoint resumes in one process too
+        config = tiny_config(["checkpoint"], resume=str(ref / "checkpoints" / "step00000008"))
+        trainer = Trainer(config.with_overrides(["training.steps_per_epoch=4"]), run_dir=tmp_path / "one")
+        trainer.fit()  # resumes at the end of the last epoch: validates, trains no further step
+        assert trainer.global_step == 8 and trainer.model is not None and trainer.optimizer is not None
+        final = load_file(ref / "model.safetensors")
+        assert all(torch.equal(t, final[name]) for name, t in trainer.model.state_dict().items() if name in final)
+        saved = store.load("step00000008").state["trainer"]["optimizer"]["state"]
+        for name, param in trainer.model.named_parameters():
+            assert torch.equal(trainer.optimizer.state[param]["exp_avg"], saved[name]["exp_avg"]), name

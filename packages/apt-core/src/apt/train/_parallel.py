@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 from torch import nn
 
+from apt.errors import ConfigError
 from apt.errors import UsageError
 
 
@@ -27,6 +28,7 @@ __all__ = [
     "grad_norm_value",
     "load_model_state",
     "load_optimizer_state",
+    "refuse_scheduled_model_plugins",
 ]
 
 
@@ -39,6 +41,23 @@ def fsdp_shard(model: nn.Module) -> None:
         for block in blocks:
             fully_shard(block)
     fully_shard(model)
+
+
+def refuse_scheduled_model_plugins(plugin_manager: Any) -> None:
+    """FSDP2 shards the model once, at set-up: a plugin that changes the model may not switch on or off later.
+
+    :raises ConfigError: naming the first such plugin (one defining ``on_model_built`` with a schedule).
+    """
+    for plugin in plugin_manager.loaded():
+        name = plugin.get_name()
+        changes_model = getattr(type(plugin), "on_model_built", None) is not None  # Plugin has no default one
+        if changes_model and plugin_manager.schedule.is_scheduled(name):
+            raise ConfigError(
+                f"plugin {name!r} changes the model and is scheduled to switch on or off during the run, "
+                "which a model sharded with training.distributed=fsdp cannot take; remove its schedule "
+                "(run it from the start) or use training.distributed=ddp",
+                key="schedules",
+            )
 
 
 def _options(cpu_offload: bool) -> Any:

@@ -26,7 +26,6 @@ from torch.nn.parallel import DistributedDataParallel
 from apt.data import BatchSource
 from apt.data import TextDataset
 from apt.data import validation_windows
-from apt.errors import ConfigError
 from apt.errors import PluginConflictError
 from apt.errors import PluginError
 from apt.errors import UsageError
@@ -50,6 +49,9 @@ from apt.train._parallel import full_optimizer_state
 from apt.train._parallel import grad_norm_value
 from apt.train._parallel import load_model_state
 from apt.train._parallel import load_optimizer_state
+from apt.train._parallel import refuse_scheduled_model_plugins
+from apt.train._results import as_metrics
+from apt.train._results import checked_loss_terms
 from apt.train._rng import rng_state
 from apt.train._rng import seed_everything
 from apt.train._rng import set_rng_state
@@ -186,7 +188,7 @@ class Trainer:
             return
         tc, pm = self.config.training, self.plugin_manager
         if self.parallelism == "fsdp":
-            self._refuse_scheduled_model_changes()
+            refuse_scheduled_model_plugins(self.plugin_manager)
         pm.setup_all()
         seed_everything(tc.seed)
         self.schedule.bind(total_epochs=tc.max_epochs, steps_per_epoch=tc.steps_per_epoch)
@@ -290,20 +292,6 @@ class Trainer:
         if self._ddp is not None or self.config.training.compile:
             self._wrap_model()
 
-    def _refuse_scheduled_model_changes(self) -> None:
-        """FSDP2 shards the model once, at set-up: a plugin that changes the model may not switch on or off later."""
-        pm = self.plugin_manager
-        for plugin in pm.loaded():
-            name = plugin.get_name()
-            changes_model = getattr(type(plugin), "on_model_built", None) is not None  # Plugin has no default one
-            if changes_model and pm.schedule.is_scheduled(name):
-                raise ConfigError(
-                    f"plugin {name!r} changes the model and is scheduled to switch on or off during the run, "
-                    "which a model sharded with training.distributed=fsdp cannot take; remove its schedule "
-                    "(run it from the start) or use training.distributed=ddp",
-                    key="schedules",
-                )
-
     def _parameters_changed(self) -> bool:
         assert self.optimizer is not None and self.model is not None
         in_optimizer = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
@@ -390,7 +378,7 @@ class Trainer:
         for plugin, extra in self._collect(
             _EPOCH_END, model=self.model, epoch=epoch, step=self.global_step, metrics=dict(epoch_metrics)
         ):
-            epoch_metrics.update(_as_metrics(extra, plugin, _EPOCH_END))
+            epoch_metrics.update(as_metrics(extra, plugin, _EPOCH_END))
         self._check_stop()
         self.last_metrics.update(epoch_metrics)
         record = pending if pending is not None else {"step": self.global_step, "epoch": epoch}
@@ -481,7 +469,7 @@ class Trainer:
                 loss=metrics["loss"],
                 metrics=dict(metrics),
             ):
-                metrics.update(_as_metrics(extra, plugin, _STEP_END))
+                metrics.update(as_metrics(extra, plugin, _STEP_END))
         return metrics
 
     @torch.no_grad()
@@ -503,7 +491,7 @@ class Trainer:
         for plugin, extra in self._collect(
             _VAL_END, model=model, epoch=self.epoch, step=self.global_step, metrics=dict(metrics)
         ):
-            metrics.update(_as_metrics(extra, plugin, _VAL_END))
+            metrics.update(as_metrics(extra, plugin, _VAL_END))
         model.train()
         log.debug("step %d: val_loss %.4f, val_bpb %.4f", self.global_step, metrics["val_loss"], metrics["val_bpb"])
         return metrics
@@ -533,39 +521,12 @@ class Trainer:
     def _loss_terms(
         self, batch: tuple[Tensor, Tensor], outputs: ModelOutput, epoch: int, step: int, micro_step: int
     ) -> dict[str, Tensor]:
-        """``on_compute_loss``: collect every plugin's named terms; two plugins may not use one name."""
-        terms: dict[str, Tensor] = {}
-        owners: dict[str, str | None] = {}
-        for plugin, result in self.hooks.trigger_by_plugin(
+        """``on_compute_loss``: every plugin's named terms, checked (two plugins may not use one name)."""
+        results = self.hooks.trigger_by_plugin(
             _COMPUTE_LOSS, trainer=self, model=self.model, batch=batch, outputs=outputs, loss=outputs.loss,
             epoch=epoch, step=step, micro_step=micro_step,
-        ):  # fmt: skip
-            if not result:
-                continue
-            if not isinstance(result, Mapping):
-                raise PluginError(
-                    f"plugin {plugin!r} returned {type(result).__name__} from on_compute_loss; "
-                    "return a dict of named scalar tensors ({'aux': tensor}) or None",
-                    plugin=plugin,
-                )
-            for name, term in result.items():
-                if name in owners:
-                    raise PluginConflictError(
-                        f"loss term {name!r} is returned by plugin {owners[name]!r} and by plugin {plugin!r}; "
-                        "rename one of them (each plugin should prefix its terms) or disable one plugin",
-                        plugin=plugin,
-                        other=owners[name],
-                    )
-                if not isinstance(term, Tensor) or term.numel() != 1:
-                    raise PluginError(
-                        f"plugin {plugin!r} returned loss term {name!r} as {type(term).__name__}"
-                        f"{'' if not isinstance(term, Tensor) else ' of shape ' + str(tuple(term.shape))}; "
-                        "a loss term must be a scalar tensor",
-                        plugin=plugin,
-                    )
-                owners[name] = plugin
-                terms[name] = term.reshape(())
-        return terms
+        )  # fmt: skip
+        return checked_loss_terms(results)
 
     # --- state ------------------------------------------------------------------------
 
@@ -714,13 +675,3 @@ class Trainer:
 
 def _env_local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def _as_metrics(result: Any, plugin: str | None, event: str) -> dict[str, float]:
-    if not isinstance(result, Mapping):
-        raise PluginError(
-            f"plugin {plugin!r} returned {type(result).__name__} from {event}; return a dict of metric "
-            "names to numbers (or None)",
-            plugin=plugin,
-        )
-    return {str(k): float(v) for k, v in result.items()}

@@ -42,21 +42,23 @@ def _torchrun(config_path: Path, run_dir: Path, *args: str) -> subprocess.Comple
 
 
 @pytest.mark.skipif(TORCHRUN is None, reason="torchrun is not on PATH")
-@pytest.mark.parametrize("distributed", ["ddp", "fsdp"])
-def test_two_process_gloo_run_matches_one_process(tmp_path: Path, distributed: str) -> None:
+@pytest.mark.parametrize(("distributed", "plugins"), [("ddp", []), ("fsdp", []), ("ddp", ["align"])])
+def test_two_process_gloo_run_matches_one_process(tmp_path: Path, distributed: str, plugins: list[str]) -> None:
     """torchrun --nproc_per_node=2 with batch B per rank logs the losses of one process with batch 2B.
 
-    With fsdp the model is sharded per block (FSDP2); its gathered weights match too.
+    With fsdp the model is sharded per block (FSDP2); its gathered weights match too. With
+    align (active from epoch 1), the alignment terms and the EMA teacher match as well.
     """
+    which = ["--plugins", ",".join(plugins)] if plugins else ["--no-plugins"]
     config = copy.deepcopy(TINY_CONFIG)
     config["training"].update(batch_size=2, steps_per_epoch=3, val_interval=100, distributed=distributed)
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    two = _torchrun(path, tmp_path / "two", "--no-plugins")
+    two = _torchrun(path, tmp_path / "two", *which)
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count("run folder:") == 1  # only rank 0 reports
     one = subprocess.run(
-        [sys.executable, "-m", "apt", "train", "--config", str(path), "--no-plugins", "--run-dir",
+        [sys.executable, "-m", "apt", "train", "--config", str(path), *which, "--run-dir",
          str(tmp_path / "one"), "--set", "training.batch_size=4"],
         capture_output=True, text=True, timeout=180, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
@@ -66,10 +68,15 @@ def test_two_process_gloo_run_matches_one_process(tmp_path: Path, distributed: s
     assert a == pytest.approx(b, rel=1e-5)
     summary = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["tokens"] == 6 * 4 * 32
-    w2, w1 = load_file(tmp_path / "two" / "model.safetensors"), load_file(tmp_path / "one" / "model.safetensors")
-    assert w2.keys() == w1.keys() and "lm_head.weight" not in w2  # full weights, the tied head stored once
-    for name in w1:
-        torch.testing.assert_close(w2[name], w1[name], rtol=1e-4, atol=1e-6)
+    files = ["model.safetensors"] + (["align/stable.safetensors"] if plugins else [])
+    for file in files:
+        w2, w1 = load_file(tmp_path / "two" / file), load_file(tmp_path / "one" / file)
+        assert w2.keys() == w1.keys() and "lm_head.weight" not in w2  # full weights, the tied head stored once
+        for name in w1:
+            torch.testing.assert_close(w2[name], w1[name], rtol=1e-4, atol=1e-6)
+    if plugins:
+        records = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+        assert any("loss/align_kl" in r for r in records) and not any("loss/align_kl" in r for r in records[:3])
 
 
 @pytest.mark.skipif(TORCHRUN is None, reason="torchrun is not on PATH")

@@ -243,8 +243,7 @@ class Trainer:
         )  # fmt: skip
 
     def _wrap_model(self) -> None:
-        """(Re)build what the training step calls: the model, DDP around it or the model sharded with FSDP2 (under
-        torchrun), compiled if asked."""
+        """(Re)build what the training step calls: the model, DDP around it, or the model sharded in place (FSDP2)."""
         assert self.model is not None
         forward: nn.Module = self.model
         if self.parallelism == "fsdp":
@@ -537,7 +536,9 @@ class Trainer:
         (sampler), ``counters`` (``epoch``, ``global_step``, ``step_in_epoch``),
         ``epoch_losses`` (the current epoch's step losses so far), ``config``,
         ``plugin_manager`` (enabled flags, schedule), ``fingerprint`` and ``plugins``.
-        Values are tensors and JSON-compatible data only.
+        Values are tensors and JSON-compatible data only. Under FSDP2 the model and optimizer
+        entries are the full state gathered onto rank 0 (``{}`` on the other ranks), the
+        optimizer's keyed by parameter name; every rank must call this together.
         """
         self.setup()
         assert self.model is not None and self.optimizer is not None

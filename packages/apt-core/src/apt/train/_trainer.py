@@ -118,6 +118,8 @@ class Trainer:
             logging.getLogger("apt").setLevel(logging.WARNING)  # one process reports progress; all report problems
         #: how the model runs: ``"single"`` (one process), ``"ddp"`` (replicated) or ``"fsdp"`` (sharded, FSDP2)
         self.parallelism: str = tc.distributed if self.dist.enabled else "single"
+        if tc.distributed == "fsdp" and not self.dist.enabled:
+            log.info("training.distributed=fsdp shards across torchrun processes; this is one process, unsharded")
         use_bf16 = tc.precision == "bf16" or (tc.precision == "auto" and self.device.type == "cuda")
         #: the autocast dtype of forward passes (parameters stay fp32)
         self.dtype = torch.bfloat16 if use_bf16 else torch.float32

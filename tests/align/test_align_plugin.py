@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from importlib.metadata import entry_points
-from types import SimpleNamespace
 
 import apt_plugin_align
 import pytest
@@ -89,11 +88,3 @@ def test_malformed_checkpoint_state_is_refused() -> None:
     """on_load_checkpoint names what is missing instead of failing later."""
     with pytest.raises(CheckpointError, match="'tensors'"):
         AlignPlugin().on_load_checkpoint(state={"num_updates": 3})
-
-
-def test_sharded_model_is_refused_with_the_key_to_change() -> None:
-    """The EMA teacher is a full copy of the model; under FSDP2 align stops the run before its first step."""
-    trainer = SimpleNamespace(parallelism="fsdp")
-    with pytest.raises(ConfigError, match="training.distributed=ddp") as info:
-        AlignPlugin().on_train_begin(trainer=trainer)
-    assert info.value.key == "training.distributed"

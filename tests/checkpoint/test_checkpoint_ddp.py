@@ -34,7 +34,8 @@ _SCRIPT = textwrap.dedent(
     from apt.train import Trainer
 
     run_dir, resume, distributed = sys.argv[1], (sys.argv[2] or None), sys.argv[4]
-    config = tiny_config(["checkpoint"], resume=resume, checkpoint={"every_n_steps": 2, "keep_last": None})
+    plugins = ["checkpoint", "moe", "align"]  # align starts at epoch 1, so its EMA state is in step 6's checkpoint
+    config = tiny_config(plugins, resume=resume, checkpoint={"every_n_steps": 2, "keep_last": None})
     config = config.with_overrides(
         ["training.steps_per_epoch=4", "training.batch_size=2", f"training.distributed={distributed}"]
     )
@@ -70,7 +71,7 @@ def _launch(run_dir: Path, distributed: str, resume: str = "") -> None:
 
 @pytest.mark.parametrize("distributed", ["ddp", "fsdp"])
 def test_two_processes_save_on_rank0_and_resume_exactly(tmp_path: Path, distributed: str) -> None:
-    """DDP, and FSDP2 (the sharded state gathered onto rank 0 and loaded back by every rank)."""
+    """DDP, and FSDP2 (the sharded state gathered onto rank 0 and loaded back by every rank), with all three plugins."""
     ref, resumed = tmp_path / "ref", tmp_path / "resumed"
     _launch(ref, distributed)
     store = CheckpointStore(ref / "checkpoints")
@@ -87,9 +88,12 @@ def test_two_processes_save_on_rank0_and_resume_exactly(tmp_path: Path, distribu
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     ref_losses, losses = step_losses(ref), step_losses(resumed)
     assert sorted(losses) == [7, 8] and all(losses[s] == ref_losses[s] for s in losses)
+    a, b = load_file(ref / "align" / "stable.safetensors"), load_file(resumed / "align" / "stable.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # the EMA teacher resumed too
+    assert any(".experts." in k for k in a)  # MoE layers inside it
 
     if distributed == "fsdp":  # the full layout: an FSDP2 checkpoint resumes in one process too
-        config = tiny_config(["checkpoint"], resume=str(ref / "checkpoints" / "step00000008"))
+        config = tiny_config(["checkpoint", "moe", "align"], resume=str(ref / "checkpoints" / "step00000008"))
         trainer = Trainer(config.with_overrides(["training.steps_per_epoch=4"]), run_dir=tmp_path / "one")
         trainer.fit()  # resumes at the end of the last epoch: validates, trains no further step
         assert trainer.global_step == 8 and trainer.model is not None and trainer.optimizer is not None

@@ -19,10 +19,16 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import yaml
+from apt.core import APTConfig
+from apt.errors import ConfigError
 from apt.errors import UsageError
+from apt.plugins import Plugin
+from apt.plugins import PluginManager
+from apt.plugins import hook
 from apt.testing import TINY_CONFIG
 from apt.train._distributed import DistInfo
 from apt.train._distributed import check_fingerprints
+from apt.train._parallel import refuse_scheduled_model_plugins
 from safetensors.torch import load_file
 
 
@@ -42,12 +48,15 @@ def _torchrun(config_path: Path, run_dir: Path, *args: str) -> subprocess.Comple
 
 
 @pytest.mark.skipif(TORCHRUN is None, reason="torchrun is not on PATH")
-@pytest.mark.parametrize(("distributed", "plugins"), [("ddp", []), ("fsdp", []), ("ddp", ["align"])])
+@pytest.mark.parametrize(
+    ("distributed", "plugins"), [("ddp", []), ("fsdp", []), ("ddp", ["align"]), ("fsdp", ["align"])]
+)
 def test_two_process_gloo_run_matches_one_process(tmp_path: Path, distributed: str, plugins: list[str]) -> None:
     """torchrun --nproc_per_node=2 with batch B per rank logs the losses of one process with batch 2B.
 
     With fsdp the model is sharded per block (FSDP2); its gathered weights match too. With
-    align (active from epoch 1), the alignment terms and the EMA teacher match as well.
+    align (active from epoch 1), the alignment terms and the EMA teacher match as well, also
+    when the teacher is built from the sharded model's gathered weights.
     """
     which = ["--plugins", ",".join(plugins)] if plugins else ["--no-plugins"]
     config = copy.deepcopy(TINY_CONFIG)
@@ -130,3 +139,30 @@ def test_exit_skipping_finalization_still_joins_threads_runs_atexit_and_flushes(
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 3
     assert done.stdout.splitlines() == ["buffered, no newlineworker done", "atexit ran"]
+
+
+def test_fsdp_refuses_only_scheduled_plugins_that_handle_on_model_built(pm: PluginManager) -> None:
+    """Any handler of on_model_built counts (a method or an @hook one); other scheduled plugins are fine."""
+
+    class Metric(Plugin):
+        name = "metric"
+
+        def on_step_end(self, **kwargs: object) -> None: ...
+
+    class Copier(Plugin):
+        name = "copier"
+
+        @hook("on_model_built", priority=-10)
+        def keep_a_copy(self, model: object) -> None: ...
+
+    pm.register_plugin("metric", Metric)
+    pm.register_plugin("copier", Copier)
+    pm.load_from_config(APTConfig(plugins=["metric", "copier"], schedules={"enable_metric_at_epoch": 1}))
+    refuse_scheduled_model_plugins(pm)  # metric is scheduled but never sees the model being built
+
+    pm = PluginManager()
+    pm.register_plugin("copier", Copier)
+    pm.load_from_config(APTConfig(plugins=["copier"], schedules={"disable_copier_at_epoch": 1}))
+    with pytest.raises(ConfigError, match="plugin 'copier' works on the model as it is built") as info:
+        refuse_scheduled_model_plugins(pm)
+    assert info.value.key == "schedules"

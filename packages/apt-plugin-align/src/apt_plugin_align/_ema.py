@@ -12,6 +12,12 @@ Design (see the align reference note, section 2.10):
 - the update is one ``torch._foreach_lerp_`` call, the kernel ``AveragedModel`` uses, but
   with the decay passed per call so it can be scheduled, and without ``AveragedModel``'s
   "first call copies" rule (the copy is made at construction).
+
+Under FSDP2 the live parameters are ``DTensor`` shards, and a deep copy of a sharded model
+is no model. The stable copy is then made from a *template*: a hook-free copy of the model
+taken in ``on_model_built``, before sharding, and filled with the gathered live weights.
+Every rank keeps the whole fp32 stable model, as under DDP; each update and drift reading
+gathers the live parameters (a collective, so every rank must call them together).
 """
 
 from __future__ import annotations
@@ -42,7 +48,24 @@ _HOOK_DICTS = (
 )
 
 
-def _copy_without_hooks(model: nn.Module) -> nn.Module:
+def _full(t: Tensor) -> Tensor:
+    """``t`` whole: a ``DTensor`` shard gathered from every rank (a collective), any other tensor as is."""
+    full_tensor = getattr(t, "full_tensor", None)
+    return full_tensor() if callable(full_tensor) else t
+
+
+def _reshard(model: nn.Module) -> None:
+    """Put an FSDP2 model's parameters back into their sharded ``DTensor`` objects (a no-op if they are).
+
+    After a forward without backward (validation), the root unit keeps plain unsharded
+    parameters registered; the sharded ones are the lasting objects to pair with.
+    """
+    reshard = getattr(model, "reshard", None)
+    if callable(reshard):
+        reshard()
+
+
+def copy_without_hooks(model: nn.Module) -> nn.Module:
     """``copy.deepcopy(model)`` with every forward/backward hook dict replaced by an empty one."""
     memo: dict[int, Any] = {}
     for module in model.modules():
@@ -57,16 +80,25 @@ class StableState:
     """An EMA copy of ``model``: ``xi <- m * xi + (1 - m) * theta`` after each optimizer step.
 
     :param model: the live model; copied on construction (same device, fp32).
+    :param template: for a sharded (FSDP2) ``model``: an unsharded, hook-free copy of it
+        (see :func:`copy_without_hooks`), made before sharding; it becomes the stable copy,
+        filled with the gathered live weights.
     """
 
-    def __init__(self, model: nn.Module) -> None:
-        stable = _copy_without_hooks(model).float()
+    def __init__(self, model: nn.Module, template: nn.Module | None = None) -> None:
+        self.sharded = template is not None
+        if template is None:
+            stable = copy_without_hooks(model).float()
+        else:
+            _reshard(model)
+            stable = _filled(template, model)
         stable.eval()
         for p in stable.parameters():
             p.requires_grad_(False)
             p.grad = None  # deepcopy copies .grad too; the stable state never has one
         self.module: nn.Module = stable
         self.num_updates = 0
+        self._template = template
         self._bind(model)
 
     # --- structure --------------------------------------------------------------------
@@ -77,7 +109,7 @@ class StableState:
         stable_buffers = dict(self.module.named_buffers())
         live_params = list(model.named_parameters())  # shared tensors appear once
         live_buffers = list(model.named_buffers())
-        self._signature = self.signature(model)
+        self._signature = self._signature_of(model)
         self._live_params = [p for _, p in live_params]
         self._stable_params: list[Tensor] = [stable_params[n] for n, _ in live_params]
         self._live_buffers = [b for _, b in live_buffers]
@@ -88,9 +120,15 @@ class StableState:
         """Names, identities and shapes of ``model``'s parameters: changes when a plugin edits the model."""
         return tuple((n, id(p), tuple(p.shape)) for n, p in model.named_parameters())
 
+    def _signature_of(self, model: nn.Module) -> tuple[tuple[str, int, tuple[int, ...]], ...]:
+        # sharded: names and shapes only, as FSDP2 swaps parameter objects around each forward
+        if self.sharded:
+            return tuple((n, 0, tuple(p.shape)) for n, p in model.named_parameters())
+        return self.signature(model)
+
     def matches(self, model: nn.Module) -> bool:
         """Whether ``model`` still has the parameters this stable state was built from."""
-        return self.signature(model) == self._signature
+        return self._signature_of(model) == self._signature
 
     def rebuild(self, model: nn.Module) -> tuple[int, int]:
         """Follow a structural change of the live model (MoE upcycling, a replaced block ...).
@@ -102,7 +140,7 @@ class StableState:
         :returns: ``(kept, new)``, the number of parameter/buffer tensors in each group.
         """
         old = self.state_dict()["tensors"]
-        fresh = StableState(model)
+        fresh = StableState(model, copy.deepcopy(self._template) if self._template is not None else None)
         kept = fresh._load_matching(old)
         self.module = fresh.module
         self._bind(model)
@@ -139,8 +177,10 @@ class StableState:
             raise ValueError(f"Invalid decay value {decay} provided. Please provide a value in [0,1] range.")
         if not self.matches(model):
             self.rebuild(model)
+        if self.sharded:
+            _reshard(model)
         if self._stable_params:
-            live = [p.detach().to(torch.float32) for p in self._live_params]
+            live = [_full(p.detach()).to(torch.float32) for p in self._live_params]
             # xi <- xi + (1 - m) (theta - xi)  ==  m xi + (1 - m) theta
             torch._foreach_lerp_(self._stable_params, live, 1.0 - decay)
         for s, b in zip(self._stable_buffers, self._live_buffers, strict=True):
@@ -155,7 +195,9 @@ class StableState:
         """
         if not self.matches(model) or not self._stable_params:
             return float("nan")
-        live = [p.detach().to(torch.float32) for p in self._live_params]
+        if self.sharded:
+            _reshard(model)
+        live = [_full(p.detach()).to(torch.float32) for p in self._live_params]
         diff = torch._foreach_sub(live, self._stable_params)
         num = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(diff)))
         den = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(self._stable_params)))
@@ -206,3 +248,17 @@ class StableState:
         kept = self._load_matching(tensors)
         self.num_updates = int(state["num_updates"])
         return kept
+
+
+@torch.no_grad()
+def _filled(template: nn.Module, model: nn.Module) -> nn.Module:
+    """``template`` in fp32 on ``model``'s device, holding ``model``'s (gathered) weights and buffers."""
+    device = next(model.parameters()).device
+    stable = template.to(device=device, dtype=torch.float32)
+    params = dict(stable.named_parameters())
+    buffers = dict(stable.named_buffers())
+    for name, p in model.named_parameters():  # shared tensors appear once, in the same order on every rank
+        params[name].copy_(_full(p.detach()))
+    for name, b in model.named_buffers():
+        buffers[name].copy_(b)
+    return stable

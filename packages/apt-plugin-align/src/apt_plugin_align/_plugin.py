@@ -18,6 +18,7 @@ Lifecycle (see the align reference note, section 3):
 
 from __future__ import annotations
 
+import copy
 import logging
 from typing import TYPE_CHECKING
 from typing import Any
@@ -30,8 +31,10 @@ from torch import nn
 from apt.errors import CheckpointError
 from apt.errors import ConfigError
 from apt.plugins import Plugin
+from apt.plugins import hook
 from apt_plugin_align._config import AlignConfig
 from apt_plugin_align._ema import StableState
+from apt_plugin_align._ema import copy_without_hooks
 from apt_plugin_align._losses import hidden_cosine_loss
 from apt_plugin_align._losses import temperature_kl
 from apt_plugin_align._metrics import StepStats
@@ -86,6 +89,7 @@ class AlignPlugin(Plugin):
         self._stats = StepStats()
         self._weight = 0.0
         self._decay: float | None = None
+        self._template: nn.Module | None = None  # FSDP2: the unsharded model's structure, see capture_template
 
     # --- setup --------------------------------------------------------------------------
 
@@ -108,11 +112,31 @@ class AlignPlugin(Plugin):
             self._steps_per_epoch = int(training.steps_per_epoch)
             self._total_steps = int(training.steps_per_epoch * training.max_epochs)
 
+    @hook("on_model_built", priority=-(10**9))
+    def capture_template(self, trainer: Any, model: nn.Module) -> None:
+        """Under FSDP2, keep a hook-free copy of the finished model (on the CPU) before it is sharded.
+
+        It runs after every other ``on_model_built`` handler (lowest priority), so it sees the
+        model as the other plugins left it (MoE layers in place). A sharded model cannot be
+        copied into a working module; the stable state is later built from this copy.
+        """
+        if getattr(trainer, "parallelism", "single") == "fsdp":
+            self._template = copy_without_hooks(model).to("cpu")
+
     def _build_stable(self, model: nn.Module) -> StableState:
+        kwargs: dict[str, Any] = {"model": model}
+        if _is_sharded(model):
+            if self._template is None:
+                raise ConfigError(
+                    "align under training.distributed=fsdp must be enabled when the model is built (it copies "
+                    "the unsharded model then); remove its schedule and use align.start_epoch to start it later",
+                    key="schedules",
+                )
+            kwargs["template"] = copy.deepcopy(self._template)
         if self.registry is not None and self.registry.has("align", "bistate"):
-            state: StableState = self.registry.build("align", "bistate", model=model)
+            state: StableState = self.registry.build("align", "bistate", **kwargs)
             return state
-        return StableState(model)
+        return StableState(**kwargs)
 
     def activate(self, model: nn.Module, epoch: int, step: int) -> None:
         """Create the stable state as a copy of ``model`` now (epoch ``epoch``, global step ``step``).
@@ -154,13 +178,6 @@ class AlignPlugin(Plugin):
 
     def on_train_begin(self, trainer: Any) -> None:
         """Read the run's length (one epoch is the default ramp; the run's end, the default anneal)."""
-        if getattr(trainer, "parallelism", "single") == "fsdp":
-            raise ConfigError(
-                "align keeps a full fp32 copy of the model as its EMA teacher, which a model sharded with "
-                "training.distributed=fsdp cannot feed yet; use training.distributed=ddp, or leave align out "
-                "(--plugins without align)",
-                key="training.distributed",
-            )
         self._read_trainer(trainer)
 
     def on_step_begin(self, trainer: Any, model: nn.Module, epoch: int, step: int) -> None:
@@ -288,3 +305,12 @@ class AlignPlugin(Plugin):
             ) from exc
         self.stable = None
         self._pending = {"tensors": dict(tensors), "num_updates": num_updates}
+
+
+def _is_sharded(model: nn.Module) -> bool:
+    """Whether ``model`` is sharded with FSDP2 (its parameters are ``DTensor`` shards)."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # a torch built without distributed support
+        return False
+    return isinstance(model, FSDPModule)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
@@ -52,11 +53,12 @@ from apt.plugins._validate import validate_plugin_class
 from apt.plugins.base import Plugin
 from apt.plugins.hooks import HOOK_MARK
 from apt.plugins.hooks import HookManager
+from apt.plugins.hooks import resolve_event
 from apt.plugins.hookspecs import ALIASES
 from apt.plugins.hookspecs import HOOK_NAMES
 
 
-__all__ = ["AUTOLOAD_ENV", "PluginFailure", "PluginManager", "PluginTeardownError"]
+__all__ = ["AUTOLOAD_ENV", "PluginFailure", "PluginManager", "PluginTeardownError", "handled_events"]
 
 log = logging.getLogger("apt.plugins")
 
@@ -455,17 +457,10 @@ class PluginManager:
         finally:
             self.registry._current_plugin = None
         plugin.registry, plugin.hook_manager = self.registry, self.hook_manager
-        cls = type(plugin)
-        for event in [*HOOK_NAMES, *ALIASES]:
-            method = getattr(cls, event, None)
-            if method is not None and method is not getattr(Plugin, event, None):
-                self.hook_manager.register(event, getattr(plugin, event), owner=plugin)
-        for attr in dir(cls):
-            marks = getattr(getattr(cls, attr, None), HOOK_MARK, None)
-            for event, priority, condition in marks or ():
-                self.hook_manager.register(
-                    event, getattr(plugin, attr), priority=priority, condition=condition, owner=plugin
-                )
+        for event, attr, priority, condition in _handler_specs(type(plugin)):
+            self.hook_manager.register(
+                event, getattr(plugin, attr), priority=priority, condition=condition, owner=plugin
+            )
         plugin._setup = True
 
     def trigger_event(self, event: str, **kwargs: Any) -> list[Any]:
@@ -662,3 +657,24 @@ class PluginManager:
 
 def _class_name(cls: type[Plugin]) -> str:
     return cls.name or cls.__name__.lower()
+
+
+def _handler_specs(cls: type[Plugin]) -> Iterator[tuple[str, str, int | None, Any]]:
+    """``(event, attribute, priority, condition)`` for each handler of a plugin class.
+
+    A handler is a method named after an event (or an alias) that overrides the base
+    class's, or a method marked with ``@hook``.
+    """
+    for event in [*HOOK_NAMES, *ALIASES]:
+        method = getattr(cls, event, None)
+        if method is not None and method is not getattr(Plugin, event, None):
+            yield event, event, None, None
+    for attr in dir(cls):
+        marks = getattr(getattr(cls, attr, None), HOOK_MARK, None)
+        for event, priority, condition in marks or ():
+            yield event, attr, priority, condition
+
+
+def handled_events(cls: type[Plugin]) -> set[str]:
+    """The events (canonical names) a plugin class has handlers for, found without instantiating it."""
+    return {resolve_event(event) for event, _, _, _ in _handler_specs(cls)}

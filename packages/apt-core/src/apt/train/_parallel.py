@@ -44,18 +44,20 @@ def fsdp_shard(model: nn.Module) -> None:
 
 
 def refuse_scheduled_model_plugins(plugin_manager: Any) -> None:
-    """FSDP2 shards the model once, at set-up: a plugin that changes the model may not switch on or off later.
+    """FSDP2 shards the model once, at set-up: a plugin that works on the model as it is built
+    (an ``on_model_built`` handler) may not switch on or off later.
 
-    :raises ConfigError: naming the first such plugin (one defining ``on_model_built`` with a schedule).
+    :raises ConfigError: naming the first such plugin that has a schedule.
     """
+    from apt.plugins.manager import handled_events
+
     for plugin in plugin_manager.loaded():
         name = plugin.get_name()
-        changes_model = getattr(type(plugin), "on_model_built", None) is not None  # Plugin has no default one
-        if changes_model and plugin_manager.schedule.is_scheduled(name):
+        if "on_model_built" in handled_events(type(plugin)) and plugin_manager.schedule.is_scheduled(name):
             raise ConfigError(
-                f"plugin {name!r} changes the model and is scheduled to switch on or off during the run, "
-                "which a model sharded with training.distributed=fsdp cannot take; remove its schedule "
-                "(run it from the start) or use training.distributed=ddp",
+                f"plugin {name!r} works on the model as it is built (on_model_built) and is scheduled to switch "
+                "on or off during the run, which a model sharded with training.distributed=fsdp cannot take; "
+                "remove its schedule (run it from the start) or use training.distributed=ddp",
                 key="schedules",
             )
 

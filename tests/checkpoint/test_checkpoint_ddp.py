@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
 
 # Like `apt train` under torchrun, the script leaves without interpreter finalization once
-# fit() has returned (see apt.cli._main.console_main: DDP keeps gloo's threads alive, and one
+# fit() has returned (see apt.cli.exit_skipping_finalization: DDP keeps gloo's threads alive, and one
 # touching Python during finalization aborts a finished run; seen once in CI). faulthandler
 # prints every thread's stack should a rank still die.
 _SCRIPT = textwrap.dedent(
@@ -42,7 +42,7 @@ _SCRIPT = textwrap.dedent(
     trainer = Trainer(config, run_dir=run_dir)
     trainer.fit()
     trainer.plugin_manager.teardown_all()
-    from apt.cli._main import exit_skipping_finalization
+    from apt.cli import exit_skipping_finalization
     exit_skipping_finalization(0)
     """
 )

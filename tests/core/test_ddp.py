@@ -130,7 +130,7 @@ def test_exit_skipping_finalization_still_joins_threads_runs_atexit_and_flushes(
     """What `apt` does after a torchrun run: a normal exit for the program, without interpreter teardown."""
     script = (
         "import atexit, sys, threading, time\n"
-        "from apt.cli._main import exit_skipping_finalization\n"
+        "from apt.cli import exit_skipping_finalization\n"
         "atexit.register(lambda: print('atexit ran'))\n"
         "threading.Thread(target=lambda: (time.sleep(0.2), print('worker done'))).start()\n"
         "sys.stdout.write('buffered, no newline')\n"

@@ -180,12 +180,18 @@ class StableState:
         if self.sharded:
             _reshard(model)
         if self._stable_params:
-            live = [_full(p.detach()).to(torch.float32) for p in self._live_params]
+            live = self._live_fp32()
             # xi <- xi + (1 - m) (theta - xi)  ==  m xi + (1 - m) theta
             torch._foreach_lerp_(self._stable_params, live, 1.0 - decay)
         for s, b in zip(self._stable_buffers, self._live_buffers, strict=True):
             s.copy_(b)
         self.num_updates += 1
+
+    def _live_fp32(self) -> list[Tensor]:
+        """The live parameters in fp32, whole (gathered from every rank when sharded)."""
+        if self.sharded:
+            return [_full(p.detach()).to(torch.float32) for p in self._live_params]
+        return [p.detach().to(torch.float32) for p in self._live_params]
 
     @torch.no_grad()
     def drift(self, model: nn.Module) -> float:
@@ -197,7 +203,7 @@ class StableState:
             return float("nan")
         if self.sharded:
             _reshard(model)
-        live = [_full(p.detach()).to(torch.float32) for p in self._live_params]
+        live = self._live_fp32()
         diff = torch._foreach_sub(live, self._stable_params)
         num = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(diff)))
         den = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(self._stable_params)))

@@ -6,7 +6,8 @@ need when they run, so ``apt plugins list`` answers in well under a second.
 
 from __future__ import annotations
 
+from apt.cli._main import exit_skipping_finalization
 from apt.cli._main import main
 
 
-__all__ = ["main"]
+__all__ = ["exit_skipping_finalization", "main"]

@@ -39,7 +39,9 @@ def manager(*classes: type[Plugin]) -> PluginManager:
 def test_unknown_plugin_name_lists_installed(pm: PluginManager) -> None:
     pm.register_plugin("moe", make("moe"))
     pm.register_plugin("align", make("align"))
-    with pytest.raises(PluginNotFoundError, match=r"unknown plugin 'mow' \(did you mean 'moe'\?\).*installed plugins: align, moe"):
+    with pytest.raises(
+        PluginNotFoundError, match=r"unknown plugin 'mow' \(did you mean 'moe'\?\).*installed plugins: align, moe"
+    ):
         pm.load_from_config(APTConfig(plugins=["mow"]))
 
 
@@ -54,7 +56,9 @@ def test_unknown_name_is_rejected_before_any_import() -> None:
 
 def test_missing_requirement(pm: PluginManager) -> None:
     pm.register_plugin("align", make("align", requires=("moe>=1.0",)))
-    with pytest.raises(PluginDependencyError, match=r"plugin 'align' requires 'moe>=1.0', which is not installed; install it"):
+    with pytest.raises(
+        PluginDependencyError, match=r"plugin 'align' requires 'moe>=1.0', which is not installed; install it"
+    ):
         pm.load_from_config(APTConfig(plugins=["align"]))
 
 
@@ -88,7 +92,9 @@ def test_two_plugins_registering_the_same_provider(pm: PluginManager) -> None:
     pm.register_plugin("moe", make("moe", setup=reg))
     pm.register_plugin("moe2", make("moe2", setup=reg))
     pm.load_from_config(APTConfig(plugins=["moe", "moe2"]))
-    with pytest.raises(PluginConflictError, match=r"provider router:topk is registered by plugin 'moe' and again by 'moe2'"):
+    with pytest.raises(
+        PluginConflictError, match=r"provider router:topk is registered by plugin 'moe' and again by 'moe2'"
+    ):
         pm.setup_all()
 
 
@@ -100,7 +106,9 @@ class MoEConfig(BaseModel):
 
 def test_invalid_plugin_config_value_names_the_path(pm: PluginManager) -> None:
     pm.register_plugin("moe", make("moe", config_model=MoEConfig))
-    with pytest.raises(ConfigError, match=r"config key 'moe.num_experts': Input should be greater than 0 \(got -1\)") as info:
+    with pytest.raises(
+        ConfigError, match=r"config key 'moe.num_experts': Input should be greater than 0 \(got -1\)"
+    ) as info:
         pm.load_from_config(APTConfig(moe={"num_experts": -1}))
     assert info.value.key == "moe.num_experts"
 
@@ -124,14 +132,21 @@ def test_misspelled_hook_name(pm: PluginManager) -> None:
         pass
 
     pm.register_plugin("typo", make("typo", on_epoc_end=on_epoc_end))
-    with pytest.raises(PluginValidationError, match=r"on_epoc_end looks like a hook but matches none \(did you mean 'on_epoch_end'\?\)"):
+    with pytest.raises(
+        PluginValidationError, match=r"on_epoc_end looks like a hook but matches none \(did you mean 'on_epoch_end'\?\)"
+    ):
         pm.load("typo")
 
 
 def test_entry_point_whose_import_fails_is_reported_and_others_load() -> None:
     good = make("good")
     with fake_entry_points(
-        FakeEntryPoint("broken", ModuleNotFoundError("No module named 'torch_scatter'"), distribution="apt-plugin-broken", version="0.3.1"),
+        FakeEntryPoint(
+            "broken",
+            ModuleNotFoundError("No module named 'torch_scatter'"),
+            distribution="apt-plugin-broken",
+            version="0.3.1",
+        ),
         FakeEntryPoint("good", good),
     ):
         pm = PluginManager(registry=ProviderRegistry(), hook_manager=HookManager())
@@ -172,10 +187,14 @@ def test_hook_raising_in_critical_plugin_stops_after_on_exception(pm: PluginMana
         seen.append(f"{self.get_name()} saw {type(exception).__name__}")
 
     pm.register_plugin("crit", make("crit", critical=True, on_step_end=_raiser))
-    pm.register_plugin("saver", make("saver", on_exception=on_exception, on_step_end=lambda self, step: seen.append("saver ran")))
+    pm.register_plugin(
+        "saver", make("saver", on_exception=on_exception, on_step_end=lambda self, step: seen.append("saver ran"))
+    )
     pm.load_from_config(APTConfig(plugins=["crit", "saver"]))
     pm.setup_all()
-    with pytest.raises(PluginHookError, match=r"plugin 'crit' raised in hook 'on_step_end' at step 7: ValueError: bad value") as info:
+    with pytest.raises(
+        PluginHookError, match=r"plugin 'crit' raised in hook 'on_step_end' at step 7: ValueError: bad value"
+    ) as info:
         try:
             pm.trigger_event("on_step_end", step=7)
         except PluginHookError as exc:
@@ -221,6 +240,7 @@ def test_teardown_raising_still_tears_down_the_others(pm: PluginManager) -> None
             order.append(tag)
             if fail:
                 raise RuntimeError(f"{tag} could not close")
+
         return teardown
 
     pm.register_plugin("a", make("a", teardown=td("a", True)))
@@ -263,5 +283,7 @@ def test_plugin_named_twice_by_distributions_says_why_it_cannot_load() -> None:
         FakeEntryPoint("dup", make("dup"), distribution="apt-plugin-dup-fork"),
     ):
         pm = PluginManager(registry=ProviderRegistry(), hook_manager=HookManager())
-        with pytest.raises(PluginNotFoundError, match=r"plugin 'dup' cannot load: .*several distributions .*uninstall all but one"):
+        with pytest.raises(
+            PluginNotFoundError, match=r"plugin 'dup' cannot load: .*several distributions .*uninstall all but one"
+        ):
             pm.load_from_config(APTConfig(plugins=["dup"]))

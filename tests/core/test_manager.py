@@ -27,7 +27,10 @@ def fresh() -> PluginManager:
 
 
 def test_discovery_reads_metadata_without_importing() -> None:
-    eps = [FakeEntryPoint("moe", make("moe"), distribution="apt-plugin-moe", version="1.2.0"), FakeEntryPoint("align", make("align"))]
+    eps = [
+        FakeEntryPoint("moe", make("moe"), distribution="apt-plugin-moe", version="1.2.0"),
+        FakeEntryPoint("align", make("align")),
+    ]
     with fake_entry_points(*eps):
         pm = fresh()
         assert pm.discover() == ["align", "moe"]
@@ -98,7 +101,9 @@ def test_schedule_enables_at_boundary_and_state_round_trips(pm: PluginManager) -
     def on_enable(self: Plugin, trainer: Any = None, epoch: Any = None, step: Any = None) -> None:
         events.append(f"enable@{epoch}")
 
-    pm.register_plugin("late", make("late", on_enable=on_enable, on_step_end=lambda self, step: events.append(f"step {step}")))
+    pm.register_plugin(
+        "late", make("late", on_enable=on_enable, on_step_end=lambda self, step: events.append(f"step {step}"))
+    )
     pm.load_from_config(APTConfig(schedules={"enable_late_at_epoch": 1}, training={"steps_per_epoch": 2}))
     pm.setup_all()
     assert not pm.get_plugin("late").is_enabled()

@@ -38,13 +38,14 @@ def test_plugin_base_class_example(fresh_globals: PluginManager, capsys: pytest.
 
         def setup(self, registry, hook_manager):
             # Register providers
-            registry.register('attention', 'my_attention', MyAttention)
+            registry.register("attention", "my_attention", MyAttention)
 
             # Add hooks
-            hook_manager.register('on_epoch_start', self.on_epoch_start)
+            hook_manager.register("on_epoch_start", self.on_epoch_start)
 
         def on_epoch_start(self, epoch, **kwargs):
             print(f"Epoch {epoch} started!")
+
     # --- end ---
 
     fresh_globals.register_plugin("my_plugin", MyPlugin)
@@ -54,7 +55,9 @@ def test_plugin_base_class_example(fresh_globals: PluginManager, capsys: pytest.
     # registered by hand and found again automatically: it must run exactly once
     assert capsys.readouterr().out == "Epoch 3 started!\n"
     assert fresh_globals.registry.get_info("attention", "my_attention")["plugin"] == "my_plugin"
-    assert hook_manager.list_hooks("on_epoch_start") == ["my_plugin:test_plugin_base_class_example.<locals>.MyPlugin.on_epoch_start"]
+    assert hook_manager.list_hooks("on_epoch_start") == [
+        "my_plugin:test_plugin_base_class_example.<locals>.MyPlugin.on_epoch_start"
+    ]
 
 
 def test_hook_manager_example(fresh_globals: PluginManager, capsys: pytest.CaptureFixture[str]) -> None:
@@ -72,17 +75,13 @@ def test_hook_manager_example(fresh_globals: PluginManager, capsys: pytest.Captu
     def my_hook(epoch, **kwargs):
         print(f"Epoch {epoch}")
 
-    hook_manager.register('on_epoch_start', my_hook, priority=10)
+    hook_manager.register("on_epoch_start", my_hook, priority=10)
 
     # Conditional hook (every 5 epochs)
-    hook_manager.register(
-        'on_epoch_end',
-        save_checkpoint,
-        condition=every_n_epochs(5)
-    )
+    hook_manager.register("on_epoch_end", save_checkpoint, condition=every_n_epochs(5))
 
     # Trigger hooks
-    hook_manager.trigger('on_epoch_start', epoch=5)
+    hook_manager.trigger("on_epoch_start", epoch=5)
     # --- end ---
 
     assert capsys.readouterr().out == "Epoch 5\n"
@@ -112,17 +111,17 @@ def test_plugin_manager_example(fresh_globals: PluginManager, capsys: pytest.Cap
     from apt.plugins import plugin_manager
 
     # Register plugin class
-    plugin_manager.register_plugin('my_plugin', MyPlugin)
+    plugin_manager.register_plugin("my_plugin", MyPlugin)
 
     # Load from config
-    config = APTConfig(plugins=['my_plugin'])
+    config = APTConfig(plugins=["my_plugin"])
     plugin_manager.load_from_config(config)
 
     # Setup all plugins
     plugin_manager.setup_all()
 
     # Trigger events
-    plugin_manager.trigger_event('on_epoch_start', epoch=1)
+    plugin_manager.trigger_event("on_epoch_start", epoch=1)
 
     # Teardown
     plugin_manager.teardown_all()
@@ -142,23 +141,27 @@ def test_provider_registration_example(fresh_globals: PluginManager) -> None:
             super().setup(registry, hook_manager)
 
             # Register attention provider
-            registry.register(
-                'attention',
-                'flash_v2',
-                FlashAttentionProvider,
-                default=False
-            )
+            registry.register("attention", "flash_v2", FlashAttentionProvider, default=False)
+
     # --- end ---
 
     fresh_globals.register_plugin("myplugin", MyPlugin)
     fresh_globals.load("myplugin")
     fresh_globals.setup_all()
     info = fresh_globals.registry.get_info("attention", "flash_v2")
-    assert info == {"kind": "attention", "name": "flash_v2", "is_default": False, "plugin": "myplugin", "version": "0.0.0"}
+    assert info == {
+        "kind": "attention",
+        "name": "flash_v2",
+        "is_default": False,
+        "plugin": "myplugin",
+        "version": "0.0.0",
+    }
     assert fresh_globals.registry.default_name("attention") == "causal"
 
 
-def test_schedule_integration_example(fresh_globals: PluginManager, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_schedule_integration_example(
+    fresh_globals: PluginManager, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Schedule and configuration sections: the YAML file, a MoE plugin enabling itself."""
     (tmp_path / "config.yaml").write_text(
         # --- as written ---
@@ -179,9 +182,10 @@ schedules:
     # --- as written ---
     class MoEPlugin(Plugin):
         def on_epoch_begin(self, epoch, schedule=None, **kwargs):
-            if schedule and schedule.should_enable_plugin('moe', epoch=epoch):
+            if schedule and schedule.should_enable_plugin("moe", epoch=epoch):
                 self.enable()
                 print(f"MoE enabled at epoch {epoch}")
+
     # --- end ---
 
     class AlignPlugin(Plugin):
@@ -194,7 +198,7 @@ schedules:
 
     # --- as written ---
     # Load config with plugins
-    config = APTConfig.from_yaml('config.yaml')
+    config = APTConfig.from_yaml("config.yaml")
 
     # Load plugins from config
     plugin_manager.load_from_config(config)
@@ -239,7 +243,7 @@ def test_usage_patterns(fresh_globals: PluginManager, capsys: pytest.CaptureFixt
             super().setup(registry, hook_manager)
 
             # Register router provider
-            registry.register('router', 'topk', TopKRouter, default=True)
+            registry.register("router", "topk", TopKRouter, default=True)
 
         def on_step_end(self, step, **kwargs):
             # MoE-specific logging
@@ -248,15 +252,15 @@ def test_usage_patterns(fresh_globals: PluginManager, capsys: pytest.CaptureFixt
     class EarlyStoppingPlugin(Plugin):
         def __init__(self, config=None):
             super().__init__(config)
-            self.patience = config.get('patience', 5)
+            self.patience = config.get("patience", 5)
             self.wait = 0
-            self.best_loss = float('inf')
+            self.best_loss = float("inf")
 
         def on_validation_end(self, metrics=None, **kwargs):
             if not metrics:
                 return
 
-            val_loss = metrics['val_loss']
+            val_loss = metrics["val_loss"]
             if val_loss < self.best_loss:
                 self.best_loss = val_loss
                 self.wait = 0
@@ -265,6 +269,7 @@ def test_usage_patterns(fresh_globals: PluginManager, capsys: pytest.CaptureFixt
                 if self.wait >= self.patience:
                     print("Early stopping triggered")
                     # Stop training (implementation depends on trainer)
+
     # --- end ---
 
     pm = fresh_globals
@@ -308,14 +313,14 @@ def test_troubleshooting_calls(fresh_globals: PluginManager, capsys: pytest.Capt
     print(plugin.get_name())  # Must match registration name
 
     # Check if plugin is enabled
-    plugin = plugin_manager.get_plugin('my_plugin')
+    plugin = plugin_manager.get_plugin("my_plugin")
     print(plugin.is_enabled())  # Should be True
 
     # Check if plugin is setup
     print(plugin.is_setup())  # Should be True after setup_all()
 
     # Check hook registration
-    print(hook_manager.list_hooks('on_epoch_start'))
+    print(hook_manager.list_hooks("on_epoch_start"))
     # --- end ---
 
     lines = capsys.readouterr().out.splitlines()

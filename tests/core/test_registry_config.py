@@ -22,7 +22,13 @@ def test_registry_lookup_default_fallback_and_info(caplog: pytest.LogCaptureFixt
     with caplog.at_level(logging.WARNING):
         assert reg.get("ffn", "wid") is dict
     assert "no ffn provider 'wid' (did you mean 'wide'?); using the default 'dense' instead" in caplog.text
-    assert reg.get_info("ffn", "dense") == {"kind": "ffn", "name": "dense", "is_default": True, "plugin": None, "version": None}
+    assert reg.get_info("ffn", "dense") == {
+        "kind": "ffn",
+        "name": "dense",
+        "is_default": True,
+        "plugin": None,
+        "version": None,
+    }
     assert reg.list_providers() == {"ffn": ["dense", "wide"]}
     reg.register("ffn", "wide", tuple, default=True)
     assert reg.default_name("ffn") == "wide" and not reg.get_info("ffn", "dense")["is_default"]
@@ -61,7 +67,9 @@ def test_yaml_round_trip_and_file_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"bad.yaml' line \d+ is not valid YAML"):
         APTConfig.from_yaml(tmp_path / "bad.yaml")
     (tmp_path / "typo.yaml").write_text("model:\n  n_layers: 3\n")
-    with pytest.raises(ConfigError, match=r"typo.yaml: unknown config key 'model.n_layers' \(did you mean 'n_layer'\?\)"):
+    with pytest.raises(
+        ConfigError, match=r"typo.yaml: unknown config key 'model.n_layers' \(did you mean 'n_layer'\?\)"
+    ):
         APTConfig.from_yaml(tmp_path / "typo.yaml")
 
 
@@ -95,7 +103,9 @@ def test_schedules_toggles_and_annealing() -> None:
     assert s.get_param("moe_capacity", step=20) == pytest.approx(1.5)
     assert s.get_param("moe_capacity", step=99) == 1.0
     assert s.get_param("w", epoch=1) == pytest.approx(0.5)
-    with pytest.raises(ConfigError, match=r"no annealed parameter 'moe_capacty' in schedules \(did you mean 'moe_capacity'\?\)"):
+    with pytest.raises(
+        ConfigError, match=r"no annealed parameter 'moe_capacty' in schedules \(did you mean 'moe_capacity'\?\)"
+    ):
         s.get_param("moe_capacty", step=0)
     with pytest.raises(ConfigError, match=r"'schedules.enable_moe_at_epok' is not a schedule"):
         Schedule({"enable_moe_at_epok": 1})

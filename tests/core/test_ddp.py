@@ -26,8 +26,11 @@ from apt.plugins import Plugin
 from apt.plugins import PluginManager
 from apt.plugins import hook
 from apt.testing import TINY_CONFIG
+from apt.testing import tiny_config
+from apt.train import Trainer
 from apt.train._distributed import DistInfo
 from apt.train._distributed import check_fingerprints
+from apt.train._parallel import ddp_find_unused
 from apt.train._parallel import refuse_scheduled_model_plugins
 from safetensors.torch import load_file
 
@@ -166,3 +169,26 @@ def test_fsdp_refuses_only_scheduled_plugins_that_handle_on_model_built(pm: Plug
     with pytest.raises(ConfigError, match="plugin 'copier' works on the model as it is built") as info:
         refuse_scheduled_model_plugins(pm)
     assert info.value.key == "schedules"
+
+
+def test_ddp_find_unused_auto_follows_plugin_changes_to_the_parameters() -> None:
+    """'auto' is off for the model core built, on once a plugin added or renamed parameters; booleans win."""
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    core = frozenset(name for name, _ in model.named_parameters())
+    assert ddp_find_unused("auto", core, model) is False
+    assert ddp_find_unused(True, core, model) is True
+    model.append(torch.nn.Linear(2, 2))  # what an MoE conversion does: new parameter names
+    assert ddp_find_unused("auto", core, model) is True
+    assert ddp_find_unused(False, core, model) is False
+
+
+def test_a_sharded_model_refuses_a_parameter_change_mid_run() -> None:
+    """sync_optimizer after a change to a sharded model stops with one line instead of training a stale optimizer."""
+    trainer = Trainer(tiny_config())
+    trainer.setup()
+    assert trainer.model is not None
+    trainer._sharded = True  # what fully_shard set; the check itself needs no process group
+    trainer.sync_optimizer()  # nothing changed: fine
+    trainer.model.extra = torch.nn.Linear(2, 2)
+    with pytest.raises(UsageError, match="changed the model's parameters after the model was sharded"):
+        trainer.sync_optimizer()

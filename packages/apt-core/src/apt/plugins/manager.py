@@ -58,7 +58,7 @@ from apt.plugins.hookspecs import ALIASES
 from apt.plugins.hookspecs import HOOK_NAMES
 
 
-__all__ = ["AUTOLOAD_ENV", "PluginFailure", "PluginManager", "PluginTeardownError", "handled_events"]
+__all__ = ["AUTOLOAD_ENV", "PluginFailure", "PluginManager", "PluginTeardownError"]
 
 log = logging.getLogger("apt.plugins")
 

@@ -22,6 +22,7 @@ from apt.errors import UsageError
 
 
 __all__ = [
+    "ddp_find_unused",
     "fsdp_shard",
     "full_model_state",
     "full_optimizer_state",
@@ -30,6 +31,18 @@ __all__ = [
     "load_optimizer_state",
     "refuse_scheduled_model_plugins",
 ]
+
+
+def ddp_find_unused(setting: bool | str, core_params: frozenset[str], model: nn.Module) -> bool:
+    """DDP's ``find_unused_parameters`` for ``training.ddp_find_unused``.
+
+    ``"auto"``: on only when plugins changed the model's parameters (their names differ from
+    ``core_params``, those of the model as core built it): the core model uses every
+    parameter in every step, and the extra autograd traversal would be wasted.
+    """
+    if setting == "auto":
+        return frozenset(name for name, _ in model.named_parameters()) != core_params
+    return bool(setting)
 
 
 def fsdp_shard(model: nn.Module) -> None:

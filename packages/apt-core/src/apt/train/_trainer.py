@@ -43,6 +43,7 @@ from apt.train._metrics import bits_per_byte
 from apt.train._metrics import write_json
 from apt.train._optim import param_groups
 from apt.train._optim import sync_param_groups
+from apt.train._parallel import ddp_find_unused
 from apt.train._parallel import fsdp_shard
 from apt.train._parallel import full_model_state
 from apt.train._parallel import full_optimizer_state
@@ -253,15 +254,12 @@ class Trainer:
                 fsdp_shard(self.model)
                 self._sharded = True
         elif self.parallelism == "ddp":
-            find_unused = self.config.training.ddp_find_unused
-            if find_unused == "auto":
-                # a plugin that changed the model's parameters may leave some without a gradient
-                # in a step; the core model uses every parameter in every step
-                find_unused = frozenset(name for name, _ in self.model.named_parameters()) != self._core_params
             self._ddp = DistributedDataParallel(
                 self.model,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=bool(find_unused),
+                find_unused_parameters=ddp_find_unused(
+                    self.config.training.ddp_find_unused, self._core_params, self.model
+                ),
             )
             forward = self._ddp
         if self.config.training.compile:
@@ -280,12 +278,10 @@ class Trainer:
             return
         self.model.to(self.device)
         if self._sharded and self._parameters_changed():
-            pm = self.plugin_manager
-            scheduled = [p.get_name() for p in pm.loaded() if pm.schedule.is_scheduled(p.get_name())]
             raise UsageError(
-                f"the model changed in the middle of the run (scheduled plugins: {', '.join(scheduled) or 'none'}), "
-                "which a model sharded with training.distributed=fsdp cannot take; enable such a plugin from the "
-                "start (no schedule) or use training.distributed=ddp"
+                "a plugin changed the model's parameters after the model was sharded with "
+                "training.distributed=fsdp, which FSDP2 cannot take; change the model in on_model_built "
+                f"(plugins: {', '.join(self.plugin_manager.list_loaded()) or 'none'}) or use training.distributed=ddp"
             )
         added, removed = sync_param_groups(self.optimizer, self.model)
         if added or removed:

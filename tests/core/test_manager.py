@@ -124,6 +124,51 @@ def test_schedule_enables_at_boundary_and_state_round_trips(pm: PluginManager) -
     assert other.get_plugin("late").is_enabled() and events[-1] == "enable@None"
 
 
+def test_plugin_disabled_by_an_error_stays_off_despite_its_schedule_and_across_resume(
+    pm: PluginManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The warning says 'disabled for the rest of the run': the schedule must not re-enable it, nor a resume."""
+    calls: list[Any] = []
+
+    def on_enable(self: Plugin, trainer: Any = None, epoch: Any = None, step: Any = None) -> None:
+        calls.append(f"enable@{epoch}")
+
+    def on_step_end(self: Plugin, step: int) -> None:
+        calls.append(step)
+        raise ValueError("boom")
+
+    config = APTConfig(schedules={"enable_flaky_at_epoch": 1}, training={"steps_per_epoch": 2})
+    pm.register_plugin("flaky", make("flaky", critical=False, on_enable=on_enable, on_step_end=on_step_end))
+    pm.load_from_config(config)
+    pm.setup_all()
+    with caplog.at_level(logging.WARNING):
+        for step in range(8):
+            pm.apply_schedule(epoch=step // 2, step=step)
+            pm.trigger_event("on_step_end", step=step)
+    assert calls == ["enable@1", 2]  # enabled once, failed once, then off for good
+    plugin = pm.get_plugin("flaky")
+    assert not plugin.is_enabled()
+    assert plugin.failure == "plugin 'flaky' raised in hook 'on_step_end' at step 2: ValueError: boom"
+    state = pm.state_dict()
+    assert state["failed"] == {"flaky": plugin.failure}
+
+    other = fresh()
+    other.register_plugin("flaky", make("flaky", critical=False, on_enable=on_enable, on_step_end=on_step_end))
+    with fake_entry_points():
+        other.load_from_config(config)
+    other.setup_all()
+    with caplog.at_level(logging.WARNING):
+        other.load_state_dict(state)
+        other.apply_schedule(epoch=3, step=6)
+        other.trigger_event("on_step_end", step=6)
+    resumed = other.get_plugin("flaky")
+    assert not resumed.is_enabled() and resumed.failure == plugin.failure
+    assert calls == ["enable@1", 2]
+    assert "plugin 'flaky' stays disabled: before the checkpoint, plugin 'flaky' raised" in caplog.text
+    resumed.enable()  # only an explicit enable re-arms it
+    assert resumed.is_enabled() and resumed.failure is None
+
+
 def test_fingerprint_differences_warn_or_raise(pm: PluginManager, caplog: pytest.LogCaptureFixture) -> None:
     pm.register_plugin("a", make("a", on_step_end=lambda self, step: None))
     pm.load_from_config(APTConfig(plugins=["a"]))

@@ -292,7 +292,7 @@ def test_run_folder_files(tmp_path: Path) -> None:
     for key in ("steps", "epochs", "train_loss", "val_loss", "val_bpb", "baseline_bpb", "wall_s", "plugins", "hooks"):
         assert key in summary
     assert summary["steps"] == 8 and summary["epochs"] == 2
-    assert summary["plugins"] == [{"name": "recorder", "version": "1.0.0", "enabled": True}]
+    assert summary["plugins"] == [{"name": "recorder", "version": "1.0.0", "enabled": True, "failure": None}]
     assert summary["hooks"]["on_step_end"]["calls"] == 8
     # the saved weights rebuild the trained model exactly
     model = GPT(run.trainer.config.model, ProviderRegistry())

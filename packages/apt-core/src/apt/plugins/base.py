@@ -82,6 +82,7 @@ class Plugin:
     state_version: ClassVar[int] = 1
     api_version: ClassVar[str] = ">=1,<2"
     _apt_name: str | None = None  # set by the manager for a class without a name
+    _failure: str | None = None  # why a hook error disabled it (class default: __init__ may skip super)
 
     def __init__(self, config: Any = None) -> None:
         self.config: Any = {} if config is None else config
@@ -141,8 +142,9 @@ class Plugin:
         """Release resources. Called in reverse setup order, even if another teardown failed."""
 
     def enable(self) -> None:
-        """Let this plugin's handlers run (the default)."""
+        """Let this plugin's handlers run (the default). Also re-arms a plugin disabled by an error."""
         self._enabled = True
+        self._failure = None
         if self.hook_manager is not None:
             self.hook_manager._owner_enabled_changed(self)
 
@@ -154,6 +156,19 @@ class Plugin:
 
     def is_enabled(self) -> bool:
         return self._enabled
+
+    @property
+    def failure(self) -> str | None:
+        """Why a hook error disabled this plugin (the error message), or None.
+
+        A plugin disabled by an error stays disabled for the rest of the run, across resumes:
+        its schedule no longer enables it. Only an explicit :meth:`enable` re-arms it.
+        """
+        return self._failure
+
+    def _disable_for_error(self, message: str) -> None:
+        self._failure = message
+        self.disable()
 
     def is_setup(self) -> bool:
         return self._setup

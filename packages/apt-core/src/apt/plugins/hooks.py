@@ -336,7 +336,7 @@ class HookManager:
                     message,
                     exc_info=exc,
                 )
-                owner.disable()
+                owner._disable_for_error(message)
         if fatal:
             failure, message = fatal[0]
             more = f" (and {len(fatal) - 1} more: {'; '.join(m for _, m in fatal[1:])})" if len(fatal) > 1 else ""

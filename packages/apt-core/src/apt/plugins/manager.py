@@ -152,7 +152,6 @@ class PluginManager:
         self._explicit: set[str] = set()
         self._strict = False
         self._discovered = False
-        self._disabled_by_error: dict[str, str] = {}
 
     # --- registration and discovery ---------------------------------------------------
 
@@ -552,8 +551,8 @@ class PluginManager:
         """Enable / disable scheduled plugins at this boundary; True if anything changed."""
         changed = False
         for name, plugin in self._plugins.items():
-            if not self.schedule.is_scheduled(name) or name in self._disabled_by_error:
-                continue
+            if not self.schedule.is_scheduled(name) or plugin.failure is not None:
+                continue  # a plugin disabled by an error stays off, whatever its schedule says
             want = self.schedule.should_enable_plugin(name, epoch=epoch, step=step)
             if want == plugin.is_enabled():
                 continue
@@ -571,9 +570,10 @@ class PluginManager:
     # --- state --------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """Which plugins are enabled (schedules, errors) and the hook statistics."""
+        """Which plugins are enabled (schedules, errors), why any was disabled by an error, and the hook statistics."""
         return {
             "enabled": {n: p.is_enabled() for n, p in self._plugins.items()},
+            "failed": {n: p.failure for n, p in self._plugins.items() if p.failure is not None},
             "schedule": self.schedule.to_dict(),
             "stats": self.statistics(),
         }
@@ -581,13 +581,24 @@ class PluginManager:
     def load_state_dict(self, state: dict[str, Any], trainer: Any = None) -> bool:
         """Restore enabled flags, calling ``on_enable``/``on_disable`` for plugins whose state differs.
 
+        A plugin that a hook error had disabled stays disabled, without ``on_disable`` (as in
+        the run that wrote the state), and its schedule no longer enables it.
+
         Returns True if any plugin changed state (the model may have changed: the
         trainer then syncs its optimizer before loading weights).
         """
         changed = False
+        failed = dict(state.get("failed") or {})
         for name, enabled in dict(state.get("enabled", {})).items():
             plugin = self._plugins.get(name)
-            if plugin is None or enabled == plugin.is_enabled():
+            if plugin is None:
+                continue
+            if name in failed:
+                changed = changed or plugin.is_enabled()
+                plugin._disable_for_error(str(failed[name]))
+                log.warning("plugin %r stays disabled: before the checkpoint, %s", name, failed[name])
+                continue
+            if enabled == plugin.is_enabled():
                 continue
             changed = True
             if enabled:

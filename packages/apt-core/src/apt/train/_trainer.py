@@ -659,7 +659,7 @@ class Trainer:
             "device": str(self.device),
             "world_size": self.world_size,
             "plugins": [
-                {"name": p.get_name(), "version": p.get_version(), "enabled": p.is_enabled()}
+                {"name": p.get_name(), "version": p.get_version(), "enabled": p.is_enabled(), "failure": p.failure}
                 for p in self.plugin_manager.loaded()
             ],
             "hooks": self.plugin_manager.statistics(),

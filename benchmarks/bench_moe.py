@@ -4,7 +4,8 @@ The dense baseline is the core FFN (``apt.model.MLP`` or ``SwiGLU``) of width ``
 per token it does the same matmul FLOPs as the MoE's k experts of width ``d_ff``. Every
 variant runs on the same input in one process; repeats are interleaved (dense, loop,
 sliced, grouped_mm, dense, ...) so that load from other processes hits all of them alike,
-and the median is reported. ``ratio = dense_time / variant_time`` (1.0 = as fast as dense). The
+and the median is reported. ``ratio = dense_time / variant_time`` (1.0 = as fast as dense);
+``TFLOP/s`` counts the matmul FLOPs of one fwd+bwd (the same for every variant) over the median time. The
 ratio of the fastest repeats is printed too: on a shared, oversubscribed CPU every op can lose a
 time slice at its thread barrier, which hurts the MoE's ~10x more (smaller) ops more than the dense
 FFN's few big ones; the minimum is the least disturbed estimate.
@@ -14,6 +15,11 @@ GPU (bf16): ``benchmarks/gpu_moe.sh``.
 
     python benchmarks/bench_moe.py                       # CPU defaults, 2 threads
     python benchmarks/bench_moe.py --device cuda --dtype bf16 --tokens 16384 --d-model 1024 --d-ff 4096
+    python benchmarks/bench_moe.py --profile 15 --trace-dir /tmp/moe_traces   # where the time goes
+
+``--profile N`` then runs one more fwd+bwd of the dense FFN and of each explicit fast dispatch under
+``torch.profiler`` and prints its N most expensive ops (self device time on CUDA, self CPU
+time on CPU); ``--trace-dir`` also saves each as a Chrome trace (open in Perfetto).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from apt.model import MLP
@@ -58,6 +65,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (CPU runs)")
     p.add_argument("--no-loop", action="store_true", help="skip the slow per-expert mask loop baseline")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--profile", type=int, default=0, metavar="N", help="print the N costliest ops of each variant")
+    p.add_argument("--trace-dir", type=Path, help="with --profile: save a Chrome trace per variant here")
     args = p.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -113,14 +122,40 @@ def main() -> None:
     print(f"router load (max/mean) = {float(load.max()) * e:.2f}; auto dispatch -> {backend_auto}")
     dense_t = statistics.median(times["dense"])
     dense_min = min(times["dense"])
+    # matmul FLOPs of one fwd+bwd, the same for every variant: per token, k experts of (2 or 3) D x F
+    # matrices; x2 for multiply-add, x3 for forward + the two backward products
+    flops = 3 * 2 * n * k * f * d * (3 if args.activation == "swiglu" else 2)
     cols = ("median ms", 10), ("tokens/s", 12), ("ratio vs dense", 15), ("min ms", 9), ("ratio (min)", 12)
+    cols += (("TFLOP/s", 8),)
     print(f"{'variant':<12} " + " ".join(f"{c:>{w}}" for c, w in cols))
     for name, ts in times.items():
         med, best = statistics.median(ts), min(ts)
         print(
             f"{name:<12} {med * 1e3:>10.2f} {n / med:>12.0f} {dense_t / med:>15.3f} {best * 1e3:>9.2f} "
-            f"{dense_min / best:>12.3f}"
+            f"{dense_min / best:>12.3f} {flops / med / 1e12:>8.2f}"
         )
+    if args.profile:
+        for name, fn in variants.items():
+            if name not in ("loop", "auto"):  # auto is one of the others
+                _profile(name, fn, device, args.profile, args.trace_dir)
+
+
+def _profile(name: str, fn: Callable[[], None], device: torch.device, rows: int, trace_dir: Path | None) -> None:
+    """One fwd+bwd of ``fn`` under the profiler: its ``rows`` costliest ops, optionally a Chrome trace."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    _sync(device)
+    with profile(activities=activities) as prof:
+        fn()
+        _sync(device)
+    sort_by = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(f"\n--- {name}: {rows} costliest ops by {sort_by} ---")
+    print(prof.key_averages().table(sort_by=sort_by, row_limit=rows))
+    if trace_dir is not None:
+        trace_dir.mkdir(parents=True, exist_ok=True)
+        prof.export_chrome_trace(str(trace_dir / f"moe_{name}.json"))
 
 
 if __name__ == "__main__":

@@ -127,6 +127,28 @@ def test_auto_uses_sliced_on_cpu_and_grouped_mm_checks_alignment() -> None:
         bad(torch.randn(1, 3, 6))
 
 
+def test_grouped_mm_falls_back_to_the_private_op_of_older_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the public F.grouped_mm (torch < 2.10) the private torch._grouped_mm serves; with neither,
+    'auto' takes the sliced path and an explicit 'grouped_mm' is a ConfigError naming moe.dispatch."""
+    import torch.nn.functional as F
+    from apt.errors import ConfigError
+
+    torch.manual_seed(3)
+    layer = MoELayer(16, 32, num_experts=4, top_k=2)
+    x = torch.randn(2, 10, 16)
+    y_ref, gx_ref, _ = _run(layer, x, "loop")
+    monkeypatch.delattr(F, "grouped_mm", raising=False)
+    y, gx, _ = _run(layer, x, "grouped_mm")
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gx, gx_ref, rtol=1e-5, atol=1e-6)
+
+    monkeypatch.delattr(torch, "_grouped_mm", raising=False)
+    layer.dispatch = "auto"
+    assert layer.backend(x.reshape(-1, 16)) == "sliced"
+    with pytest.raises(ConfigError, match="moe.dispatch='grouped_mm' needs a grouped matmul"):
+        _run(layer, x, "grouped_mm")
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_grouped_mm_on_cuda_bf16_matches_loop() -> None:
     """On CUDA, 'auto' takes the grouped_mm path; in bf16 it agrees with the loop reference to bf16 precision."""

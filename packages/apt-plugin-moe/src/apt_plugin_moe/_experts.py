@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from typing import Literal
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -23,9 +25,17 @@ __all__ = ["ExpertActivation", "ModuleExperts", "StackedExperts", "compute_dtype
 ExpertActivation = Literal["gelu", "swiglu"]
 
 
+def _grouped_mm_op() -> Callable[..., Tensor] | None:
+    """The grouped matmul of this torch: public ``F.grouped_mm`` (torch >= 2.10), else the
+    private ``torch._grouped_mm`` it wraps (torch 2.8 and 2.9, CUDA), else None."""
+    op = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
+    return cast("Callable[..., Tensor] | None", op)
+
+
 def grouped_mm_available() -> bool:
-    """Whether this torch has the public ``torch.nn.functional.grouped_mm`` (torch >= 2.10)."""
-    return hasattr(F, "grouped_mm")
+    """Whether this torch has a grouped matmul (``torch.nn.functional.grouped_mm``, or
+    ``torch._grouped_mm`` on torch 2.8 and 2.9)."""
+    return _grouped_mm_op() is not None
 
 
 def compute_dtype(x: Tensor) -> torch.dtype:
@@ -38,7 +48,9 @@ def compute_dtype(x: Tensor) -> torch.dtype:
 
 def _grouped_linear(xs: Tensor, weight: Tensor, offs: Tensor) -> Tensor:
     """``xs[rows of group e] @ weight[e].T`` for every group; ``(M, in) x (E, out, in) -> (M, out)``."""
-    return F.grouped_mm(xs, weight.transpose(-2, -1), offs=offs)
+    op = _grouped_mm_op()
+    assert op is not None, "callers check grouped_mm_available() first"
+    return op(xs, weight.transpose(-2, -1), offs=offs)
 
 
 class StackedExperts(nn.Module):

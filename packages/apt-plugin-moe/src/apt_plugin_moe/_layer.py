@@ -113,8 +113,9 @@ class MoELayer(nn.Module):
         if self.dispatch == "grouped_mm":
             if not (isinstance(self.experts, StackedExperts) and self.experts.grouped_ok(dtype)):
                 raise ConfigError(
-                    "moe.dispatch='grouped_mm' needs torch.nn.functional.grouped_mm (torch >= 2.10), stacked "
-                    f"experts, and d_model={self.d_model} and d_ff={self.d_ff} whose rows are multiples of 16 bytes "
+                    "moe.dispatch='grouped_mm' needs a grouped matmul (torch.nn.functional.grouped_mm, or "
+                    "torch._grouped_mm before torch 2.10), stacked experts, and "
+                    f"d_model={self.d_model} and d_ff={self.d_ff} whose rows are multiples of 16 bytes "
                     f"in {dtype}; use moe.dispatch='auto' or 'sliced'",
                     key="moe.dispatch",
                 )

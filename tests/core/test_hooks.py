@@ -227,3 +227,117 @@ def test_on_resume_is_first_result() -> None:
     hm.register("on_resume", lambda resume: None)
     hm.register("on_resume", lambda resume: {"from": resume})
     assert hm.trigger("on_resume", trainer=None, resume="latest") == [{"from": "latest"}]
+
+
+# --- removal, nesting, conditions, arguments, standalone use ------------------------------
+
+
+def test_removed_handlers_never_run_again(pm: PluginManager) -> None:
+    """unregister, unregister_owner, clear and unload take handlers out of the dispatch for good."""
+    ran: list[str] = []
+    hm = HookManager()
+    a = hm.register("on_step_end", lambda step: ran.append("a"))
+    hm.register("on_step_end", lambda step: ran.append("b"))
+    assert hm.unregister("on_step_end", a) == 1
+    hm.trigger("on_step_end", step=0)
+    assert ran == ["b"]
+    hm.clear()
+    hm.register("on_step_end", lambda step: ran.append("c"))
+    hm.trigger("on_step_end", step=1)
+    assert ran == ["b", "c"]
+
+    logger = type("Logger", (Plugin,), {"name": "logger", "on_step_end": lambda self, step: ran.append("logger")})
+    other = type("Other", (Plugin,), {"name": "other", "on_step_end": lambda self, step: ran.append("other")})
+    pm.register_plugin("logger", logger)
+    pm.register_plugin("other", other)
+    pm.load_from_config(APTConfig(plugins=["logger", "other"]))
+    pm.setup_all()
+    pm.unload("logger")
+    ran.clear()
+    pm.trigger_event("on_step_end", step=2)
+    assert ran == ["other"]
+
+
+def test_an_error_is_settled_by_its_own_dispatch_not_by_a_nested_one() -> None:
+    """A critical error is raised by the trigger it happened in, even when a later handler of that
+    event triggers another event; the later handler is not blamed."""
+    from apt.errors import PluginHookError
+
+    hm = HookManager()
+    loss = type("Loss", (Plugin,), {"name": "loss", "critical": True})()
+    reporter = type("Reporter", (Plugin,), {"name": "reporter", "critical": False})()
+
+    def broken(step: int) -> None:
+        raise ValueError("loss plugin broke")
+
+    hm.register("on_step_end", broken, priority=10, owner=loss)
+    hm.register("on_step_end", lambda step: hm.trigger("on_validation_begin", step=step), owner=reporter)
+    hm.register("on_validation_begin", lambda step: None)
+    with pytest.raises(PluginHookError, match="plugin 'loss' raised in hook 'on_step_end' at step 3") as info:
+        hm.trigger("on_step_end", step=3)
+    assert info.value.plugin == "loss"
+    assert reporter.is_enabled() and reporter.failure is None
+
+
+def test_a_failing_condition_is_isolated_like_its_handler() -> None:
+    hm = HookManager()
+    ran: list[str] = []
+    flaky = type("Flaky", (Plugin,), {"name": "flaky", "critical": False})()
+    hm.register("on_step_end", lambda step: ran.append("first"), priority=5)
+    hm.register("on_step_end", lambda step: ran.append("flaky"), owner=flaky, condition=lambda metrics: metrics["acc"])
+    hm.register("on_step_end", lambda step: ran.append("last"), priority=-5)
+    hm.trigger("on_step_end", step=1, metrics={"loss": 1.0})
+    assert ran == ["first", "last"]
+    assert not flaky.is_enabled()
+    assert flaky.failure == "plugin 'flaky' raised in hook 'on_step_end' at step 1: KeyError: 'acc'"
+
+
+def test_a_condition_on_an_argument_the_hook_lacks_is_refused_at_registration() -> None:
+    from apt.errors import HookError
+
+    hm = HookManager()
+    with pytest.raises(HookError, match=r"condition .* for hook 'on_step_begin' takes argument\(s\) 'loss'"):
+        hm.register("on_step_begin", lambda step: None, condition=lambda loss: loss > 1)
+    with pytest.raises(HookError, match="takes argument"):
+        hm.register("on_step_begin", lambda step: None, condition=every_n_steps(2) & (lambda loss: loss > 1))
+    hm.register("on_step_begin", lambda step: None, condition=lambda loss=None: True)  # optional: fine
+
+
+def test_a_misspelt_argument_is_an_error_and_left_out_ones_are_none() -> None:
+    from apt.errors import HookError
+
+    hm = HookManager()
+    seen: dict[str, Any] = {}
+    hm.register("on_epoch_end", lambda epoch, metrics: seen.update(epoch=epoch, metrics=metrics))
+    every = dict(trainer=None, model=None, epoch=1, step=2)
+    with pytest.raises(HookError, match=r"hook 'on_epoch_end' has no argument 'metric' \(did you mean 'metrics'\?\)"):
+        hm.trigger("on_epoch_end", **every, metric={"loss": 1.0})  # as many arguments as the hook has
+    with pytest.raises(HookError, match="no argument 'epok'"):
+        hm.trigger("on_epoch_end", epok=3)
+    assert seen == {}
+    hm.trigger("on_epoch_end", **every)
+    assert seen == {"epoch": 1, "metrics": None}
+
+
+def test_a_standalone_hook_manager_honours_disable_and_isolation() -> None:
+    hm = HookManager()
+    ran: list[int] = []
+    quiet = type("Quiet", (Plugin,), {"name": "quiet"})()
+    hm.register("on_step_end", lambda step: ran.append(step), owner=quiet)
+    quiet.disable()
+    hm.trigger("on_step_end", step=0)
+    quiet.enable()
+    hm.trigger("on_step_end", step=1)
+    assert ran == [1]
+
+    flaky = type("Flaky", (Plugin,), {"name": "flaky", "critical": False})()
+    calls: list[int] = []
+
+    def fails(step: int) -> None:
+        calls.append(step)
+        raise ValueError("boom")
+
+    hm.register("on_step_end", fails, owner=flaky)
+    for step in range(2, 5):
+        hm.trigger("on_step_end", step=step)
+    assert calls == [2] and not flaky.is_enabled()

@@ -208,3 +208,99 @@ def test_directory_discovery(pm: PluginManager, tmp_path: Any) -> None:
     )
     assert pm.discover(tmp_path) == ["local"]
     assert pm.load("local").get_version() == "0.1.0"
+
+
+def test_a_hook_mark_on_a_method_named_like_its_event_keeps_its_priority_and_condition(pm: PluginManager) -> None:
+    from apt.plugins import every_n_steps
+    from apt.plugins import hook
+
+    ran: list[tuple[str, int]] = []
+
+    class Zeta(Plugin):
+        name = "zeta"
+
+        @hook("on_step_end", priority=100, condition=every_n_steps(2))
+        def on_step_end(self, step: int) -> None:
+            ran.append(("zeta", step))
+
+    class Alpha(Plugin):
+        name = "alpha"
+
+        def on_step_end(self, step: int) -> None:
+            ran.append(("alpha", step))
+
+    for cls in (Zeta, Alpha):
+        pm.register_plugin(cls.name, cls)
+    pm.load_from_config(APTConfig(plugins=["zeta", "alpha"]))
+    pm.setup_all()
+    for step in range(4):
+        pm.trigger_event("on_step_end", step=step)
+    assert ran == [("alpha", 0), ("zeta", 1), ("alpha", 1), ("alpha", 2), ("zeta", 3), ("alpha", 3)]
+    assert [h.plugin for h in pm.hook_manager.ordered("on_step_end")] == ["zeta", "alpha"]
+
+
+def test_a_loss_or_model_handler_marked_with_hook_makes_the_plugin_critical() -> None:
+    from apt.plugins import hook
+
+    class Marked(Plugin):
+        name = "marked"
+
+        @hook("on_compute_loss")
+        def aux_loss(self, outputs: Any) -> None:
+            return None
+
+    class Builder(Plugin):
+        name = "builder"
+
+        @hook("on_model_built", priority=-5)
+        def capture(self, model: Any) -> None:
+            return None
+
+    class Logger(Plugin):
+        name = "logger"
+
+        @hook("on_step_end")
+        def log(self, step: int) -> None:
+            return None
+
+    assert Marked().is_critical() and Builder().is_critical()
+    assert not Logger().is_critical()
+    assert not type("Off", (Marked,), {"critical": False})().is_critical()
+
+
+def test_a_config_section_for_a_plugin_two_distributions_provide_reports_the_real_cause() -> None:
+    from apt.errors import PluginNotFoundError
+
+    cls = make("dup")
+    eps = [FakeEntryPoint("dup", cls, distribution="d1", version="1"), FakeEntryPoint("dup", cls, distribution="d2")]
+    with fake_entry_points(*eps):
+        with pytest.raises(PluginNotFoundError, match="provided by several distributions"):
+            fresh().load_from_config(APTConfig(plugins=["dup"], dup={"x": 1}))
+
+
+def test_unloading_a_plugin_puts_back_the_core_provider_and_default_it_replaced(pm: PluginManager) -> None:
+    class MyGelu:
+        pass
+
+    class MyMoE:
+        pass
+
+    class Shadow(Plugin):
+        name = "shadow"
+
+        def setup(self, registry: ProviderRegistry, hook_manager: HookManager) -> None:
+            registry.register("ffn", "gelu", MyGelu)  # same name as core's default
+            registry.register("ffn", "moe", MyMoE, default=True)
+            registry.register("norm", "rmsnorm", MyGelu, default=True)
+
+    pm.register_plugin("shadow", Shadow)
+    pm.load_from_config(APTConfig(plugins=["shadow"]))
+    pm.setup_all()
+    reg = pm.registry
+    assert reg.get("ffn", "gelu") is MyGelu and reg.default_name("ffn") == "moe"
+    assert reg.default_name("norm") == "rmsnorm"
+    pm.unload("shadow")
+    assert reg.default_name("ffn") == "gelu" and reg.get_info("ffn", "gelu")["is_default"]
+    assert reg.get("ffn").__name__ == "MLP" and reg.get_info("ffn", "gelu")["plugin"] is None
+    assert reg.list_providers("ffn") == ["gelu", "swiglu"]
+    assert reg.default_name("norm") == "layernorm" and reg.get("norm", "rmsnorm").__name__ == "RMSNorm"

@@ -113,6 +113,30 @@ def test_schedules_toggles_and_annealing() -> None:
         Schedule({"cap": {"start": 1, "end": 2, "curv": "linear"}})
 
 
+def test_schedule_errors_name_the_exact_key() -> None:
+    with pytest.raises(
+        ConfigError, match="'schedules.enable_moe_at_epoch' and 'schedules.enable_moe_at_step' both"
+    ) as e:
+        Schedule({"enable_moe_at_epoch": 2, "enable_moe_at_step": 500})
+    assert e.value.key == "schedules.enable_moe_at_step"
+    Schedule({"enable_moe_at_epoch": 2, "disable_moe_at_step": 500})  # one toggle of each kind: fine
+    for key in ("disable_algn_at_step", "enable_algn_at_epoch"):
+        with pytest.raises(ConfigError, match="schedules name plugin 'algn' \\(did you mean 'align'") as e:
+            Schedule({key: 3}).check_plugins({"align", "moe"})
+        assert e.value.key == f"schedules.{key}"
+
+
+def test_replacing_the_default_under_its_own_name_keeps_it_the_default() -> None:
+    registry = ProviderRegistry()
+
+    class MyGelu:
+        pass
+
+    registry.register("ffn", "gelu", MyGelu)
+    assert registry.default_name("ffn") == "gelu" and registry.get("ffn") is MyGelu
+    assert registry.get_info("ffn", "gelu")["is_default"]
+
+
 def test_model_shape_is_checked_with_the_keys_named() -> None:
     with pytest.raises(ConfigError, match=r"model.d_model \(128\) must be divisible by model.n_head \(3\)"):
         APTConfig(model={"n_head": 3})

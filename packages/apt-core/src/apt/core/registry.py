@@ -97,6 +97,10 @@ class ProviderRegistry:
     def __init__(self, *, builtins: bool = True) -> None:
         self._providers: dict[str, dict[str, ProviderInfo]] = {kind: {} for kind in CORE_KINDS}
         self._defaults: dict[str, str] = {}
+        # What a plugin replaced, put back when the plugin's providers go (unload, teardown):
+        # the core or user entry it shadowed, and each kind's earlier defaults, newest last.
+        self._shadowed: dict[tuple[str, str], ProviderInfo] = {}
+        self._earlier_defaults: dict[str, list[str]] = {}
         # Set by the plugin manager while a plugin's setup() runs, to attribute providers.
         self._current_plugin: tuple[str, str] | None = None
         if builtins:
@@ -131,28 +135,55 @@ class ProviderRegistry:
         self._add(ProviderInfo(kind, name, factory, default, plugin=plugin, version=version))
 
     def _add(self, info: ProviderInfo) -> None:
-        self._providers.setdefault(info.kind, {})[info.name] = info
+        by_name = self._providers.setdefault(info.kind, {})
+        replaced = by_name.get(info.name)
+        if replaced is not None and replaced.plugin is None and info.plugin is not None:
+            self._shadowed[(info.kind, info.name)] = replaced
+        by_name[info.name] = info
+        old = self._defaults.get(info.kind)
         if info.is_default:
-            old = self._defaults.get(info.kind)
             if old is not None and old != info.name:
-                self._providers[info.kind][old].is_default = False
+                by_name[old].is_default = False
+                self._earlier_defaults.setdefault(info.kind, []).append(old)
             self._defaults[info.kind] = info.name
+        elif old == info.name:
+            info.is_default = True  # a new factory under the default's name is still the default
 
     def unregister(self, kind: str, name: str) -> None:
-        """Remove ``kind:name``; removing the default leaves the kind without one."""
+        """Remove ``kind:name``. Removing the default makes the latest earlier default that is
+        still registered the default again; without one, the kind has no default."""
         info = self._lookup_exact(kind, name)
         del self._providers[kind][name]
         if self._defaults.get(kind) == info.name:
             del self._defaults[kind]
+            earlier = self._earlier_defaults.get(kind, [])
+            while earlier:
+                candidate = earlier.pop()
+                if candidate in self._providers[kind]:
+                    self._defaults[kind] = candidate
+                    self._providers[kind][candidate].is_default = True
+                    break
 
     def unregister_plugin(self, plugin: str) -> list[str]:
-        """Remove every provider a plugin registered; returns their ``kind:name``."""
+        """Remove every provider a plugin registered; returns their ``kind:name``.
+
+        A core (or user) provider that the plugin replaced under the same name comes back,
+        and so does the default the plugin displaced.
+        """
         removed = []
         for kind, by_name in self._providers.items():
             for name, info in list(by_name.items()):
                 if info.plugin == plugin:
                     self.unregister(kind, name)
                     removed.append(f"{kind}:{name}")
+                    shadowed = self._shadowed.pop((kind, name), None)
+                    if shadowed is not None:
+                        was_default = shadowed.is_default and kind not in self._defaults
+                        by_name[name] = shadowed
+                        if was_default:
+                            self._defaults[kind] = name
+                        else:
+                            shadowed.is_default = self._defaults.get(kind) == name
         return removed
 
     # --- lookup -----------------------------------------------------------------------

@@ -80,7 +80,14 @@ class Schedule:
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"config key {path!r} must be a non-negative integer, got {value!r}", key=path)
             target = self.enable_at if key.startswith("enable_") else self.disable_at
-            target[match["plugin"]] = (match["unit"], value)
+            plugin = match["plugin"]
+            if plugin in target:
+                other = f"schedules.{key.split('_', 1)[0]}_{plugin}_at_{target[plugin][0]}"
+                raise ConfigError(
+                    f"config keys {other!r} and {path!r} both schedule plugin {plugin!r}; keep one of them",
+                    key=path,
+                )
+            target[plugin] = (match["unit"], value)
             return
         if key.startswith(("enable_", "disable_")):
             raise ConfigError(
@@ -108,13 +115,14 @@ class Schedule:
 
     def check_plugins(self, known: set[str] | list[str]) -> None:
         """Reject toggles that name plugins which are not installed."""
-        for plugin in [*self.enable_at, *self.disable_at]:
-            if plugin not in known:
-                raise ConfigError(
-                    f"schedules name plugin {plugin!r}{did_you_mean(plugin, known)}, which is not loaded; "
-                    f"loaded plugins: {', '.join(sorted(known)) or 'none'}",
-                    key=f"schedules.enable_{plugin}",
-                )
+        for kind, toggles in (("enable", self.enable_at), ("disable", self.disable_at)):
+            for plugin, (unit, _) in toggles.items():
+                if plugin not in known:
+                    raise ConfigError(
+                        f"schedules name plugin {plugin!r}{did_you_mean(plugin, known)}, which is not loaded; "
+                        f"loaded plugins: {', '.join(sorted(known)) or 'none'}",
+                        key=f"schedules.{kind}_{plugin}_at_{unit}",
+                    )
 
     # --- queries ----------------------------------------------------------------------
 

@@ -21,25 +21,40 @@ __all__ = ["Condition", "after_epoch", "as_condition", "before_epoch", "every_n_
 
 
 class Condition:
-    """A predicate over a hook call's keyword arguments."""
+    """A predicate over a hook call's keyword arguments.
 
-    def __init__(self, check: Callable[[Mapping[str, Any]], bool], description: str) -> None:
+    :param requires: the arguments it cannot do without; registering it for a hook that
+        lacks one of them is an error.
+    """
+
+    def __init__(
+        self, check: Callable[[Mapping[str, Any]], bool], description: str, requires: frozenset[str] = frozenset()
+    ) -> None:
         self._check = check
         self.description = description
+        self.requires = requires
 
     def __call__(self, kwargs: Mapping[str, Any]) -> bool:
         return bool(self._check(kwargs))
 
     def __and__(self, other: Any) -> Condition:
         right = as_condition(other)
-        return Condition(lambda kw: self(kw) and right(kw), f"({self.description} & {right.description})")
+        return Condition(
+            lambda kw: self(kw) and right(kw),
+            f"({self.description} & {right.description})",
+            self.requires | right.requires,
+        )
 
     def __or__(self, other: Any) -> Condition:
         right = as_condition(other)
-        return Condition(lambda kw: self(kw) or right(kw), f"({self.description} | {right.description})")
+        return Condition(
+            lambda kw: self(kw) or right(kw),
+            f"({self.description} | {right.description})",
+            self.requires | right.requires,
+        )
 
     def __invert__(self) -> Condition:
-        return Condition(lambda kw: not self(kw), f"~{self.description}")
+        return Condition(lambda kw: not self(kw), f"~{self.description}", self.requires)
 
     __rand__ = __and__
     __ror__ = __or__
@@ -92,5 +107,9 @@ def as_condition(obj: Any) -> Condition:
         return Condition(lambda kw: obj(**kw), repr(obj))
     if any(p.kind is p.VAR_KEYWORD for p in params):
         return Condition(lambda kw: obj(**kw), getattr(obj, "__qualname__", repr(obj)))
-    names = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    return Condition(lambda kw: obj(**{n: kw[n] for n in names if n in kw}), getattr(obj, "__qualname__", repr(obj)))
+    named = [p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    names = [p.name for p in named]
+    required = frozenset(p.name for p in named if p.default is p.empty)
+    return Condition(
+        lambda kw: obj(**{n: kw[n] for n in names if n in kw}), getattr(obj, "__qualname__", repr(obj)), required
+    )

@@ -121,11 +121,17 @@ class Plugin:
         }
 
     def is_critical(self) -> bool:
-        """Whether an error in one of this plugin's handlers stops the run."""
+        """Whether an error in one of this plugin's handlers stops the run.
+
+        Unless ``critical`` says otherwise: a plugin that handles ``on_compute_loss`` or
+        ``on_model_built`` (by a method of that name or an ``@hook`` one), since the run
+        would silently change without it.
+        """
         if self.critical is not None:
             return self.critical
-        cls = type(self)
-        return any(getattr(cls, m, None) is not getattr(Plugin, m, None) for m in ("on_compute_loss", "on_model_built"))
+        from apt.plugins.manager import handled_events  # the manager module imports this one
+
+        return not handled_events(type(self)).isdisjoint(("on_compute_loss", "on_model_built"))
 
     # --- lifecycle --------------------------------------------------------------------
 

@@ -53,6 +53,7 @@ __all__ = ["Handler", "HandlerStats", "HookManager", "hook", "resolve_event"]
 log = logging.getLogger("apt.hooks")
 
 F = TypeVar("F", bound=Callable[..., Any])
+_Entry = tuple[str, list[Any], tuple[str, ...], bool, bool, frozenset[str]]
 
 # Events whose results are kept with the name of the plugin that returned them.
 ATTRIBUTED: frozenset[str] = frozenset(
@@ -150,9 +151,12 @@ class HookManager:
         self._pm = pluggy.PluginManager(PROJECT)
         self._pm.add_hookspecs(Hookspecs)
         self._handlers: dict[str, list[Handler]] = {}
-        # event (and alias) -> (hook caller, its argument names, firstresult) for events
-        # that have at least one enabled handler; the fast path of trigger().
-        self._active: dict[str, tuple[str, list[Any], tuple[str, ...], bool, bool]] = {}
+        # event (and alias) -> (event, implementations, argument names, firstresult,
+        # attributed, argument-name set) for events that have at least one enabled
+        # handler; the fast path of trigger().
+        self._active: dict[str, _Entry] = {}
+        # event -> the adapters registered with pluggy now (what _rebuild must take out)
+        self._in_pluggy: dict[str, list[Any]] = {}
         # pluggy's hook executor (the one HookCaller.__call__ ends in; tracing hooks it too)
         self._hookexec = self._pm._hookexec
         self._clock = [0.0]  # see _ADAPTER_TEMPLATE
@@ -187,7 +191,11 @@ class HookManager:
             raise HookError(f"handler for {event!r} must be callable, got {fn!r}")
         if owner is None:
             owner = _plugin_of(fn)
+        if owner is not None and owner.hook_manager is None:
+            owner.hook_manager = self  # so that its enable()/disable() reach this manager
         cond = as_condition(condition) if condition is not None else None
+        if cond is not None:
+            _check_condition(event, cond, self._spec_args(event))
         handler = Handler(event, fn, owner, priority, cond, next(self._seq))
         for existing in self._handlers.get(event, ()):
             if existing.key() == handler.key():
@@ -283,22 +291,30 @@ class HookManager:
             return []
         return list(self._dispatch(event, entry, kwargs))
 
-    def _dispatch(
-        self, event: str, entry: tuple[str, list[Any], tuple[str, ...], bool, bool], kwargs: dict[str, Any]
-    ) -> Any:
+    def _dispatch(self, event: str, entry: _Entry, kwargs: dict[str, Any]) -> Any:
         """Run pluggy's executor over the event's implementations; then settle handler errors."""
-        name, impls, argnames, firstresult, _ = entry
+        name, impls, argnames, firstresult, _, argset = entry
         if self._middleware:
             kwargs = self._apply_middleware(event, kwargs)
         if len(kwargs) != len(argnames):
-            kwargs = {**dict.fromkeys(argnames), **kwargs}
+            kwargs = _complete_args(name, kwargs, argnames, argset)
         clock = self._clock
         outer = clock[0]
+        failures = self._failures
+        mark = len(failures)  # a nested dispatch settles only the failures recorded after its mark
         clock[0] = _now()
-        results = self._hookexec(name, impls, kwargs, firstresult)
+        try:
+            results = self._hookexec(name, impls, kwargs, firstresult)
+        except pluggy.HookCallError as exc:
+            # as many arguments as the hook takes, but one misspelt: pluggy found the gap
+            clock[0] = outer
+            del failures[mark:]
+            raise _argument_error(name, kwargs, argnames) from exc
         clock[0] = outer
-        if self._failures:
-            self._settle_failures(kwargs)
+        if len(failures) > mark:
+            mine = failures[mark:]
+            del failures[mark:]
+            self._settle_failures(mine, kwargs)
         return results
 
     def has_handlers(self, event: str) -> bool:
@@ -316,8 +332,7 @@ class HookManager:
     def _record_failure(self, handler: Handler, exc: Exception) -> None:
         self._failures.append(_Failure(handler, exc))
 
-    def _settle_failures(self, kwargs: dict[str, Any]) -> None:
-        failures, self._failures = self._failures, []
+    def _settle_failures(self, failures: list[_Failure], kwargs: dict[str, Any]) -> None:
         step = kwargs.get("step")
         fatal: list[tuple[_Failure, str]] = []
         for failure in failures:
@@ -369,13 +384,14 @@ class HookManager:
 
     def _rebuild(self, event: str) -> None:
         """Re-register ``event``'s enabled adapters with pluggy in dispatch order."""
-        for h in self._handlers.get(event, ()):
-            if self._pm.is_registered(h.adapter):
-                self._pm.unregister(h.adapter)
+        # everything registered before goes, removed handlers included
+        for adapter in self._in_pluggy.pop(event, ()):
+            self._pm.unregister(adapter)
         enabled = [h for h in self.ordered(event) if h.enabled]
         # pluggy calls implementations last-registered-first: register in reverse order.
         for h in reversed(enabled):
             self._pm.register(h.adapter, name=f"apt-handler-{h.seq}")
+        self._in_pluggy[event] = [h.adapter for h in enabled]
         names = [event, *(a for a, c in ALIASES.items() if c == event)]
         if enabled:
             caller = getattr(self._pm.hook, event)
@@ -388,6 +404,7 @@ class HookManager:
                 tuple(spec.argnames),
                 bool(spec.opts.get("firstresult")),
                 event in ATTRIBUTED,
+                frozenset(spec.argnames),
             )
             for name in names:
                 self._active[name] = entry
@@ -400,8 +417,11 @@ class HookManager:
             if any(h.owner is owner for h in handlers):
                 self._rebuild(event)
 
+    def _spec_args(self, event: str) -> tuple[str, ...]:
+        return tuple(getattr(self._pm.hook, event).spec.argnames)
+
     def _make_adapter(self, handler: Handler) -> Any:
-        return _build_adapter(self, handler, tuple(getattr(self._pm.hook, handler.event).spec.argnames))
+        return _build_adapter(self, handler, self._spec_args(handler.event))
 
     # --- introspection ----------------------------------------------------------------
 
@@ -438,6 +458,35 @@ class HookManager:
 
     def __repr__(self) -> str:
         return f"HookManager({self.list_hooks()})"
+
+
+def _complete_args(
+    event: str, kwargs: dict[str, Any], argnames: tuple[str, ...], argset: frozenset[str]
+) -> dict[str, Any]:
+    """``kwargs`` with the arguments the caller left out set to None; an unknown one is an error."""
+    if any(k not in argset for k in kwargs):
+        raise _argument_error(event, kwargs, argnames)
+    return {**dict.fromkeys(argnames), **kwargs}
+
+
+def _argument_error(event: str, kwargs: dict[str, Any], argnames: tuple[str, ...]) -> HookError:
+    unknown = next((k for k in kwargs if k not in argnames), None)
+    if unknown is None:  # a middleware dropped an argument
+        missing = [a for a in argnames if a not in kwargs]
+        return HookError(f"hook {event!r} was called without argument(s) {', '.join(map(repr, missing))}")
+    return HookError(
+        f"hook {event!r} has no argument {unknown!r}{did_you_mean(unknown, argnames)}; it takes: {', '.join(argnames)}"
+    )
+
+
+def _check_condition(event: str, condition: Condition, spec_args: tuple[str, ...]) -> None:
+    missing = sorted(condition.requires - set(spec_args))
+    if missing:
+        raise HookError(
+            f"condition {condition.description} for hook {event!r} takes argument(s) "
+            f"{', '.join(map(repr, missing))}, which that hook does not provide; it provides: "
+            f"{', '.join(spec_args)} (give the parameter a default or accept **kwargs)"
+        )
 
 
 def _label(h: Handler) -> str:
@@ -504,8 +553,8 @@ def _check_unknown(handler: Handler, unknown: list[str], spec_args: tuple[str, .
 # dispatches, so an outer handler's time includes the events it triggers itself.
 _ADAPTER_TEMPLATE = """\
 def {event}({params}):
-{prelude}    try:
-        _r = _fn({call})
+    try:
+{prelude}        _r = _fn({call})
     except Exception as _e:
         _clock[0] = _now()
         _st.calls += 1
@@ -530,10 +579,10 @@ def _build_adapter(manager: HookManager, handler: Handler, spec_args: tuple[str,
     prelude = ""
     if handler.condition is not None:
         kw = ", ".join(f"{a!r}: {a}" for a in spec_args)
-        prelude += f"    if not _cond({{{kw}}}):\n        _st.skipped += 1\n        return None\n"
+        prelude += f"        if not _cond({{{kw}}}):\n            _st.skipped += 1\n            return None\n"
     per_plugin = PER_PLUGIN_ARGS.get(handler.event)
     if per_plugin is not None and per_plugin in wanted:
-        prelude += f"    {per_plugin} = {per_plugin}.get(_owner) if {per_plugin} is not None else None\n"
+        prelude += f"        {per_plugin} = {per_plugin}.get(_owner) if {per_plugin} is not None else None\n"
     if by_keyword or wants_all:
         call = ", ".join(f"{a}={a}" for a in wanted)
     else:

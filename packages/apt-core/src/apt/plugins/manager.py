@@ -285,7 +285,9 @@ class PluginManager:
         config = config if config is not None else APTConfig()
         self._ensure_discovered()
         known = set(self._candidates)
-        config.check_sections(known)
+        # a section for a plugin that failed discovery (two distributions claim its name) is
+        # not a typo: let the name checks below report the real cause
+        config.check_sections(known | set(self.failures))
         self.schedule = Schedule(config.schedules)
         self.schedule.bind(config.training.max_epochs, config.training.steps_per_epoch)
         self.hook_manager.error_policy = config.training.plugin_errors
@@ -678,8 +680,11 @@ def _handler_specs(cls: type[Plugin]) -> Iterator[tuple[str, str, int | None, An
     """
     for event in [*HOOK_NAMES, *ALIASES]:
         method = getattr(cls, event, None)
-        if method is not None and method is not getattr(Plugin, event, None):
-            yield event, event, None, None
+        if method is None or method is getattr(Plugin, event, None):
+            continue
+        if any(resolve_event(marked) == resolve_event(event) for marked, _, _ in getattr(method, HOOK_MARK, ())):
+            continue  # its @hook mark registers it below, with the mark's priority and condition
+        yield event, event, None, None
     for attr in dir(cls):
         marks = getattr(getattr(cls, attr, None), HOOK_MARK, None)
         for event, priority, condition in marks or ():

@@ -65,6 +65,7 @@ def test_default_run_folder_comes_from_run_section(tiny_yaml: Path, tmp_path: Pa
         (["--plugins", "no_such_plugin"], "no_such_plugin"),
         (["--config", "missing.yaml"], "missing.yaml"),
         (["--set", "data.path=/no/such/file.txt"], "data.path"),
+        (["--set", "model.vocab_size=100"], "model.vocab_size is 100, but the tokenizer"),
     ],
 )
 def test_bad_config_exits_2_with_one_line(
@@ -78,6 +79,18 @@ def test_bad_config_exits_2_with_one_line(
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("apt: error:") and message in err
     assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_a_run_folder_that_cannot_be_written_exits_2_with_one_line(
+    tiny_yaml: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    taken = tmp_path / "a_file"
+    taken.write_text("keep me")
+    code = main(["train", "--config", str(tiny_yaml), "--no-plugins", "--run-dir", str(taken)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith(f"apt: error: cannot write the run folder {str(taken)!r}") and "--run-dir" in err
+    assert taken.read_text() == "keep me"
 
 
 def test_bad_config_in_a_real_process_has_no_traceback(tmp_path: Path) -> None:
@@ -97,6 +110,20 @@ def test_plot_writes_pngs(trained: Path, capsys: pytest.CaptureFixture[str]) -> 
     names = {p.name for p in (trained / "plots").iterdir()}
     assert {"loss.png", "lr.png", "grad_norm.png", "val_bpb.png"} <= names
     assert (trained / "plots" / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    ("line", "message"), [("{not json", "line 2 is not JSON"), ("[1, 2]", "line 2 is not a JSON object")]
+)
+def test_plot_names_the_bad_line_of_metrics_jsonl(
+    line: str, message: str, trained: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    metrics = trained / "metrics.jsonl"
+    first = metrics.read_text().splitlines()[0]
+    metrics.write_text(f"{first}\n{line}\n")
+    assert main(["plot", str(trained)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and "metrics.jsonl" in err
 
 
 class PlotPlugin(Plugin):

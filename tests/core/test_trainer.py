@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 import re
@@ -259,6 +260,77 @@ def test_resume_through_on_resume_is_exact() -> None:
     assert rec.calls("on_train_begin")[0]["step"] == 3
     tail = [c["loss"] for c in rec.calls("on_step_end")]
     assert tail == losses(full)[3:]
+
+
+def test_a_state_taken_in_on_step_end_resumes_the_epoch_train_loss_exactly() -> None:
+    """What a checkpoint plugin saves in on_step_end holds that step whole, its loss included."""
+    full = run_tiny_training(round_trip=False)
+    captured: dict[str, Any] = {}
+
+    class Saver(Plugin):
+        name = "saver"
+
+        def on_step_end(self, trainer: Any, step: int) -> None:
+            if step == 1:  # mid-epoch: the second of the epoch's steps
+                captured["state"] = copy.deepcopy(trainer.state_dict())  # training goes on in place
+
+    run_tiny_training(Saver, round_trip=False)
+    state = captured["state"]
+    assert state["counters"]["step_in_epoch"] == 2 == len(state["epoch_losses"])
+
+    class Resumer(RecordingPlugin):
+        resume_state = state
+
+    resumed = run_tiny_training(Resumer, overrides=["training.resume=latest"], round_trip=False, record=False)
+    assert resumed.summary["train_loss"] == full.summary["train_loss"]
+
+
+def test_a_refused_resume_names_the_shapes_and_leaves_the_run_folder_untouched(tmp_path: Path) -> None:
+    """Resuming a checkpoint of another model width is a UsageError naming the tensors and shapes;
+    the run folder it was aimed at keeps its config.yaml and metrics.jsonl byte for byte."""
+    first = run_tiny_training(run_dir=tmp_path, round_trip=False)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+
+    class Resumer(RecordingPlugin):
+        resume_state = first.trainer.state_dict()
+
+    with pytest.raises(UsageError, match=r"differ in shape \(.*: \(96, 32\) saved, \(144, 48\) in the model"):
+        run_tiny_training(
+            Resumer,
+            overrides=["training.resume=latest", "model.d_model=48"],
+            run_dir=tmp_path,
+            round_trip=False,
+            record=False,
+        )
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+
+
+def test_resuming_into_the_same_folder_keeps_one_record_per_step(tmp_path: Path) -> None:
+    """The first run's records after the checkpoint move to metrics.superseded.jsonl; metrics.jsonl then
+    holds each step once, and its records after the checkpoint are the resumed run's."""
+    captured: dict[str, Any] = {}
+
+    class Saver(Plugin):
+        name = "saver"
+
+        def on_step_end(self, trainer: Any, step: int) -> None:
+            if step == 2:
+                captured["state"] = copy.deepcopy(trainer.state_dict())
+
+    run_tiny_training(Saver, run_dir=tmp_path, round_trip=False)
+
+    class Resumer(RecordingPlugin):
+        resume_state = captured["state"]
+
+    resumed = run_tiny_training(
+        Resumer, overrides=["training.resume=latest"], run_dir=tmp_path, round_trip=False, record=False
+    )
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, 9))
+    tail = [c["loss"] for c in resumed.plugin_manager.get_plugin("recorder").calls("on_step_end")]
+    assert [r["loss"] for r in records[3:]] == tail
+    superseded = [json.loads(line) for line in (tmp_path / "metrics.superseded.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in superseded] == [4, 5, 6, 7, 8]
 
 
 def test_resume_without_a_checkpoint_plugin_says_what_to_install() -> None:

@@ -72,3 +72,16 @@ def test_conversion_errors_name_the_problem() -> None:
     del sd["experts.1.w3.weight"]
     with pytest.raises(CheckpointError, match=r"experts\.1\.w3\.weight"):
         from_mixtral_state_dict(sd)
+
+
+def test_experts_that_disagree_with_the_gate_are_rejected() -> None:
+    """Expert weights beyond the gate's E, or missing ones, raise instead of being silently ignored."""
+    sd = _random_mixtral_sd(8, 8, 12)
+    sd["gate.weight"] = sd["gate.weight"][:4].clone()  # a 4-expert gate, 8 experts' weights
+    with pytest.raises(CheckpointError, match=r"gate has 4 experts.*0\.\.7.*extra.*4\.\.7"):
+        from_mixtral_state_dict(sd, top_k=2)
+    sd = _random_mixtral_sd(4, 8, 12)
+    for name in ("w1", "w2", "w3"):
+        del sd[f"experts.2.{name}.weight"]
+    with pytest.raises(CheckpointError, match=r"gate has 4 experts.*missing.*\b2\b"):
+        from_mixtral_state_dict(sd, top_k=2)

@@ -259,3 +259,28 @@ def test_mismatched_checkpoint_and_bad_layers_are_named_errors() -> None:
     bad, registry = _plugin(num_experts=2, top_k=1, layers=[5])
     with pytest.raises(ConfigError, match="moe.layers"):
         bad.on_model_built(model=GPT(tiny_config().model, registry), config=tiny_config())
+
+
+def test_generate_rebuilds_a_run_that_stopped_before_its_scheduled_upcycling(tmp_path: Path) -> None:
+    """A run stopped in epoch 0 never upcycled; `apt generate` must rebuild it dense, not with experts."""
+    from apt.cli import main
+
+    config = tiny_config(plugins=["moe"], schedules={"enable_moe_at_epoch": 1}).with_overrides(FAST)
+    pm = PluginManager()
+    pm.load_from_config(config)
+
+    def stop(trainer: Any, step: int) -> None:
+        if step == 0:
+            trainer.request_stop("enough", source="test")
+
+    pm.hook_manager.register("on_step_end", stop)
+    summary = Trainer(config, pm, run_dir=tmp_path).fit()
+    pm.teardown_all()
+    assert summary["steps"] == 1 and not _has_experts(tmp_path)
+    assert main(["generate", "--run", str(tmp_path), "--max-new-tokens", "4"]) == 0
+
+
+def _has_experts(run_dir: Path) -> bool:
+    from safetensors.torch import load_file
+
+    return any("experts" in name for name in load_file(run_dir / "model.safetensors"))

@@ -72,3 +72,56 @@ def test_stack_ffns_reproduces_each_module() -> None:
         for e, f in enumerate(ffns):
             torch.testing.assert_close(bank.expert_forward(e, x), f(x.unsqueeze(0)).squeeze(0))
     assert stack_ffns([MLP(8, 12), SwiGLU(8, 12)]) is None
+
+
+def test_module_copies_apply_the_dense_dropout_once() -> None:
+    """Copies keep the FFN's own dropout, so the layer adds none: training output is dropped like the dense one."""
+
+    class DropFFN(nn.Module):
+        def __init__(self, d: int, p: float) -> None:
+            super().__init__()
+            self.up = nn.Linear(d, d, bias=False)
+            self.dropout = nn.Dropout(p)
+            with torch.no_grad():
+                self.up.weight.copy_(torch.eye(d))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out: torch.Tensor = self.dropout(self.up(x))
+            return out
+
+    torch.manual_seed(0)
+    dense = DropFFN(32, 0.5)
+    # top_k=1: the single gate is exactly 1, so the layer's output is one expert's output
+    layer = upcycle_ffn(dense, num_experts=4, top_k=1, generator=torch.Generator().manual_seed(0))
+    assert isinstance(layer.experts, ModuleExperts)
+    x = torch.ones(1, 2048, 32)
+    layer.train()
+    with torch.no_grad():
+        y = layer(x)
+    # one dropout of p=0.5 on ones: half the entries zeroed, the rest scaled by 1/(1-p) = 2 (twice: 3/4 and 4)
+    zeroed = (y == 0).float().mean().item()
+    assert abs(zeroed - 0.5) < 0.02, zeroed
+    kept = y[y != 0]
+    torch.testing.assert_close(kept, torch.full_like(kept, 2.0))
+    dense.eval()
+    layer.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), dense(x), rtol=1e-5, atol=1e-6)
+
+
+def test_core_ffn_subclass_with_its_own_forward_is_copied_as_modules() -> None:
+    """A subclass of MLP that overrides forward is not the core FFN: upcycled as modules, output unchanged."""
+
+    class ReluMLP(MLP):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out: torch.Tensor = self.dropout(self.c_proj(torch.relu(self.c_fc(x))))
+            return out
+
+    torch.manual_seed(0)
+    dense = ReluMLP(16, 64).eval()
+    layer = upcycle_ffn(dense, num_experts=4, top_k=2, generator=torch.Generator().manual_seed(0)).eval()
+    x = torch.randn(2, 5, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), dense(x), rtol=1e-5, atol=1e-6)
+    assert isinstance(layer.experts, ModuleExperts)
+    assert stack_ffns([dense, dense]) is None

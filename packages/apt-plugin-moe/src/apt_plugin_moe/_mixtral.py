@@ -17,6 +17,8 @@ fp32, up to float rounding; ties in top-k aside). Transformers v5 fuses the expe
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from collections.abc import Mapping
 
 import torch
@@ -56,6 +58,17 @@ def to_mixtral_state_dict(layer: MoELayer, prefix: str = "") -> dict[str, Tensor
     return sd
 
 
+def _format_indices(indices: Iterable[int]) -> str:
+    """Sorted indices with consecutive runs shortened: ``[0, 1, 2, 3, 5]`` -> ``"0..3, 5"``."""
+    runs: list[list[int]] = []
+    for i in sorted(indices):
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return ", ".join(str(a) if a == b else f"{a}..{b}" for a, b in runs)
+
+
 def from_mixtral_state_dict(
     sd: Mapping[str, Tensor],
     *,
@@ -71,7 +84,8 @@ def from_mixtral_state_dict(
 
     :param top_k: Mixtral's ``num_experts_per_tok`` (2 for Mixtral-8x7B).
     :param prefix: the block's key prefix in ``sd``.
-    :raises CheckpointError: a key is missing or a shape does not fit.
+    :raises CheckpointError: a key is missing, a shape does not fit, or the experts under
+        ``prefix + "experts."`` are not exactly ``0 .. E-1`` for the gate's E.
     """
 
     def get(key: str) -> Tensor:
@@ -88,6 +102,22 @@ def from_mixtral_state_dict(
     if gate.dim() != 2:
         raise CheckpointError(f"{prefix}gate.weight must be (E, D), got shape {tuple(gate.shape)}", path="gate.weight")
     num_experts, d_model = gate.shape
+    # E comes from the gate; expert tensors beyond it (or gaps below it) mean gate and experts come from
+    # different blocks or configs, and must not be dropped or left at their init silently
+    pattern = re.compile(re.escape(prefix) + r"experts\.(\d+)\.")
+    present = {int(m.group(1)) for key in sd if (m := pattern.match(key)) is not None}
+    if present != set(range(num_experts)):
+        extra, missing = present - set(range(num_experts)), set(range(num_experts)) - present
+        problems = ([f"extra experts {_format_indices(extra)}"] if extra else []) + (
+            [f"missing experts {_format_indices(missing)}"] if missing else []
+        )
+        held = f"experts {_format_indices(present)}" if present else "no experts"
+        raise CheckpointError(
+            f"the gate has {num_experts} experts ({prefix}gate.weight is {tuple(gate.shape)}) but the state dict "
+            f"holds {held} under "
+            f"{prefix + 'experts.'!r} ({'; '.join(problems)}); pass a state dict whose gate and experts agree",
+            path=f"{prefix}gate.weight",
+        )
     d_ff = get("experts.0.w1.weight").shape[0]
     layer = MoELayer(
         d_model,

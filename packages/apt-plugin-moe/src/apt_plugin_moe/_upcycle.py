@@ -33,12 +33,15 @@ def stack_ffns(ffns: Sequence[nn.Module]) -> StackedExperts | None:
     """Copy E core FFN modules (``apt.model.MLP`` or ``apt.model.SwiGLU``) into one :class:`StackedExperts`.
 
     Expert e computes exactly what ``ffns[e]`` computes (dropout aside). Returns ``None``
-    when the modules are not all core MLPs or all core SwiGLUs of one shape.
+    when the modules are not all core MLPs or all core SwiGLUs of one shape. The types must
+    be exactly ``MLP`` / ``SwiGLU``: a subclass may override ``forward`` (another activation,
+    extra terms), and only the weights would be copied, so it is not stacked.
     """
-    first = ffns[0]
-    if not all(type(f) is type(first) for f in ffns) or not isinstance(first, (MLP, SwiGLU)):
+    kind = type(ffns[0])
+    if kind not in (MLP, SwiGLU) or not all(type(f) is kind for f in ffns):
         return None
-    cores: list[MLP | SwiGLU] = [f for f in ffns if isinstance(f, (MLP, SwiGLU))]
+    cores: list[MLP | SwiGLU] = [f for f in ffns if isinstance(f, (MLP, SwiGLU))]  # all of them (narrows the type)
+    first = cores[0]
     fc, proj = first.c_fc, first.c_proj
     d_model, bias = fc.in_features, fc.bias is not None
     swiglu = isinstance(first, SwiGLU)
@@ -71,9 +74,11 @@ def upcycle_ffn(
 ) -> MoELayer:
     """An MoE layer whose experts are copies of the dense ``ffn``; same output when dropless.
 
-    Core FFNs (``MLP``, ``SwiGLU``) become :class:`StackedExperts` (fast dispatch); any
-    other module is deep-copied into :class:`ModuleExperts`. Shared experts, if any,
-    start with a zero output projection so that they add nothing at first.
+    Core FFNs (exactly ``MLP`` or ``SwiGLU``, not subclasses) become :class:`StackedExperts`
+    (fast dispatch) and the layer applies the FFN's ``dropout`` after combining the experts;
+    any other module is deep-copied into :class:`ModuleExperts`, whose copies keep their own
+    dropout, and the layer adds none. Shared experts, if any, start with a zero output
+    projection so that they add nothing at first.
 
     :param generator: seeds the router init (for reproducible upcycling).
     """
@@ -82,15 +87,19 @@ def upcycle_ffn(
     stacked = stack_ffns([ffn] * num_experts)
     bank: StackedExperts | ModuleExperts
     activation: ExpertActivation
+    dropout = 0.0
     if stacked is None:
-        # an unknown FFN: copies of the module; shapes for shared experts are guessed from its first weight
+        # an unknown FFN: copies of the module; shapes for shared experts are guessed from its first weight.
+        # Each copy still applies whatever dropout the module has inside, so the layer must add none
+        # (dropout 0.0), or training would drop twice.
         bank = ModuleExperts(ffn, num_experts)
         d_model, d_ff, activation, bias = weight.shape[-1], weight.shape[0], "gelu", False
     else:
         bank = stacked
         d_model, d_ff, activation, bias = bank.d_model, bank.d_ff, bank.activation, bank.b1 is not None
-    drop = getattr(ffn, "dropout", None)
-    dropout = drop.p if isinstance(drop, nn.Dropout) else 0.0
+        # the stack holds only the weights: the core FFN's output dropout moves to the layer
+        drop = getattr(ffn, "dropout", None)
+        dropout = drop.p if isinstance(drop, nn.Dropout) else 0.0
 
     router = TopKRouter(d_model, num_experts, top_k, jitter)
     with torch.no_grad():

@@ -70,12 +70,29 @@ class InferenceHost:
         """Nothing to stop outside training."""
 
 
+def _last_step(run_dir: Path, max_epochs: int, total_steps: int) -> tuple[int, int]:
+    """``(epoch, step)`` at which the run applied its schedule for the last time.
+
+    That is the start of its last step: ``summary.json`` says where the run ended, which is
+    before the configured end when it stopped early. Without a summary: the configured end.
+    """
+    import json
+
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+        steps, epochs = int(summary["steps"]), int(summary["epochs"])
+    except (OSError, ValueError, KeyError, TypeError):
+        steps, epochs = total_steps, max_epochs
+    return max(epochs - 1, 0), max(steps - 1, 0)
+
+
 def load_run_model(run_dir: Path, weights: str | None = None) -> tuple[Any, Any]:
     """Rebuild the model of ``run_dir`` as it was at the end of training and load its weights.
 
     The run's plugins are loaded again (``config.yaml``), ``on_model_built`` fires and
-    every scheduled plugin is brought to its end-of-run state, so plugin-made layers
-    (MoE experts) exist before the weights load.
+    every scheduled plugin is brought to its state at the run's last step (``summary.json``;
+    a run may have stopped early), so plugin-made layers (MoE experts) exist before the
+    weights load.
 
     :returns: ``(model, plugin_manager)``; the model is in eval mode on the CPU.
     """
@@ -103,7 +120,7 @@ def load_run_model(run_dir: Path, weights: str | None = None) -> tuple[Any, Any]
     host.model = GPT(config.model, pm.registry)
     for replacement in pm.hook_manager.trigger("on_model_built", trainer=host, model=host.model, config=config):
         host.model = replacement
-    host.epoch, host.global_step = tc.max_epochs - 1, tc.total_steps
+    host.epoch, host.global_step = _last_step(run_dir, tc.max_epochs, tc.total_steps)
     pm.apply_schedule(host, epoch=host.epoch, step=host.global_step)
     if weights is not None:
         if "weights" not in pm.registry.kinds() or not pm.registry.has("weights", weights):

@@ -49,9 +49,12 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise UsageError(f"{str(path)!r} line {n} is not JSON: {exc}") from None
+        if not isinstance(record, dict):
+            raise UsageError(f"{str(path)!r} line {n} is not a JSON object (one record per line): {line[:60]!r}")
+        records.append(record)
     if not records:
         raise UsageError(f"{str(path)!r} holds no records yet")
     return records

@@ -10,7 +10,7 @@ from typing import IO
 from typing import Any
 
 
-__all__ = ["MetricsWriter", "bits_per_byte", "default_run_dir", "write_json"]
+__all__ = ["MetricsWriter", "bits_per_byte", "default_run_dir", "set_aside_records_after", "write_json"]
 
 _LN2 = math.log(2.0)
 
@@ -38,6 +38,34 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=_jsonable) + "\n", encoding="utf-8")
     tmp.replace(path)
+
+
+def set_aside_records_after(path: Path, step: int) -> int:
+    """Move the records of ``path`` (``metrics.jsonl``) past ``step`` to ``metrics.superseded.jsonl``.
+
+    A run resumed from the checkpoint of ``step`` into its own folder repeats the steps after
+    it; their first records describe weights the resume threw away. Moving them aside keeps
+    one record per step for ``apt plot`` and loses nothing. Lines that are not records stay.
+    Returns how many records were moved.
+    """
+    if not path.is_file():
+        return 0
+    keep: list[str] = []
+    aside: list[str] = []
+    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        later = isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] > step
+        (aside if later else keep).append(line)
+    if aside:
+        with path.with_name("metrics.superseded.jsonl").open("a", encoding="utf-8") as f:
+            f.writelines(aside)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text("".join(keep), encoding="utf-8")
+        tmp.replace(path)
+    return len(aside)
 
 
 class MetricsWriter:

@@ -19,6 +19,7 @@ from torch import nn
 
 from apt.errors import ConfigError
 from apt.errors import UsageError
+from apt.train._weights import shape_mismatches
 
 
 __all__ = [
@@ -119,11 +120,19 @@ def load_optimizer_state(
         optimizer.load_state_dict(dict(state))
 
 
-def load_model_state(model: nn.Module, state: Mapping[str, Tensor], sharded: bool) -> tuple[list[str], list[str]]:
-    """Load full weights into ``model`` (sharding them where it is sharded); returns (missing, unexpected)."""
+def load_model_state(
+    model: nn.Module, state: Mapping[str, Tensor], sharded: bool
+) -> tuple[list[str], list[str], list[str]]:
+    """Load full weights into ``model`` (sharding them where it is sharded).
+
+    :returns: (missing, unexpected, mismatched shapes); nothing is loaded when shapes differ.
+    """
+    mismatched = shape_mismatches(model.state_dict(), state)  # a sharded model's DTensors have full shapes
+    if mismatched:
+        return [], [], mismatched
     if not sharded:
         missing, unexpected = model.load_state_dict(dict(state), strict=False)
-        return list(missing), list(unexpected)
+        return list(missing), list(unexpected), []
     from torch.distributed.checkpoint.state_dict import set_model_state_dict
 
     names = set(model.state_dict())  # local shards; no communication
@@ -131,7 +140,7 @@ def load_model_state(model: nn.Module, state: Mapping[str, Tensor], sharded: boo
     missing = sorted(names - set(state))
     if not missing and not unexpected:
         set_model_state_dict(model, dict(state), options=_options(cpu_offload=False))
-    return missing, unexpected
+    return missing, unexpected, []
 
 
 def grad_norm_value(norm: Tensor) -> float:

@@ -26,6 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from apt.data import BatchSource
 from apt.data import TextDataset
 from apt.data import validation_windows
+from apt.errors import ConfigError
 from apt.errors import PluginConflictError
 from apt.errors import PluginError
 from apt.errors import UsageError
@@ -40,6 +41,7 @@ from apt.train._distributed import resolve_device
 from apt.train._distributed import shutdown_distributed
 from apt.train._metrics import MetricsWriter
 from apt.train._metrics import bits_per_byte
+from apt.train._metrics import set_aside_records_after
 from apt.train._metrics import write_json
 from apt.train._optim import param_groups
 from apt.train._optim import sync_param_groups
@@ -131,6 +133,13 @@ class Trainer:
 
         # --- data (the generator is seeded identically on every rank; each keeps its slice)
         self.data = TextDataset.from_config(config)
+        if config.model.vocab_size < self.data.tokenizer.vocab_size:
+            raise ConfigError(
+                f"model.vocab_size is {config.model.vocab_size}, but the tokenizer ({self.data.tokenizer}) makes "
+                f"token ids up to {self.data.tokenizer.vocab_size - 1}; set model.vocab_size to at least "
+                f"{self.data.tokenizer.vocab_size}",
+                key="model.vocab_size",
+            )
         self.batches = BatchSource(
             self.data.train, config.model.block_size, tc.batch_size, tc.grad_accum,
             seed=tc.seed, rank=self.rank, world_size=self.world_size,
@@ -233,10 +242,6 @@ class Trainer:
         self._val_batches = validation_windows(
             self.data.val, self.config.model.block_size, tc.batch_size, tc.val_batches, self.rank, self.world_size
         )
-        if self.run_dir is not None and self.is_global_zero:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            self.config.to_yaml(self.run_dir / "config.yaml")
-            self._metrics = MetricsWriter(self.run_dir / "metrics.jsonl")
         self._is_setup = True
         n_params = sum(p.numel() for p in self.model.parameters())
         log.info(
@@ -244,6 +249,22 @@ class Trainer:
             f" x {self.world_size} processes" if self.dist.enabled else "",
             ", ".join(f"{p.get_name()} {p.get_version()}" for p in pm.loaded()) or "none",
         )  # fmt: skip
+
+    def _open_run_dir(self) -> None:
+        """Create the run folder, write ``config.yaml`` and open ``metrics.jsonl`` (rank 0)."""
+        if self.run_dir is None or not self.is_global_zero:
+            return
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.config.to_yaml(self.run_dir / "config.yaml")
+            if self.global_step > 0:  # resumed: records past the checkpoint belong to the abandoned run
+                set_aside_records_after(self.run_dir / "metrics.jsonl", self.global_step)
+            self._metrics = MetricsWriter(self.run_dir / "metrics.jsonl")
+        except OSError as exc:
+            raise UsageError(
+                f"cannot write the run folder {str(self.run_dir)!r}: {exc.strerror or exc}; "
+                "choose another folder with --run-dir (or run.dir / run.name)"
+            ) from None
 
     def _wrap_model(self) -> None:
         """(Re)build what the training step calls: the model, DDP around it, or the model sharded in place (FSDP2)."""
@@ -312,6 +333,7 @@ class Trainer:
                     # (_run_epoch applies that epoch's schedule, as an uninterrupted run does)
                     self.epoch += 1
                     self.step_in_epoch = 0
+            self._open_run_dir()  # only now: a refused resume leaves the run folder as it was
             self._fire(_TRAIN_BEGIN, model=self.model, config=self.config, epoch=self.epoch, step=self.global_step)
             with self._progress_bar() as bar:
                 while True:
@@ -350,7 +372,6 @@ class Trainer:
             x, y = self.batches.next_step()
             metrics = self.train_step(x, y)
             busy_s, busy_steps = busy_s + time.perf_counter() - t_start, busy_steps + 1
-            self._epoch_losses.append(metrics["loss"])
             bar.update(1)
             tokens_per_s = self.tokens_per_step * busy_steps / max(busy_s, 1e-9)
             metrics["tokens_per_s"] = tokens_per_s
@@ -454,6 +475,8 @@ class Trainer:
         values = packed.tolist()
         metrics: dict[str, float] = {"loss": values[0], "lr": lr, "grad_norm": grad_norm}
         metrics.update({f"loss/{n}": v for n, v in zip(names, values[1:], strict=True)})
+        # with the counters above: a state_dict() taken from on_step_end holds this step entirely
+        self._epoch_losses.append(values[0])
 
         # 8. the step ends; plugins may add metrics
         if hooks.has_handlers(_STEP_END):
@@ -578,11 +601,16 @@ class Trainer:
         pm.apply_schedule(self, epoch=self.epoch, step=self.global_step)
         pm.restore_states(self, dict(state), dict(state.get("plugins") or {}))
         self.sync_optimizer()  # whatever the plugins changed above, the optimizer now matches the model
-        missing, unexpected = load_model_state(self.model, state["model"], self._sharded)
-        if missing or unexpected:
+        missing, unexpected, mismatched = load_model_state(self.model, state["model"], self._sharded)
+        if missing or unexpected or mismatched:
+            what = (
+                f"{len(mismatched)} tensor(s) differ in shape ({'; '.join(mismatched[:3])})"
+                if mismatched
+                else f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+            )
             raise UsageError(
-                f"the checkpoint's model does not match this model: missing {sorted(missing)[:5]}, unexpected "
-                f"{sorted(unexpected)[:5]}; resume with the same model config and plugins that wrote it"
+                f"the checkpoint's model does not match this model: {what}; "
+                "resume with the same model config and plugins that wrote it"
             )
         load_optimizer_state(self.model, self.optimizer, state["optimizer"], self._sharded)
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])

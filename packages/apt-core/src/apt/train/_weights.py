@@ -16,7 +16,16 @@ from torch import nn
 from apt.errors import CheckpointError
 
 
-__all__ = ["load_weights", "save_weights", "weights_state_dict"]
+__all__ = ["load_weights", "save_weights", "shape_mismatches", "weights_state_dict"]
+
+
+def shape_mismatches(model_state: Mapping[str, Tensor], weights: Mapping[str, Tensor]) -> list[str]:
+    """``"name: (saved shape) here, (model shape) in the model"`` for each tensor both hold with different shapes."""
+    return [
+        f"{name}: {tuple(t.shape)} saved, {tuple(model_state[name].shape)} in the model"
+        for name, t in sorted(weights.items())
+        if name in model_state and tuple(t.shape) != tuple(model_state[name].shape)
+    ]
 
 
 def weights_state_dict(model: nn.Module, state: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
@@ -70,6 +79,13 @@ def load_weights(model: nn.Module, weights: str | Path | Mapping[str, Tensor]) -
         except (OSError, SafetensorError) as exc:
             raise CheckpointError(f"cannot read model weights {where}: {exc}", path=path) from None
     params = dict(model.state_dict(keep_vars=True))
+    mismatched = shape_mismatches(params, weights)
+    if mismatched:
+        raise CheckpointError(
+            f"{where} do not fit the model: {len(mismatched)} tensor(s) differ in shape ({'; '.join(mismatched[:3])}); "
+            "rebuild the model from the run's config.yaml with the same plugins",
+            path=path,
+        )
     tied = {n for n, t in params.items() if n not in weights and any(t is params[m] for m in weights if m in params)}
     missing, unexpected = model.load_state_dict(dict(weights), strict=False)
     missing = [k for k in missing if k not in tied]

@@ -146,6 +146,52 @@ def test_stable_weights_file_and_provider(tmp_path: Path) -> None:
     assert not torch.equal(model.wte.weight, live.wte.weight)
 
 
+def test_a_scheduled_disable_writes_the_stable_weights_it_stops_at(tmp_path: Path) -> None:
+    """No on_train_end reaches a disabled plugin: align writes its stable state when the schedule stops it."""
+    run = tmp_path / "run"
+    config = _config(["align"], {"start_epoch": 0}, schedules={"disable_align_at_epoch": 1})
+    trainer = _trainer(config, run)
+    trainer.fit()
+    stable = _plugin(trainer).stable
+    assert stable is not None and stable.num_updates == 4  # the four steps of epoch 0
+    saved = load_stable_weights(run)
+    for name, tensor in stable.module.state_dict().items():
+        if name in saved:
+            assert torch.equal(saved[name], tensor), name
+
+
+def test_the_teacher_routes_with_the_live_moe_capacity(tmp_path: Path) -> None:
+    """An annealed moe_capacity reaches the stable copy's MoE layers before each teacher pass."""
+    pytest.importorskip("apt_plugin_moe")
+    from apt_plugin_moe import MoEPlugin
+    from apt_plugin_moe import moe_layers
+
+    config = _config(
+        ["align", "moe"],
+        {"start_epoch": 0},
+        moe={"num_experts": 4, "top_k": 1},
+        schedules={"moe_capacity": {"start": 4.0, "end": 0.5, "by": "step"}},
+    )
+    trainer = _trainer(config, None, MoEPlugin)
+    seen: list[tuple[list[Any], list[Any]]] = []
+    align = _plugin(trainer)
+    teacher_forward = type(align).on_compute_loss
+
+    def spy(self: AlignPlugin, trainer: Any, model: Any, batch: Any, outputs: Any) -> Any:
+        out = teacher_forward(self, trainer, model, batch, outputs)
+        assert self.stable is not None
+        live = [layer.capacity_factor for _, layer in moe_layers(model)]
+        seen.append((live, [layer.capacity_factor for _, layer in moe_layers(self.stable.module)]))
+        return out
+
+    align.on_compute_loss = spy.__get__(align)  # type: ignore[method-assign]
+    trainer.plugin_manager.hook_manager.unregister("on_compute_loss", teacher_forward.__get__(align))
+    trainer.plugin_manager.hook_manager.register("on_compute_loss", align.on_compute_loss, owner=align)
+    trainer.fit()
+    assert len(seen) == 16 and len({live[0] for live, _ in seen}) > 1  # the capacity really moved
+    assert all(live == stable for live, stable in seen)
+
+
 def test_missing_stable_weights_say_how_to_get_them(tmp_path: Path) -> None:
     """The provider names the file and the fix when a run has no stable weights."""
     from apt.errors import CheckpointError

@@ -11,8 +11,13 @@ from typing import Any
 import torch
 
 
-def tiny_config(plugins: list[str], resume: str | None = None, **sections: Any) -> Any:
-    """Two epochs of six steps on a one-layer model (about a second on one CPU core)."""
+def tiny_config(
+    plugins: list[str], resume: str | None = None, training: dict[str, Any] | None = None, **sections: Any
+) -> Any:
+    """Two epochs of six steps on a one-layer model (about a second on one CPU core).
+
+    ``training`` overrides single keys of the training section; other sections replace theirs.
+    """
     from apt.core import APTConfig
 
     data: dict[str, Any] = {
@@ -21,6 +26,7 @@ def tiny_config(plugins: list[str], resume: str | None = None, **sections: Any) 
         "training": {
             "max_epochs": 2, "steps_per_epoch": 6, "batch_size": 4, "val_interval": 3, "val_batches": 1,
             "log_interval": 1, "device": "cpu", "warmup_steps": 2, "seed": 5, "resume": resume,
+            **(training or {}),
         },
     }  # fmt: skip
     data.update(sections)

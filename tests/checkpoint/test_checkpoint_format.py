@@ -16,9 +16,11 @@ from apt_plugin_checkpoint import decode_state
 from apt_plugin_checkpoint import encode_state
 
 
-def _roundtrip(state: object, tmp_path: Path) -> object:
+def _roundtrip(state: object, tmp_path: Path, copy_tensors: bool = False) -> object:
+    """Save ``state`` and load it back; ``copy_tensors`` encodes as async_save does (into reused buffers)."""
     store = CheckpointStore(tmp_path / "ckpt")
-    store.save(encode_state(state), name="a", step=1, epoch=0)
+    encoded = encode_state(state, copy_tensors=copy_tensors, buffers={} if copy_tensors else None)
+    store.save(encoded, name="a", step=1, epoch=0)
     return store.load("a").state
 
 
@@ -94,15 +96,41 @@ def test_optimizer_rng_and_odd_values_round_trip_exactly(tmp_path: Path) -> None
     assert opt2.state_dict()["param_groups"][0]["betas"] == (0.9, 0.95)
 
 
-def test_tied_tensors_are_stored_once_and_come_back_tied(tmp_path: Path) -> None:
+@pytest.mark.parametrize("copy_tensors", [False, True], ids=["sync", "async"])
+def test_tied_tensors_are_stored_once_and_come_back_tied(tmp_path: Path, copy_tensors: bool) -> None:
     emb = torch.nn.Embedding(10, 4)
     head = torch.nn.Linear(4, 10, bias=False)
     head.weight = emb.weight
-    encoded = encode_state({"wte": emb.weight, "lm_head": head.weight, "view": emb.weight[2:4]})
+    state = {"wte": emb.weight, "lm_head": head.weight, "view": emb.weight[2:4]}
+    encoded = encode_state(state, copy_tensors=copy_tensors, buffers={} if copy_tensors else None)
     assert len(encoded.tensors) == 2  # the tied pair once, the overlapping view on its own
-    back = _roundtrip({"wte": emb.weight, "lm_head": head.weight}, tmp_path)
+    back = _roundtrip({"wte": emb.weight, "lm_head": head.weight}, tmp_path, copy_tensors)
     assert back["wte"] is back["lm_head"]  # type: ignore[index]
     assert torch.equal(back["wte"], emb.weight.detach())  # type: ignore[index]
+
+
+@pytest.mark.parametrize("copy_tensors", [False, True], ids=["sync", "async"])
+def test_distinct_numpy_arrays_stay_distinct(tmp_path: Path, copy_tensors: bool) -> None:
+    """Each array is encoded through a temporary tensor; under async_save (copy_tensors into
+    reused buffers) that temporary is freed at once and the next one may get its address,
+    which must not make two distinct arrays look like one tied tensor."""
+    state = {"plugins": {"hist": {f"layer{i}": np.full(1000, float(i), dtype=np.float32) for i in range(6)}}}
+    for attempt in range(5):  # whether an address is reused is up to the allocator: try a few times
+        _assert_same(state, _roundtrip(state, tmp_path / str(attempt), copy_tensors))
+
+
+def test_numpy_non_finite_scalars_round_trip(tmp_path: Path) -> None:
+    values = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf, "normal": 0.375}
+    state = {f"{t.__name__}/{name}": t(v) for t in (np.float32, np.float64) for name, v in values.items()}
+    back = _roundtrip(state, tmp_path)
+    assert isinstance(back, dict) and list(back) == list(state)
+    for key, value in state.items():
+        restored = back[key]
+        assert type(restored) is type(value) and restored.dtype == value.dtype, key
+        if np.isnan(value):
+            assert np.isnan(restored), key
+        else:
+            assert restored == value, key
 
 
 def test_copy_tensors_snapshots_the_values(tmp_path: Path) -> None:

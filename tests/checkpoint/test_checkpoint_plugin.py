@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,8 @@ from apt_plugin_checkpoint import CheckpointStore
 from ckpt_helpers import tiny_config
 
 
-def _fit(run: Path, **checkpoint: Any) -> Trainer:
-    config = tiny_config(["checkpoint"], checkpoint=checkpoint)
+def _fit(run: Path, training: dict[str, Any] | None = None, **checkpoint: Any) -> Trainer:
+    config = tiny_config(["checkpoint"], training=training, checkpoint=checkpoint)
     pm = PluginManager()
     pm.load_from_config(config)
     trainer = Trainer(config, pm, run_dir=run)
@@ -49,6 +50,27 @@ def test_config_rejects_unknown_keys_and_bad_templates() -> None:
         PluginManager().load("checkpoint", {"keep_best": -1})
 
 
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{step.foo}",  # attribute access on an int
+        "{step[0]}",  # indexing an int
+        "{loss:d}",  # an int spec for a metric, which is a float: every save would fail
+    ],
+)
+def test_filename_template_that_cannot_format_is_refused_when_the_config_is_read(template: str) -> None:
+    config = tiny_config(["checkpoint"], checkpoint={"filename": template})
+    with pytest.raises(ConfigError, match=rf"checkpoint\.filename.*{re.escape(repr(template))} cannot be formatted"):
+        PluginManager().load_from_config(config)
+
+
+def test_filename_template_with_counters_and_metrics_is_accepted() -> None:
+    template = "step{step:08d}-{val_loss:.3f}"
+    pm = PluginManager()
+    pm.load_from_config(tiny_config(["checkpoint"], checkpoint={"filename": template}))
+    assert pm.get_plugin("checkpoint").config.filename == template
+
+
 def test_schedule_saves_after_validation_and_keeps_newest_and_best(tmp_path: Path) -> None:
     # every 3 steps; validation runs at steps 3 and 9 (val_interval 3), the epochs end at 6 and 12
     _fit(tmp_path, every_n_steps=3, keep_last=2, keep_best=1, filename="e{epoch}-s{step:03d}-{val_loss:.3f}")
@@ -66,6 +88,44 @@ def test_schedule_saves_after_validation_and_keeps_newest_and_best(tmp_path: Pat
     assert best in by_step
     assert len(manifests) == (2 if best in (9, 12) else 3)
     assert CheckpointStore(tmp_path / "checkpoints").latest_name() == by_step[12]["name"]
+
+
+def _logged(run: Path) -> dict[int, dict[str, Any]]:
+    """metrics.jsonl merged by step."""
+    out: dict[int, dict[str, Any]] = {}
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        out.setdefault(int(record["step"]), {}).update(record)
+    return out
+
+
+# one epoch of 7 steps, saves every 2 steps: validation runs at step 4 (val_interval) and at the
+# epoch end (7), never at 2 or 6; the high learning rate makes val_loss fall fast from step 4 to 7
+_VALIDATED_4_AND_7 = {"max_epochs": 1, "steps_per_epoch": 7, "val_interval": 4, "lr": 0.3, "warmup_steps": 0}
+
+
+def test_manifest_records_only_metrics_measured_for_its_weights(tmp_path: Path) -> None:
+    _fit(tmp_path, training=_VALIDATED_4_AND_7, every_n_steps=2, keep_last=None)
+    logged = _logged(tmp_path)
+    by_step = {m["step"]: m["metrics"] for m in _manifests(tmp_path).values()}
+    assert sorted(by_step) == [2, 4, 6, 7]
+    for step, metrics in by_step.items():
+        assert metrics["loss"] == logged[step]["loss"]  # the step's own training metrics
+        if step in (4, 7):
+            assert metrics["val_loss"] == logged[step]["val_loss"]
+        else:  # not the val_loss of step 4, which belongs to other weights
+            assert "val_loss" not in metrics and "val_bpb" not in metrics
+
+
+def test_keep_best_ranks_only_checkpoints_that_were_validated(tmp_path: Path) -> None:
+    # mode=max: the best is the highest val_loss, step 4's. A step-6 checkpoint that carried
+    # step 4's val_loss would tie with it, win as the newer one and get step 4 deleted.
+    _fit(tmp_path, training=_VALIDATED_4_AND_7, every_n_steps=2, keep_last=1, keep_best=1, mode="max")
+    logged = _logged(tmp_path)
+    assert logged[4]["val_loss"] > logged[7]["val_loss"]  # the premise of this test
+    kept = _manifests(tmp_path)
+    assert sorted(kept) == ["step00000004", "step00000007"]  # the best validated one + the newest
+    assert kept["step00000004"]["metrics"]["val_loss"] == logged[4]["val_loss"]
 
 
 def test_async_and_time_based_saves_write_the_same_bytes_as_sync(tmp_path: Path) -> None:

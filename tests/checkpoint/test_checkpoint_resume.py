@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from apt.errors import AptError
 from apt.plugins import Plugin
@@ -143,3 +144,37 @@ def test_resume_latest_in_a_new_run_folder_continues_the_newest_run(
     assert f"resuming the newest run's latest checkpoint in {newer / 'checkpoints'}" in caplog.text
     assert same_weights(ref.model, trainer.model)
     assert min(step_losses(fresh)) == 8
+
+
+class _Histograms(Plugin):
+    """Test helper: numpy state, as a plugin may keep it (one histogram per layer)."""
+
+    name = "histograms"
+    version = "1.0.0"
+
+    def __init__(self, config: Any = None) -> None:
+        super().__init__(config)
+        self.hist = {f"layer{i}": np.full(1000, float(i), dtype=np.float32) for i in range(6)}
+        self.restored: Any = None
+
+    def on_save_checkpoint(self) -> dict[str, np.ndarray]:
+        return dict(self.hist)
+
+    def on_load_checkpoint(self, state: Any) -> None:
+        self.restored = state
+
+
+def test_distinct_numpy_arrays_of_a_plugin_come_back_distinct_with_async_save(tmp_path: Path) -> None:
+    """async_save (the default) must not store same-shape arrays as one (a silently wrong resume)."""
+    sections: dict[str, Any] = {
+        "training": {"max_epochs": 1, "steps_per_epoch": 2},
+        "checkpoint": {"async_save": True},
+    }
+    _trainer(tiny_config(["checkpoint", "histograms"], **sections), tmp_path, _Histograms).fit()
+    resumed = _trainer(tiny_config(["checkpoint", "histograms"], resume="latest", **sections), tmp_path, _Histograms)
+    resumed.fit()
+    restored = resumed.plugin_manager.get_plugin("histograms").restored  # type: ignore[attr-defined]
+    assert sorted(restored) == [f"layer{i}" for i in range(6)]
+    for i in range(6):
+        array = restored[f"layer{i}"]
+        assert array.dtype == np.float32 and np.array_equal(array, np.full(1000, float(i), dtype=np.float32)), i

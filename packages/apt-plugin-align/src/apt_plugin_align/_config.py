@@ -63,7 +63,9 @@ class AlignConfig(BaseModel):
         None, ge=0, description="Updates over which cosine/linear anneal; None = until the end of training."
     )
     eval_stable: bool = Field(True, description="At each validation also evaluate the stable state.")
-    save_stable: bool = Field(True, description="Write run_dir/align/stable.safetensors when training ends.")
+    save_stable: bool = Field(
+        True, description="Write run_dir/align/stable.safetensors when training ends or a schedule stops align."
+    )
 
     @model_validator(mode="after")
     def _check_decay_end(self) -> AlignConfig:

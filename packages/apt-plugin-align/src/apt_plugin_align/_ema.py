@@ -9,6 +9,9 @@ Design (see the align reference note, section 2.10):
   (``wte``/``lm_head``) move by ``1 - m`` per update, not ``1 - m**2``; ``deepcopy`` keeps
   the tie inside the copy;
 - buffers are copied, not averaged (integer buffers could not be averaged anyway);
+- plain attributes that a module lists in ``synced_attributes`` (MoE's scheduled
+  ``capacity_factor``) are copied before each teacher pass (:meth:`StableState.follow`),
+  so the stable copy computes the live model's function, with its own weights;
 - the update is one ``torch._foreach_lerp_`` call, the kernel ``AveragedModel`` uses, but
   with the decay passed per call so it can be scheduled, and without ``AveragedModel``'s
   "first call copies" rule (the copy is made at construction).
@@ -114,6 +117,22 @@ class StableState:
         self._stable_params: list[Tensor] = [stable_params[n] for n, _ in live_params]
         self._live_buffers = [b for _, b in live_buffers]
         self._stable_buffers = [stable_buffers[n] for n, _ in live_buffers]
+        stable_modules = dict(self.module.named_modules())
+        self._synced = [
+            (live, stable_modules[name], tuple(names))
+            for name, live in model.named_modules()
+            if (names := getattr(live, "synced_attributes", ())) and name in stable_modules
+        ]
+
+    def follow(self, model: nn.Module) -> None:
+        """Copy to the stable modules the plain attributes their live twins list in ``synced_attributes``.
+
+        A schedule may change such an attribute every step (MoE's ``capacity_factor``); the
+        teacher pass and the stable validation must route like the live model does.
+        """
+        for live, stable, names in self._synced:
+            for name in names:
+                setattr(stable, name, getattr(live, name))
 
     @staticmethod
     def signature(model: nn.Module) -> tuple[tuple[str, int, tuple[int, ...]], ...]:

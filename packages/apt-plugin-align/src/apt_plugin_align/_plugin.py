@@ -192,10 +192,11 @@ class AlignPlugin(Plugin):
             return self.config.ramp_steps
         return self._steps_per_epoch
 
-    def on_compute_loss(self, trainer: Any, batch: Any, outputs: Any) -> dict[str, Tensor] | None:
+    def on_compute_loss(self, trainer: Any, model: nn.Module, batch: Any, outputs: Any) -> dict[str, Tensor] | None:
         """Teacher forward with the stable weights and the two weighted alignment terms."""
         if self.stable is None or self.config.ema_only:
             return None
+        self.stable.follow(model)
         cfg = self.config
         x, y = batch
         if cfg.beta > 0 and getattr(outputs, "hidden", None) is None:
@@ -248,6 +249,7 @@ class AlignPlugin(Plugin):
         if self.stable is None or not self.config.eval_stable:
             return None
         batches = trainer.val_batches  # the trainer's fixed windows, this process's share
+        self.stable.follow(model)
         device = next(self.stable.module.parameters()).device
         totals = compare_states(model, self.stable.module, batches, device, getattr(trainer, "dtype", torch.float32))
         if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -262,6 +264,13 @@ class AlignPlugin(Plugin):
         """Write ``run_dir/align/stable.safetensors`` (rank 0) for ``apt generate --weights stable``."""
         if self._pending is not None:
             self._materialize(model)
+        self._save_stable(trainer)
+
+    def on_disable(self, trainer: Any = None, epoch: int | None = None, step: int | None = None) -> None:
+        """A schedule stops align: its stable state stops moving, so write it now (no ``on_train_end`` follows)."""
+        self._save_stable(trainer)
+
+    def _save_stable(self, trainer: Any) -> None:
         run_dir = getattr(trainer, "run_dir", None)
         if self.stable is None or not self.config.save_stable or run_dir is None:
             return

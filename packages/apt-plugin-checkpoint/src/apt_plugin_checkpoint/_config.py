@@ -47,7 +47,8 @@ class CheckpointConfig(BaseModel):
     keep_best: int = Field(1, ge=0, description="Keep the k best checkpoints by `monitor`; they are never deleted.")
     filename: str = Field(
         "step{step:08d}",
-        description="Folder name template; fields: step, epoch, and the current metrics (e.g. '{val_loss:.3f}').",
+        description="Folder name template; fields: step and epoch (integers) and the metrics measured at the "
+        "saved step (floats, e.g. '{val_loss:.3f}'; NaN when not measured at that step).",
     )
     save_on_exception: bool = Field(True, description="Write an emergency checkpoint when the run fails.")
     save_on_train_end: bool = Field(True, description="Write a checkpoint when training ends.")
@@ -64,10 +65,19 @@ class CheckpointConfig(BaseModel):
     @field_validator("filename")
     @classmethod
     def _check_filename(cls, value: str) -> str:
+        # Format the template the way a save will (see CheckpointPlugin._make_job): the
+        # counters as ints, every other field as a float metric. Any exception counts:
+        # attribute or index access ('{step.foo}', '{step[0]}') raises AttributeError or
+        # TypeError, and a spec that only fits ints ('{loss:d}') would fail every save.
         try:
             name = value.format_map(_Probe())
-        except (KeyError, IndexError, ValueError) as exc:
-            raise ValueError(f"template {value!r} cannot be formatted: {exc}") from None
+        except Exception as exc:
+            raise ValueError(
+                f"template {value!r} cannot be formatted ({type(exc).__name__}: {exc}); use only plain fields "
+                f"(no attribute or index access) with format specs that fit their type: "
+                f"{' and '.join(sorted(INT_FIELDS))} are integers (e.g. '{{step:08d}}'), metrics such as val_loss "
+                "are floats (e.g. '{val_loss:.3f}')"
+            ) from None
         if not name or "/" in name or "\\" in name or name.startswith(".") or name == "latest":
             raise ValueError(
                 f"template {value!r} must give a plain folder name (no '/', not starting with '.', not 'latest')"
@@ -75,8 +85,13 @@ class CheckpointConfig(BaseModel):
         return value
 
 
+#: Template fields that are integer counters; every other field is a metric (a float).
+INT_FIELDS = frozenset({"step", "epoch"})
+
+
 class _Probe(dict[str, object]):
-    """Formats any field as a number, so that templates are checked without a real run."""
+    """Formats the counters as ints and any other field as a float metric, so that templates
+    are checked without a real run."""
 
     def __missing__(self, key: str) -> object:
-        return 0
+        return 0 if key in INT_FIELDS else 0.5

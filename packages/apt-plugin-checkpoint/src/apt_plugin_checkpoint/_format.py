@@ -128,7 +128,15 @@ class _Encoder:
             unique, n = f"{key}#{n}", n + 1
         return unique
 
-    def tensor(self, value: torch.Tensor, path: tuple[Any, ...]) -> dict[str, Any]:
+    def tensor(self, value: torch.Tensor, path: tuple[Any, ...], *, dedup: bool = True) -> dict[str, Any]:
+        """Store ``value`` under a key derived from ``path`` and return the reference to it.
+
+        With ``dedup`` a tensor seen before (same storage, offset, shape, stride, dtype,
+        device) is stored once. That identity is a memory address, so it is only valid
+        for tensors that stay alive for the whole encoding, i.e. those held by the state:
+        a temporary (e.g. made from a numpy array) must pass ``dedup=False``, or the
+        allocator may reuse its address for a later, unrelated tensor.
+        """
         if value.dtype not in _DTYPES:
             raise CheckpointError(
                 f"checkpoint state at {_path_str(path)!r} is a tensor of dtype {value.dtype}, which safetensors "
@@ -141,7 +149,7 @@ class _Encoder:
             )
         value = value.detach()
         ident = None
-        if value.numel() > 0:
+        if dedup and value.numel() > 0:
             ident = (
                 value.untyped_storage().data_ptr(),
                 value.storage_offset(),
@@ -214,7 +222,11 @@ class _Encoder:
                     f"checkpoint state at {_path_str(path)!r} is a numpy array of dtype {value.dtype}, "
                     "which torch cannot hold"
                 ) from None
-            ref = self.tensor(tensor.clone(), path)
+            # ``tensor`` shares memory with the array (or with a contiguous copy of it that dies
+            # with this call). With copy_tensors it is copied into the snapshot at once; else a
+            # clone keeps what is written independent of the plugin's array. Either way it is
+            # not an object of the state, so it stays out of the identity dedup (see tensor()).
+            ref = self.tensor(tensor if self.copy_tensors else tensor.clone(), path, dedup=False)
             return {TAG: "ndarray", "key": ref["key"]}
         if isinstance(value, (np.bool_, np.integer, np.floating)):
             return {TAG: "npscalar", "dtype": str(value.dtype), "value": self.encode(value.item(), path)}
@@ -284,7 +296,8 @@ def decode_state(tree: Any, tensors: dict[str, torch.Tensor], *, source: Any = N
                 raise bad(f"invalid tagged float {text!r}")
             return float(text)
         if tag == "npscalar":
-            return np.dtype(str(value["dtype"])).type(value["value"])
+            # the value is encoded like any other (a non-finite float is itself tagged)
+            return np.dtype(str(value["dtype"])).type(decode(value["value"]))
         raise bad(f"unknown tag {tag!r} in {STATE_FILE}; was it written by a newer apt-plugin-checkpoint?")
 
     def _hashable(key: Any) -> Any:

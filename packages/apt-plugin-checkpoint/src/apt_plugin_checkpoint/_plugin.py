@@ -87,7 +87,7 @@ def estimate_checkpoint_bytes(model: torch.nn.Module, optimizer: torch.optim.Opt
 
 
 class _Fields(dict[str, Any]):
-    """Template fields; a metric that is not known yet formats as NaN instead of failing."""
+    """Template fields; a metric not measured at the saved step formats as NaN instead of failing."""
 
     def __missing__(self, key: str) -> Any:
         return math.nan
@@ -117,7 +117,9 @@ class CheckpointPlugin(Plugin):
         super().__init__(config)
         self.config: CheckpointConfig = config
         self.store: CheckpointStore | None = None
-        self._metrics: dict[str, float] = {}
+        # metric name -> (global step it was measured at, value): a checkpoint records only the
+        # metrics measured for its own weights (see _metrics_at)
+        self._metrics: dict[str, tuple[int, float]] = {}
         self._pending: str | None = None
         self._last_saved_step: int | None = None
         self._last_save_time = time.monotonic()
@@ -179,7 +181,9 @@ class CheckpointPlugin(Plugin):
         self._running = True
 
     def on_train_end(self, trainer: Any, epoch: int, step: int, metrics: dict[str, float] | None = None) -> None:
-        self._update_metrics(metrics)
+        # ``metrics`` is the trainer's running union of every metric ever logged, so a value in it
+        # may have been measured many steps ago. The final step's own metrics came through
+        # on_step_end / on_validation_end / on_epoch_end at this same global step already.
         self._running = False
         if self.config.save_on_train_end or self._pending:
             self._save(trainer, "train_end")
@@ -210,9 +214,9 @@ class CheckpointPlugin(Plugin):
     # --- hooks: schedule --------------------------------------------------------------------
 
     def on_step_end(self, trainer: Any, epoch: int, step: int, metrics: dict[str, float] | None = None) -> None:
-        self._update_metrics(metrics)
+        global_step = int(getattr(trainer, "global_step", step + 1))  # ``step`` counts from 0, before the update
+        self._update_metrics(metrics, global_step)
         self._poll_async(trainer)
-        global_step = int(getattr(trainer, "global_step", step + 1))
         every = self.config.every_n_steps
         reason = "step" if every and global_step % every == 0 else None
         if reason is None and self.config.every_minutes is not None:
@@ -226,12 +230,13 @@ class CheckpointPlugin(Plugin):
             self._save(trainer, reason)
 
     def on_validation_end(self, trainer: Any, epoch: int, step: int, metrics: dict[str, float] | None = None) -> None:
-        self._update_metrics(metrics)
-        if self._pending and not self._epoch_ends(trainer, int(getattr(trainer, "global_step", 0))):
+        global_step = int(getattr(trainer, "global_step", step))
+        self._update_metrics(metrics, global_step)
+        if self._pending and not self._epoch_ends(trainer, global_step):
             self._save(trainer, self._pending)
 
     def on_epoch_end(self, trainer: Any, epoch: int, step: int, metrics: dict[str, float] | None = None) -> None:
-        self._update_metrics(metrics)
+        self._update_metrics(metrics, int(getattr(trainer, "global_step", step)))
         every = self.config.every_n_epochs
         if every and (epoch + 1) % every == 0:
             self._save(trainer, "epoch")
@@ -263,10 +268,21 @@ class CheckpointPlugin(Plugin):
 
     # --- saving -----------------------------------------------------------------------------
 
-    def _update_metrics(self, metrics: dict[str, float] | None) -> None:
+    def _update_metrics(self, metrics: dict[str, float] | None, global_step: int) -> None:
+        """Remember ``metrics`` as measured at ``global_step`` (after that many optimizer steps)."""
         for key, value in (metrics or {}).items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                self._metrics[key] = float(value)
+                self._metrics[key] = (global_step, float(value))
+
+    def _metrics_at(self, global_step: int) -> dict[str, float]:
+        """The metrics measured for the weights after ``global_step`` steps.
+
+        A save at a step without validation must not carry the ``val_loss`` of an earlier
+        step: keep_best would rank these weights by another checkpoint's value (and, ties
+        going to the newer checkpoint, delete the one that was really measured). Without
+        the monitored metric a checkpoint is not ranked by keep_best (see _retention).
+        """
+        return {key: value for key, (step, value) in self._metrics.items() if step == global_step}
 
     def _training_cfg(self, trainer: Any) -> Any:
         return getattr(getattr(trainer, "config", None), "training", None)
@@ -326,8 +342,9 @@ class CheckpointPlugin(Plugin):
         store = self._store(trainer)
         counters = state.get("counters", {}) if isinstance(state, dict) else {}
         epoch = int(counters.get("epoch", getattr(trainer, "epoch", 0)))
-        metrics = dict(self._metrics)
+        metrics = self._metrics_at(global_step)
         fields = _Fields(metrics)
+        # step and epoch as ints, metrics as floats: the types CheckpointConfig checks the template with
         fields.update(step=global_step, epoch=epoch)
         name = self.config.filename.format_map(fields).replace("/", "_").replace("\\", "_")
         emergency = reason == EMERGENCY

@@ -48,6 +48,9 @@ class MoELayer(nn.Module):
     experts: StackedExperts | ModuleExperts
     router: TopKRouter
     shared: StackedExperts | None
+    #: Plain attributes that copies of the model must follow (align's stable state does): a
+    #: schedule may anneal the capacity every step.
+    synced_attributes: Final = ("capacity_factor",)
 
     def __init__(
         self,

@@ -26,6 +26,7 @@ from apt.plugins import Plugin
 from apt.plugins import PluginManager
 from apt.plugins import hook
 from apt.testing import TINY_CONFIG
+from apt.testing import fake_entry_points
 from apt.testing import tiny_config
 from apt.train import Trainer
 from apt.train._distributed import DistInfo
@@ -52,14 +53,17 @@ def _torchrun(config_path: Path, run_dir: Path, *args: str) -> subprocess.Comple
 
 @pytest.mark.skipif(TORCHRUN is None, reason="torchrun is not on PATH")
 @pytest.mark.parametrize(
-    ("distributed", "plugins"), [("ddp", []), ("fsdp", []), ("ddp", ["align"]), ("fsdp", ["align"])]
+    ("distributed", "plugins"),
+    [("ddp", []), ("fsdp", []), ("ddp", ["align", "moe"]), ("fsdp", ["align"])],
 )
 def test_two_process_gloo_run_matches_one_process(tmp_path: Path, distributed: str, plugins: list[str]) -> None:
     """torchrun --nproc_per_node=2 with batch B per rank logs the losses of one process with batch 2B.
 
     With fsdp the model is sharded per block (FSDP2); its gathered weights match too. With
     align (active from epoch 1), the alignment terms and the EMA teacher match as well, also
-    when the teacher is built from the sharded model's gathered weights.
+    when the teacher is built from the sharded model's gathered weights. The plugins' own
+    step metrics (align/*, moe/*) describe the global batch: with MoE, whose balance loss is
+    a per-forward quantity, the one process runs the same two micro-batches (grad_accum 2).
     """
     which = ["--plugins", ",".join(plugins)] if plugins else ["--no-plugins"]
     config = copy.deepcopy(TINY_CONFIG)
@@ -69,9 +73,10 @@ def test_two_process_gloo_run_matches_one_process(tmp_path: Path, distributed: s
     two = _torchrun(path, tmp_path / "two", *which)
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count("run folder:") == 1  # only rank 0 reports
+    same_batch = ["training.batch_size=2", "training.grad_accum=2"] if "moe" in plugins else ["training.batch_size=4"]
     one = subprocess.run(
         [sys.executable, "-m", "apt", "train", "--config", str(path), *which, "--run-dir",
-         str(tmp_path / "one"), "--set", "training.batch_size=4"],
+         str(tmp_path / "one"), *(arg for kv in same_batch for arg in ("--set", kv))],
         capture_output=True, text=True, timeout=180, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
     assert one.returncode == 0, one.stderr[-3000:]
@@ -89,6 +94,13 @@ def test_two_process_gloo_run_matches_one_process(tmp_path: Path, distributed: s
     if plugins:
         records = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
         assert any("loss/align_kl" in r for r in records) and not any("loss/align_kl" in r for r in records[:3])
+        reference = [json.loads(line) for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+        validation = ("align/stable_val_loss", "align/live_val_loss", "align/argmax_agreement")  # other windows
+        plugin_keys = [k for r in reference for k in r if k.startswith(("align/", "moe/")) and k not in validation]
+        assert "align/kl" in plugin_keys and ("moe" not in plugins or "moe/layer0/load_e0" in plugin_keys)
+        for r2, r1 in zip(records, reference, strict=True):
+            for key in (k for k in r1 if k in plugin_keys):
+                assert r2[key] == pytest.approx(r1[key], rel=1e-4, abs=1e-6), (r1["step"], key)
 
 
 @pytest.mark.skipif(TORCHRUN is None, reason="torchrun is not on PATH")
@@ -169,6 +181,65 @@ def test_fsdp_refuses_only_scheduled_plugins_that_handle_on_model_built(pm: Plug
     with pytest.raises(ConfigError, match="plugin 'copier' works on the model as it is built") as info:
         refuse_scheduled_model_plugins(pm)
     assert info.value.key == "schedules"
+
+
+class _Gated(torch.nn.Module):
+    """An FFN plus an extra linear map used only on every other training forward."""
+
+    def __init__(self, ffn: torch.nn.Module, d: int) -> None:
+        super().__init__()
+        self.ffn, self.extra, self.calls = ffn, torch.nn.Linear(d, d, bias=False), 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        out: torch.Tensor = self.ffn(x)
+        return out + self.extra(x) if self.training and self.calls % 2 == 0 else out
+
+
+class _GatedPlugin(Plugin):
+    """Changes the model in place in on_model_built, as the guide allows."""
+
+    name = "gated"
+
+    def on_model_built(self, model: torch.nn.Module, config: APTConfig) -> None:
+        block = model.blocks[0]  # type: ignore[index]
+        block.ffn = _Gated(block.ffn, config.model.d_model)
+
+
+def _ddp_worker(rank: int, init_file: str, out_dir: str, gated_on: list[int]) -> None:
+    """Train 4 steps under DDP (gloo) with the gated plugin on the ranks in ``gated_on``."""
+    from apt.cli import exit_skipping_finalization
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank))
+    config = tiny_config(training={"steps_per_epoch": 4, "max_epochs": 1, "batch_size": 2, "val_interval": 100})
+    pm = PluginManager()
+    if rank in gated_on:
+        pm.register_plugin("gated", _GatedPlugin)
+        config.plugins = ["gated"]
+    with fake_entry_points():
+        pm.load_from_config(config)
+    try:
+        Trainer(config, pm).fit()
+        message = "ok"
+    except Exception as exc:  # noqa: BLE001 - the test reads what happened on each rank
+        message = f"{type(exc).__name__}: {exc}"
+    Path(out_dir, f"rank{rank}.txt").write_text(message)
+    exit_skipping_finalization(0)  # DDP's gloo threads outlive the group (see apt.cli)
+
+
+def test_ddp_auto_finds_unused_parameters_a_plugin_added_in_on_model_built(tmp_path: Path) -> None:
+    """The plugin changes the model object core built, in place: 'auto' must still see the change."""
+    mp.spawn(_ddp_worker, args=(str(tmp_path / "init"), str(tmp_path), [0, 1]), nprocs=2, join=True)
+    assert [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)] == ["ok", "ok"]
+
+
+def test_ranks_whose_plugins_differ_in_the_model_stop_before_ddp_compares_models(tmp_path: Path) -> None:
+    """A model-changing plugin missing on rank 1: the plugin-set error, not DDP's own model mismatch."""
+    mp.spawn(_ddp_worker, args=(str(tmp_path / "init"), str(tmp_path), [0]), nprocs=2, join=True)
+    for rank in range(2):
+        message = (tmp_path / f"rank{rank}.txt").read_text()
+        assert message.startswith("UsageError: rank 1 loaded different plugins than rank 0"), message
 
 
 def test_ddp_find_unused_auto_follows_plugin_changes_to_the_parameters() -> None:

@@ -42,12 +42,21 @@ class StepStats:
         self.count += 1
 
     def means(self) -> dict[str, float]:
-        """``{"kl": ..., "hidden": ...}`` averaged over the recorded micro-batches (empty if none)."""
+        """``{"kl": ..., "hidden": ...}`` averaged over the recorded micro-batches (empty if none).
+
+        Under torch.distributed the average is over every process's micro-batches (a
+        collective: every rank calls it once per step, as the trainer's ``on_step_end`` does).
+        """
         if self.count == 0 or self._kl is None:
             return {}
-        out = {"kl": float(self._kl.item()) / self.count}
+        hidden = self._hidden if self._hidden is not None else torch.zeros_like(self._kl)
+        sums = torch.stack([self._kl.float(), hidden.float(), self._kl.new_full((), float(self.count))])
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(sums)
+        kl, hidden_sum, count = sums.tolist()  # the step's one host read
+        out = {"kl": kl / count}
         if self._hidden is not None:
-            out["hidden"] = float(self._hidden.item()) / self.count
+            out["hidden"] = hidden_sum / count
         return out
 
 

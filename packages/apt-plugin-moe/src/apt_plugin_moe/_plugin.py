@@ -205,7 +205,10 @@ class MoEPlugin(Plugin):
         acc = [(i, t) for i, layer in layers if (t := layer.stats_tensor()) is not None]
         if not acc:
             return None
-        rows = torch.stack([t for _, t in acc]).tolist()  # the step's only host sync
+        stacked = torch.stack([t for _, t in acc])  # (layers, E + 7): counts and sums only
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(stacked)  # every rank's slots: the global batch's routing
+        rows = stacked.tolist()  # the step's only host sync
         for _, layer in layers:
             layer.reset_stats()
         metrics = reduce_moe_stats(rows, [i for i, _ in acc], self.config.num_experts)

@@ -202,6 +202,9 @@ class Trainer:
         if self.parallelism == "fsdp":
             refuse_scheduled_model_plugins(self.plugin_manager)
         pm.setup_all()
+        # before anything that communicates (DDP's constructor compares the models): ranks with
+        # different plugins would otherwise fail there with a raw error, or hang
+        check_fingerprints(pm.fingerprint(), self.dist)
         seed_everything(tc.seed)
         self.schedule.bind(total_epochs=tc.max_epochs, steps_per_epoch=tc.steps_per_epoch)
         # plugins scheduled for later start disabled; the ones due now get on_enable
@@ -210,6 +213,8 @@ class Trainer:
         # the model: the same seed on every rank gives the same initial weights
         torch.manual_seed(tc.seed)
         model: nn.Module = GPT(self.config.model, self.registry)
+        # before on_model_built, which may change this very object in place
+        self._core_params = frozenset(name for name, _ in model.named_parameters())
         self.model = model.to(self.device)
         replacements = self.hooks.trigger(_MODEL_BUILT, trainer=self, model=self.model, config=self.config)
         replacements = [r for r in replacements if r is not None]
@@ -230,7 +235,6 @@ class Trainer:
         # dropout and sampling noise differ per rank from here on
         torch.manual_seed(tc.seed + self.rank)
 
-        self._core_params = frozenset(name for name, _ in model.named_parameters())
         self._wrap_model()  # before the optimizer: FSDP2 replaces the parameters by sharded ones
         self.optimizer = self.registry.build(
             "optimizer", tc.optimizer, param_groups=param_groups(self.model, tc.weight_decay), config=tc
@@ -238,7 +242,6 @@ class Trainer:
         self.lr_scheduler = self.registry.build(
             "lr_scheduler", tc.lr_scheduler, optimizer=self.optimizer, config=tc, total_steps=tc.total_steps
         )
-        check_fingerprints(pm.fingerprint(), self.dist)
         self._val_batches = validation_windows(
             self.data.val, self.config.model.block_size, tc.batch_size, tc.val_batches, self.rank, self.world_size
         )

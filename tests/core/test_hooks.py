@@ -341,3 +341,53 @@ def test_a_standalone_hook_manager_honours_disable_and_isolation() -> None:
     for step in range(2, 5):
         hm.trigger("on_step_end", step=step)
     assert calls == [2] and not flaky.is_enabled()
+
+
+def test_a_critical_error_in_a_nested_dispatch_stops_the_outer_one() -> None:
+    """A non-critical handler that triggers another event must not swallow a critical plugin's error there."""
+    from apt.errors import PluginHookError
+
+    hm = HookManager()
+    moe = type("Moe", (Plugin,), {"name": "moe", "critical": True})()
+    ckpt = type("Ckpt", (Plugin,), {"name": "ckpt", "critical": False})()
+
+    def broken(checkpoint: Any) -> None:
+        raise RuntimeError("state broke")
+
+    hm.register("on_save_checkpoint", broken, owner=moe)
+    hm.register("on_step_end", lambda step: hm.trigger("on_save_checkpoint", checkpoint={}), owner=ckpt)
+    with pytest.raises(PluginHookError, match="plugin 'moe' raised in hook 'on_save_checkpoint'") as info:
+        hm.trigger("on_step_end", step=1)
+    assert info.value.plugin == "moe"
+    assert ckpt.is_enabled() and ckpt.failure is None
+    hm.unregister("on_save_checkpoint")
+    hm.trigger("on_step_end", step=2)  # nothing stale is settled later
+    assert ckpt.is_enabled()
+
+
+def test_middleware_errors_name_the_middleware_and_the_hook() -> None:
+    from apt.errors import HookError
+
+    hm = HookManager()
+    hm.register("on_step_end", lambda step: None)
+
+    def scale_loss(event: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+        return {**kwargs, "loss": kwargs["loss"] * 2}
+
+    hm.add_middleware(scale_loss)
+    with pytest.raises(HookError, match="middleware '.*scale_loss' raised on hook 'on_step_end': KeyError: 'loss'"):
+        hm.trigger("on_step_end", step=0)
+    hm.remove_middleware(scale_loss)
+    hm.add_middleware(lambda event, kwargs: True)
+    with pytest.raises(HookError, match="returned bool on hook 'on_step_end'; return the rewritten"):
+        hm.trigger("on_step_end", step=0)
+
+
+def test_built_in_conditions_need_their_counter() -> None:
+    from apt.errors import HookError
+
+    hm = HookManager()
+    for condition in (every_n_epochs(1), every_n_steps(1), after_epoch(0), before_epoch(3), lambda step, **kw: True):
+        with pytest.raises(HookError, match="for hook 'on_save_checkpoint' takes argument"):
+            hm.register("on_save_checkpoint", lambda checkpoint: None, condition=condition)
+    hm.register("on_epoch_end", lambda epoch: None, condition=every_n_epochs(2) & every_n_steps(3))

@@ -14,6 +14,7 @@ from apt.plugins import AUTOLOAD_ENV
 from apt.plugins import HookManager
 from apt.plugins import Plugin
 from apt.plugins import PluginManager
+from apt.plugins import PluginTeardownError
 from apt.testing._entry_points import FakeEntryPoint
 from apt.testing._entry_points import fake_entry_points
 
@@ -304,3 +305,119 @@ def test_unloading_a_plugin_puts_back_the_core_provider_and_default_it_replaced(
     assert reg.get("ffn").__name__ == "MLP" and reg.get_info("ffn", "gelu")["plugin"] is None
     assert reg.list_providers("ffn") == ["gelu", "swiglu"]
     assert reg.default_name("norm") == "layernorm" and reg.get("norm", "rmsnorm").__name__ == "RMSNorm"
+
+
+def test_functions_a_plugin_registers_in_setup_belong_to_it(pm: PluginManager) -> None:
+    ran: list[str] = []
+
+    class Extra(Plugin):
+        name = "extra"
+        critical = False
+
+        def setup(self, registry: ProviderRegistry, hook_manager: HookManager) -> None:
+            hook_manager.register("on_step_end", lambda step: ran.append(f"extra {step}"))
+
+    pm.register_plugin("extra", Extra)
+    pm.load_from_config(APTConfig(plugins=["extra"]))
+    pm.setup_all()
+    assert pm.describe("extra")["hooks"] == ["on_step_end"]
+    plugin = pm.get_plugin("extra")
+    plugin.disable()
+    pm.trigger_event("on_step_end", step=0)
+    plugin.enable()
+    pm.trigger_event("on_step_end", step=1)
+    pm.unload("extra")
+    pm.trigger_event("on_step_end", step=2)
+    assert ran == ["extra 1"]
+
+
+def test_a_setup_that_fails_leaves_no_provider_behind(pm: PluginManager) -> None:
+    from apt.errors import PluginConflictError
+
+    class A(Plugin):
+        name = "a"
+
+        def setup(self, registry: ProviderRegistry, hook_manager: HookManager) -> None:
+            registry.register("norm", "shared", lambda **kw: "a")
+
+    class B(Plugin):
+        name = "b"
+
+        def setup(self, registry: ProviderRegistry, hook_manager: HookManager) -> None:
+            registry.register("ffn", "b_ffn", lambda **kw: "b", default=True)
+            registry.register("norm", "shared", lambda **kw: "b")  # a's name: a conflict
+
+    pm.register_plugin("a", A)
+    pm.register_plugin("b", B)
+    pm.load_from_config(APTConfig(plugins=["a", "b"]))
+    with pytest.raises(PluginConflictError):
+        pm.setup_all()
+    assert pm.registry.default_name("ffn") == "gelu" and not pm.registry.has("ffn", "b_ffn")
+
+
+def test_unload_names_teardown_errors_and_refuses_to_strand_a_dependent(pm: PluginManager) -> None:
+    from apt.errors import PluginDependencyError
+
+    def teardown(self: Plugin) -> None:
+        raise OSError("cannot close file")
+
+    pm.register_plugin("zdep", make("zdep", version="2.0.0", teardown=teardown))
+    pm.register_plugin("app", make("app", requires=("zdep>=2",)))
+    pm.load_from_config(APTConfig(plugins=["app", "zdep"]))
+    pm.setup_all()
+    with pytest.raises(PluginDependencyError, match="cannot unload plugin 'zdep': 'app' require"):
+        pm.unload("zdep")
+    pm.unload("app")
+    with pytest.raises(PluginTeardownError, match="plugin 'zdep': OSError: cannot close file"):
+        pm.unload("zdep")
+    assert pm.list_loaded() == []
+
+
+def test_plugins_loaded_one_by_one_are_resolved_before_setup() -> None:
+    from apt.errors import PluginDependencyError
+
+    order: list[str] = []
+
+    def setup(self: Plugin, registry: Any, hook_manager: Any) -> None:
+        order.append(self.get_name())
+
+    with fake_entry_points():
+        pm = fresh()
+        pm.register_plugin("zdep", make("zdep", version="2.0.0", setup=setup))
+        pm.register_plugin("app", make("app", requires=("zdep>=2",), setup=setup))
+        pm.load("app")
+        pm.load("zdep")
+        pm.setup_all()
+        assert order == ["zdep", "app"] and pm.list_loaded() == ["zdep", "app"]
+
+        alone = fresh()
+        alone.register_plugin("zdep", make("zdep", version="2.0.0"))
+        alone.register_plugin("app", make("app", requires=("zdep>=2",)))
+        alone.load("app")
+        with pytest.raises(PluginDependencyError, match="plugin 'app' requires 'zdep'"):
+            alone.setup_all()
+
+
+def test_unloading_two_plugins_that_moved_defaults_puts_back_the_core_default(pm: PluginManager) -> None:
+    """fast replaces core swiglu and makes it the default; moe then takes the default; both go."""
+
+    class Fast(Plugin):
+        name = "fast"
+
+        def setup(self, registry: ProviderRegistry, hook_manager: HookManager) -> None:
+            registry.register("ffn", "swiglu", lambda **kw: "fast", default=True)
+
+    class Moe(Plugin):
+        name = "moe"
+
+        def setup(self, registry: ProviderRegistry, hook_manager: HookManager) -> None:
+            registry.register("ffn", "moe", lambda **kw: "moe", default=True)
+
+    pm.register_plugin("fast", Fast)
+    pm.register_plugin("moe", Moe)
+    pm.load_from_config(APTConfig(plugins=["fast", "moe"]))
+    pm.setup_all()
+    pm.unload("fast")
+    pm.unload("moe")
+    assert pm.registry.default_name("ffn") == "gelu"
+    assert not pm.registry.get_info("ffn", "swiglu")["is_default"]

@@ -126,6 +126,24 @@ def test_schedule_errors_name_the_exact_key() -> None:
         assert e.value.key == f"schedules.{key}"
 
 
+def test_overrides_keep_text_as_text_and_reach_nested_plugin_keys() -> None:
+    config = APTConfig().with_overrides(
+        ["run.name=2026-11-26", "data.path=0123", "training.lr=0.1", "moe.router.top_k=1", "moe.when=2026-01-01"]
+    )
+    assert (config.run.name, config.data.path, config.training.lr) == ("2026-11-26", "0123", 0.1)
+    assert config.section("moe") == {"router": {"top_k": 1}, "when": "2026-01-01"}
+
+
+def test_resume_paths_reach_the_trainer_as_given() -> None:
+    import argparse
+
+    from apt.cli._train import config_from_args
+
+    for path in ("2026-11-26", "0123", "on", "My runs: v2/ckpt"):
+        args = argparse.Namespace(config=None, overrides=[], resume=path, no_plugins=True, plugins=None)
+        assert config_from_args(args).training.resume == path
+
+
 def test_replacing_the_default_under_its_own_name_keeps_it_the_default() -> None:
     registry = ProviderRegistry()
 

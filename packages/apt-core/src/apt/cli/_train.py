@@ -41,10 +41,9 @@ def config_from_args(args: argparse.Namespace) -> Any:
     from apt.core import APTConfig
 
     config = APTConfig.from_yaml(args.config) if args.config is not None else APTConfig()
-    overrides = list(args.overrides)
+    config = config.with_overrides(list(args.overrides))
     if getattr(args, "resume", None):
-        overrides.append(f"training.resume={args.resume}")
-    config = config.with_overrides(overrides)
+        config.training.resume = args.resume  # a path as given: not parsed as YAML
     if getattr(args, "no_plugins", False):
         config.plugins = []
     elif getattr(args, "plugins", None) is not None:

@@ -246,7 +246,9 @@ class APTConfig(BaseModel):
     def with_overrides(self, overrides: Iterable[str]) -> APTConfig:
         """A copy with dotted overrides applied: ``["training.max_epochs=3", "moe.top_k=1"]``.
 
-        Values are parsed as YAML scalars/lists (``3``, ``0.1``, ``true``, ``[a, b]``).
+        Values are parsed as YAML scalars/lists (``3``, ``0.1``, ``true``, ``[a, b]``), except
+        that a core key holding text (``run.name=2026-11-26``, ``data.path=0123``) keeps the
+        text as written, and so does any value YAML would read as a date.
         """
         data = self.to_dict()
         for item in overrides:
@@ -258,17 +260,43 @@ class APTConfig(BaseModel):
                 value = yaml.safe_load(raw) if raw.strip() else None
             except yaml.YAMLError:
                 value = raw
+            if (
+                value is not None
+                and not isinstance(value, str)
+                and (_is_text_field(type(self), key) or _is_date(value))
+            ):
+                value = raw.strip()
             _set_dotted(data, key, value, type(self))
         return type(self).from_dict(data)
+
+
+def _is_date(value: Any) -> bool:
+    import datetime
+
+    return isinstance(value, datetime.date)  # datetime is a date too
+
+
+def _is_text_field(cls: type[BaseModel], key: str) -> bool:
+    """Whether ``key`` names a core field typed ``str`` (or ``str | None``)."""
+    model: Any = cls
+    parts = key.split(".")
+    for part in parts[:-1]:
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return False
+        model = field.annotation
+    field = model.model_fields.get(parts[-1]) if isinstance(model, type) and issubclass(model, BaseModel) else None
+    return field is not None and field.annotation in (str, str | None)
 
 
 def _set_dotted(data: dict[str, Any], key: str, value: Any, cls: type[APTConfig]) -> None:
     parts = key.split(".")
     node: Any = data
+    in_plugin_section = parts[0] not in cls.model_fields
     for i, part in enumerate(parts[:-1]):
         child = node.get(part)
-        if child is None and i == 0 and part not in cls.model_fields:
-            child = node[part] = {}  # a plugin section that was not in the file yet
+        if child is None and in_plugin_section:
+            child = node[part] = {}  # a plugin section (or a part of one) that was not in the file yet
         if not isinstance(child, dict):
             path = ".".join(parts[: i + 1])
             hint = did_you_mean(part, node.keys()) if child is None else ""

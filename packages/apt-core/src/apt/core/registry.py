@@ -100,7 +100,7 @@ class ProviderRegistry:
         # What a plugin replaced, put back when the plugin's providers go (unload, teardown):
         # the core or user entry it shadowed, and each kind's earlier defaults, newest last.
         self._shadowed: dict[tuple[str, str], ProviderInfo] = {}
-        self._earlier_defaults: dict[str, list[str]] = {}
+        self._earlier_defaults: dict[str, list[ProviderInfo]] = {}
         # Set by the plugin manager while a plugin's setup() runs, to attribute providers.
         self._current_plugin: tuple[str, str] | None = None
         if builtins:
@@ -144,25 +144,29 @@ class ProviderRegistry:
         if info.is_default:
             if old is not None and old != info.name:
                 by_name[old].is_default = False
-                self._earlier_defaults.setdefault(info.kind, []).append(old)
+                self._earlier_defaults.setdefault(info.kind, []).append(by_name[old])
             self._defaults[info.kind] = info.name
         elif old == info.name:
             info.is_default = True  # a new factory under the default's name is still the default
 
     def unregister(self, kind: str, name: str) -> None:
         """Remove ``kind:name``. Removing the default makes the latest earlier default that is
-        still registered the default again; without one, the kind has no default."""
+        still registered (that very entry, not another under its name) the default again;
+        without one, the kind has no default."""
         info = self._lookup_exact(kind, name)
         del self._providers[kind][name]
         if self._defaults.get(kind) == info.name:
             del self._defaults[kind]
-            earlier = self._earlier_defaults.get(kind, [])
-            while earlier:
-                candidate = earlier.pop()
-                if candidate in self._providers[kind]:
-                    self._defaults[kind] = candidate
-                    self._providers[kind][candidate].is_default = True
-                    break
+            self._restore_earlier_default(kind)
+
+    def _restore_earlier_default(self, kind: str) -> None:
+        earlier = self._earlier_defaults.get(kind, [])
+        while earlier:
+            candidate = earlier.pop()
+            if self._providers[kind].get(candidate.name) is candidate:
+                self._defaults[kind] = candidate.name
+                candidate.is_default = True
+                return
 
     def unregister_plugin(self, plugin: str) -> list[str]:
         """Remove every provider a plugin registered; returns their ``kind:name``.
@@ -173,17 +177,22 @@ class ProviderRegistry:
         removed = []
         for kind, by_name in self._providers.items():
             for name, info in list(by_name.items()):
-                if info.plugin == plugin:
-                    self.unregister(kind, name)
-                    removed.append(f"{kind}:{name}")
-                    shadowed = self._shadowed.pop((kind, name), None)
-                    if shadowed is not None:
-                        was_default = shadowed.is_default and kind not in self._defaults
-                        by_name[name] = shadowed
-                        if was_default:
-                            self._defaults[kind] = name
-                        else:
-                            shadowed.is_default = self._defaults.get(kind) == name
+                if info.plugin != plugin:
+                    continue
+                removed.append(f"{kind}:{name}")
+                shadowed = self._shadowed.pop((kind, name), None)
+                if shadowed is not None and shadowed.is_default:
+                    # the replaced entry was the default then: it takes back whatever default role
+                    # the plugin's entry holds now (the default, or a place in the earlier ones)
+                    by_name[name] = shadowed
+                    shadowed.is_default = self._defaults.get(kind) == name
+                    earlier = self._earlier_defaults.get(kind, [])
+                    earlier[:] = [shadowed if e is info else e for e in earlier]
+                    continue
+                self.unregister(kind, name)
+                if shadowed is not None:  # not a default when replaced, and not one now
+                    shadowed.is_default = False
+                    by_name[name] = shadowed
         return removed
 
     # --- lookup -----------------------------------------------------------------------

@@ -63,6 +63,9 @@ class Condition:
         return f"Condition({self.description})"
 
 
+_EPOCH, _STEP = frozenset({"epoch"}), frozenset({"step"})
+
+
 def _counter(name: str, kw: Mapping[str, Any]) -> int | None:
     value = kw.get(name)
     return value if isinstance(value, int) else None
@@ -71,23 +74,27 @@ def _counter(name: str, kw: Mapping[str, Any]) -> int | None:
 def every_n_epochs(n: int) -> Condition:
     """Run in every n-th epoch (0-based ``epoch`` = n-1, 2n-1, ...)."""
     _positive(n, "every_n_epochs")
-    return Condition(lambda kw: (e := _counter("epoch", kw)) is not None and (e + 1) % n == 0, f"every_n_epochs({n})")
+    return Condition(
+        lambda kw: (e := _counter("epoch", kw)) is not None and (e + 1) % n == 0, f"every_n_epochs({n})", _EPOCH
+    )
 
 
 def every_n_steps(n: int) -> Condition:
     """Run at every n-th step (0-based ``step`` = n-1, 2n-1, ...)."""
     _positive(n, "every_n_steps")
-    return Condition(lambda kw: (s := _counter("step", kw)) is not None and (s + 1) % n == 0, f"every_n_steps({n})")
+    return Condition(
+        lambda kw: (s := _counter("step", kw)) is not None and (s + 1) % n == 0, f"every_n_steps({n})", _STEP
+    )
 
 
 def after_epoch(n: int) -> Condition:
     """Run only in epochs after epoch ``n`` (``epoch > n``)."""
-    return Condition(lambda kw: (e := _counter("epoch", kw)) is not None and e > n, f"after_epoch({n})")
+    return Condition(lambda kw: (e := _counter("epoch", kw)) is not None and e > n, f"after_epoch({n})", _EPOCH)
 
 
 def before_epoch(n: int) -> Condition:
     """Run only in epochs before epoch ``n`` (``epoch < n``)."""
-    return Condition(lambda kw: (e := _counter("epoch", kw)) is not None and e < n, f"before_epoch({n})")
+    return Condition(lambda kw: (e := _counter("epoch", kw)) is not None and e < n, f"before_epoch({n})", _EPOCH)
 
 
 def _positive(n: int, what: str) -> None:
@@ -105,11 +112,11 @@ def as_condition(obj: Any) -> Condition:
         params = inspect.signature(obj).parameters.values()
     except (TypeError, ValueError):
         return Condition(lambda kw: obj(**kw), repr(obj))
-    if any(p.kind is p.VAR_KEYWORD for p in params):
-        return Condition(lambda kw: obj(**kw), getattr(obj, "__qualname__", repr(obj)))
     named = [p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    names = [p.name for p in named]
     required = frozenset(p.name for p in named if p.default is p.empty)
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return Condition(lambda kw: obj(**kw), getattr(obj, "__qualname__", repr(obj)), required)
+    names = [p.name for p in named]
     return Condition(
         lambda kw: obj(**{n: kw[n] for n in names if n in kw}), getattr(obj, "__qualname__", repr(obj)), required
     )

@@ -163,6 +163,9 @@ class HookManager:
         self._known: set[str] = set(HOOK_NAMES) | set(ALIASES)
         self._middleware: list[Callable[[str, dict[str, Any]], dict[str, Any] | None]] = []
         self._failures: list[_Failure] = []
+        # the plugin whose setup() is running (set by the PluginManager): plain functions it
+        # registers belong to it, so they are disabled, torn down and attributed with it
+        self._setup_owner: Plugin | None = None
         self._seq = itertools.count()
         # plugin name -> (effective priority, resolved position), set by the PluginManager
         self._order: dict[str, tuple[int, int]] = {}
@@ -190,7 +193,7 @@ class HookManager:
         if not callable(fn):
             raise HookError(f"handler for {event!r} must be callable, got {fn!r}")
         if owner is None:
-            owner = _plugin_of(fn)
+            owner = _plugin_of(fn) or self._setup_owner
         if owner is not None and owner.hook_manager is None:
             owner.hook_manager = self  # so that its enable()/disable() reach this manager
         cond = as_condition(condition) if condition is not None else None
@@ -296,8 +299,8 @@ class HookManager:
         name, impls, argnames, firstresult, _, argset = entry
         if self._middleware:
             kwargs = self._apply_middleware(event, kwargs)
-        if len(kwargs) != len(argnames):
-            kwargs = _complete_args(name, kwargs, argnames, argset)
+        if len(kwargs) != len(argnames) or not kwargs.keys() >= argset:
+            kwargs = _complete_args(name, kwargs, argnames, argset)  # raises on a misspelt argument
         clock = self._clock
         outer = clock[0]
         failures = self._failures
@@ -305,11 +308,12 @@ class HookManager:
         clock[0] = _now()
         try:
             results = self._hookexec(name, impls, kwargs, firstresult)
-        except pluggy.HookCallError as exc:
-            # as many arguments as the hook takes, but one misspelt: pluggy found the gap
+        except BaseException:
+            # a fatal error of a nested dispatch (see the adapter) or an interrupt: this
+            # dispatch's own failures are moot, and must not be settled by a later one
             clock[0] = outer
             del failures[mark:]
-            raise _argument_error(name, kwargs, argnames) from exc
+            raise
         clock[0] = outer
         if len(failures) > mark:
             mine = failures[mark:]
@@ -324,8 +328,17 @@ class HookManager:
     def _apply_middleware(self, event: str, kwargs: dict[str, Any]) -> dict[str, Any]:
         event = ALIASES.get(event, event)
         for mw in self._middleware:
-            out = mw(event, dict(kwargs))
+            name = getattr(mw, "__qualname__", repr(mw))
+            try:
+                out = mw(event, dict(kwargs))
+            except Exception as exc:
+                raise HookError(f"middleware {name!r} raised on hook {event!r}: {type(exc).__name__}: {exc}") from exc
             if out is not None:
+                if not isinstance(out, dict):
+                    raise HookError(
+                        f"middleware {name!r} returned {type(out).__name__} on hook {event!r}; "
+                        "return the rewritten keyword arguments as a dict, or None to keep them"
+                    )
                 kwargs = out
         return kwargs
 
@@ -464,19 +477,13 @@ def _complete_args(
     event: str, kwargs: dict[str, Any], argnames: tuple[str, ...], argset: frozenset[str]
 ) -> dict[str, Any]:
     """``kwargs`` with the arguments the caller left out set to None; an unknown one is an error."""
-    if any(k not in argset for k in kwargs):
-        raise _argument_error(event, kwargs, argnames)
+    unknown = next((k for k in kwargs if k not in argset), None)
+    if unknown is not None:
+        raise HookError(
+            f"hook {event!r} has no argument {unknown!r}{did_you_mean(unknown, argnames)}; "
+            f"it takes: {', '.join(argnames)}"
+        )
     return {**dict.fromkeys(argnames), **kwargs}
-
-
-def _argument_error(event: str, kwargs: dict[str, Any], argnames: tuple[str, ...]) -> HookError:
-    unknown = next((k for k in kwargs if k not in argnames), None)
-    if unknown is None:  # a middleware dropped an argument
-        missing = [a for a in argnames if a not in kwargs]
-        return HookError(f"hook {event!r} was called without argument(s) {', '.join(map(repr, missing))}")
-    return HookError(
-        f"hook {event!r} has no argument {unknown!r}{did_you_mean(unknown, argnames)}; it takes: {', '.join(argnames)}"
-    )
 
 
 def _check_condition(event: str, condition: Condition, spec_args: tuple[str, ...]) -> None:
@@ -555,6 +562,8 @@ _ADAPTER_TEMPLATE = """\
 def {event}({params}):
     try:
 {prelude}        _r = _fn({call})
+    except _Fatal:
+        raise  # a critical plugin's error from an event this handler triggered stops the run
     except Exception as _e:
         _clock[0] = _now()
         _st.calls += 1
@@ -598,6 +607,7 @@ def _build_adapter(manager: HookManager, handler: Handler, spec_args: tuple[str,
         "_st": handler.stats,
         "_h": handler,
         "_fail": manager._record_failure,
+        "_Fatal": PluginHookError,
         "_cond": handler.condition,
         "_owner": handler.plugin,
     }

@@ -231,7 +231,15 @@ class PluginManager:
         :raises PluginNotFoundError: unknown name (the message lists the installed ones).
         :raises ConfigError: the section fails the plugin's ``config_model`` (with the key path).
         :raises PluginLoadError, PluginValidationError: import or contract failures.
+
+        A plugin loaded by name is explicit: :meth:`setup_all` raises if its requirements
+        are not loaded (instead of leaving it out with a warning).
         """
+        plugin = self._load(name, config)
+        self._explicit.add(name)
+        return plugin
+
+    def _load(self, name: str, config: Any = None) -> Plugin:
         if name in self._plugins:
             return self._plugins[name]
         self._ensure_discovered()
@@ -310,7 +318,7 @@ class PluginManager:
         errors: list[BaseException] = []
         for name in selected:
             try:
-                self.load(name, config.section(name))
+                self._load(name, config.section(name))
             except ConfigError:
                 raise
             except PluginError as exc:
@@ -421,8 +429,12 @@ class PluginManager:
     # --- setup, dispatch, teardown -------------------------------------------------------
 
     def setup_all(self) -> None:
-        """Set up every loaded plugin in resolved order and register its hooks."""
-        errors: list[BaseException] = []
+        """Set up every loaded plugin in resolved order and register its hooks.
+
+        Requirements are checked (and the order computed) again first: plugins may have
+        been loaded or unloaded one by one since :meth:`load_from_config`.
+        """
+        errors: list[BaseException] = self._resolve()
         for name, plugin in list(self._plugins.items()):
             if plugin.is_setup() or name not in self._plugins:
                 continue
@@ -452,16 +464,24 @@ class PluginManager:
                 self.hook_manager._owner_enabled_changed(plugin)
 
     def _setup_one(self, name: str, plugin: Plugin) -> None:
+        # what setup() registers (providers, functions) is attributed to the plugin
         self.registry._current_plugin = (name, plugin.get_version())
+        self.hook_manager._setup_owner = plugin
         try:
             plugin.setup(self.registry, self.hook_manager)
+            plugin.registry, plugin.hook_manager = self.registry, self.hook_manager
+            for event, attr, priority, condition in _handler_specs(type(plugin)):
+                self.hook_manager.register(
+                    event, getattr(plugin, attr), priority=priority, condition=condition, owner=plugin
+                )
+        except BaseException:
+            # a half-set-up plugin leaves nothing behind (a provider conflict re-raises)
+            self.hook_manager.unregister_owner(plugin)
+            self.registry.unregister_plugin(name)
+            raise
         finally:
             self.registry._current_plugin = None
-        plugin.registry, plugin.hook_manager = self.registry, self.hook_manager
-        for event, attr, priority, condition in _handler_specs(type(plugin)):
-            self.hook_manager.register(
-                event, getattr(plugin, attr), priority=priority, condition=condition, owner=plugin
-            )
+            self.hook_manager._setup_owner = None
         plugin._setup = True
 
     def trigger_event(self, event: str, **kwargs: Any) -> list[Any]:
@@ -491,14 +511,23 @@ class PluginManager:
         plugin = self._plugins.get(name)
         if plugin is None:
             raise self._not_found(name, "unload")
+        dependents = [n for n, p in self._plugins.items() if any(Requirement(s).name == name for s in p.requires)]
+        if dependents:
+            raise PluginDependencyError(
+                f"cannot unload plugin {name!r}: {', '.join(map(repr, dependents))} require(s) it; unload them first",
+                plugin=name,
+            )
         try:
             if plugin.is_setup():
                 plugin.teardown()
+        except Exception as exc:
+            raise PluginTeardownError([(name, exc)]) from exc
         finally:
             plugin._setup = False
             self.hook_manager.unregister_owner(plugin)
             self.registry.unregister_plugin(name)
             del self._plugins[name]
+            self._order_plugins()
 
     # --- queries ----------------------------------------------------------------------
 

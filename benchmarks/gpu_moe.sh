@@ -4,13 +4,13 @@
 # Targets (issue 4): ratio >= 0.75 at (16384 tokens, d 1024, d_ff 4096, 8 experts, top-2)
 #                    ratio >= 0.6  at (16384 tokens, d 2048, d_ff 1408, 64 experts, top-6)
 # Reference on an H200: loop 0.11 / 0.007, sort + per-expert matmul 0.48 / 0.09, sort + grouped_mm 0.63 / 0.46.
-# Needs apt-core and apt-plugin-moe importable (pip install -e packages/apt-core -e packages/apt-plugin-moe,
-# or run from the repository root: PYTHONPATH is set below). Extra arguments go to both runs of
+# Runs from this checkout (benchmarks/gpu_env.sh sets the path; on a machine without pydantic it
+# installs the wheels of benchmarks/gpu_wheels.sh from .whl/). Extra arguments go to both runs of
 # bench_moe.py (e.g. --profile 12); with APT_TRACE_DIR set, --profile also saves Chrome traces under
 # $APT_TRACE_DIR/t1 and $APT_TRACE_DIR/t2. benchmarks/gpu_check.sh runs this among its GPU checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export PYTHONPATH="packages/apt-core/src:packages/apt-plugin-moe/src${PYTHONPATH:+:$PYTHONPATH}"
+source benchmarks/gpu_env.sh
 python3 -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.__version__, torch.cuda.get_device_name())"
 trace() { if [ -n "${APT_TRACE_DIR:-}" ]; then printf "%s\n" --trace-dir "$APT_TRACE_DIR/$1"; fi; }
 

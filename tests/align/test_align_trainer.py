@@ -192,6 +192,21 @@ def test_the_teacher_routes_with_the_live_moe_capacity(tmp_path: Path) -> None:
     assert all(live == stable for live, stable in seen)
 
 
+def test_align_starting_mid_epoch_copies_a_model_that_keeps_forward_tensors() -> None:
+    """MoE layers keep their last balance/z losses (tensors of the last forward's graph); align's copy
+    of the model, taken right after a training step, must not choke on them."""
+    pytest.importorskip("apt_plugin_moe")
+    from apt_plugin_moe import MoEPlugin
+
+    config = _config(
+        ["align", "moe"], {"start_epoch": 0}, moe={"num_experts": 4}, schedules={"enable_align_at_step": 3}
+    ).with_overrides(["training.plugin_errors=raise"])
+    trainer = _trainer(config, None, MoEPlugin)
+    trainer.fit()
+    stable = _plugin(trainer).stable
+    assert stable is not None and stable.num_updates == 5  # steps 3..7
+
+
 def test_missing_stable_weights_say_how_to_get_them(tmp_path: Path) -> None:
     """The provider names the file and the fix when a run has no stable weights."""
     from apt.errors import CheckpointError

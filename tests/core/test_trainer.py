@@ -379,3 +379,23 @@ def test_training_beats_the_unigram_baseline() -> None:
                  "training.lr=0.01", "training.min_lr=0.001"]  # fmt: skip
     run = run_tiny_training(overrides=overrides, round_trip=False, record=False)
     assert run.summary["val_bpb"] < run.summary["baseline_bpb"] - 0.25
+
+
+def test_cuda_generator_states_of_a_bigger_machine_restore_on_the_devices_here(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A checkpoint written where 8 GPUs were visible resumes where 1 is: each device here gets its state."""
+    from apt.train._rng import rng_state
+    from apt.train._rng import set_rng_state
+
+    restored: list[tuple[int, torch.Tensor]] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, device: restored.append((device, s)))
+    monkeypatch.setattr(
+        torch.cuda, "get_rng_state_all", lambda: [torch.full((4,), i, dtype=torch.uint8) for i in range(8)]
+    )
+    state = rng_state()
+    assert len(state["cuda"]) == 8
+    set_rng_state(state)
+    assert [(d, int(s[0])) for d, s in restored] == [(0, 0)]

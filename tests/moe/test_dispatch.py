@@ -150,13 +150,32 @@ def test_grouped_mm_falls_back_to_the_private_op_of_older_torch(monkeypatch: pyt
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_grouped_mm_on_cuda_bf16_matches_loop() -> None:
+@pytest.mark.parametrize("bias", [False, True])
+def test_grouped_mm_on_cuda_bf16_matches_loop(bias: bool) -> None:
     """On CUDA, 'auto' takes the grouped_mm path; in bf16 it agrees with the loop reference to bf16 precision."""
     torch.manual_seed(0)
-    layer = MoELayer(64, 128, num_experts=8, top_k=2, expert_ffn="swiglu").cuda().to(torch.bfloat16)
+    layer = MoELayer(64, 128, num_experts=8, top_k=2, expert_ffn="swiglu", bias=bias).cuda().to(torch.bfloat16)
     x = torch.randn(4, 64, 64, device="cuda", dtype=torch.bfloat16)
     assert layer.backend(x.reshape(-1, 64)) == "grouped_mm"
     y_ref, gx_ref, _ = _run(layer, x, "loop")
     y, gx, _ = _run(layer, x, "auto")
     torch.testing.assert_close(y.float(), y_ref.float(), rtol=2e-2, atol=2e-2)
     torch.testing.assert_close(gx.float(), gx_ref.float(), rtol=2e-2, atol=2e-2)
+
+
+def test_grouped_bias_gradient_is_an_fp32_sum_per_expert() -> None:
+    """In bf16 the bias gradient of the grouped_mm path is each expert's rows summed in fp32 (not an
+    index_add in bf16, which CUDA runs with atomics): it equals the fp64 sum of the same row gradients."""
+    from apt_plugin_moe import StackedExperts
+
+    torch.manual_seed(0)
+    bank = StackedExperts(4, 16, 32, "gelu", bias=True)
+    counts = torch.tensor([2048, 1024, 0, 1024])
+    xs = torch.randn(int(counts.sum()), 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ys = bank.forward_grouped(xs, counts)
+    grad = (torch.randn_like(ys, dtype=torch.float32) * 1e-2 + 1e-2).to(ys.dtype)
+    ys.backward(grad)
+    assert bank.b2 is not None and bank.b2.grad is not None
+    reference = torch.stack([g.double().sum(0) for g in torch.split(grad, counts.tolist())])
+    torch.testing.assert_close(bank.b2.grad.double(), reference, rtol=1e-6, atol=1e-6)

@@ -69,13 +69,21 @@ def _reshard(model: nn.Module) -> None:
 
 
 def copy_without_hooks(model: nn.Module) -> nn.Module:
-    """``copy.deepcopy(model)`` with every forward/backward hook dict replaced by an empty one."""
+    """``copy.deepcopy(model)`` with every forward/backward hook dict replaced by an empty one.
+
+    A tensor that a module keeps from its last forward as a plain attribute (MoE's
+    ``last_balance``) is part of that forward's autograd graph, which deepcopy refuses; the copy
+    gets it detached, a value without a graph, as the copy's own next forward would make.
+    """
     memo: dict[int, Any] = {}
     for module in model.modules():
         for attr in _HOOK_DICTS:
             hooks = module.__dict__.get(attr)
             if hooks:  # map the original dict to a fresh empty one; deepcopy then uses it
                 memo[id(hooks)] = type(hooks)()
+        for value in module.__dict__.values():
+            if isinstance(value, Tensor) and value.grad_fn is not None:
+                memo[id(value)] = value.detach().clone()
     return copy.deepcopy(model, memo)
 
 

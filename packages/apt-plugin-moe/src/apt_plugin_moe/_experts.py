@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
+from typing import Any
 from typing import Literal
 from typing import cast
 
@@ -51,6 +52,28 @@ def _grouped_linear(xs: Tensor, weight: Tensor, offs: Tensor) -> Tensor:
     op = _grouped_mm_op()
     assert op is not None, "callers check grouped_mm_available() first"
     return op(xs, weight.transpose(-2, -1), offs=offs)
+
+
+class _ExpertBias(torch.autograd.Function):
+    """``out + b[e]`` on every row of expert ``e``, for ``out (M, F)`` with rows grouped by expert.
+
+    grouped_mm has no bias. Adding ``b.repeat_interleave(counts)`` instead would be right in the
+    forward, but its backward is ``index_add_``, which CUDA runs with atomic adds in the bias's
+    compute dtype: nondeterministic, and in bf16 it loses most of a long sum. Here the gradient
+    of ``b`` is a per-expert fp32 sum over its rows (a segmented reduction, no atomics).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, out: Tensor, b: Tensor, counts: Tensor) -> Tensor:
+        ctx.save_for_backward(counts)
+        ctx.b_dtype = b.dtype
+        return out + b.to(out.dtype).repeat_interleave(counts, dim=0, output_size=out.shape[0])  # (M, F)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, None]:
+        (counts,) = ctx.saved_tensors
+        grad_b = torch.segment_reduce(grad.float(), "sum", lengths=counts, axis=0)  # (E, F), fp32
+        return grad, grad_b.to(ctx.b_dtype), None
 
 
 class StackedExperts(nn.Module):
@@ -137,16 +160,11 @@ class StackedExperts(nn.Module):
         dt = compute_dtype(xs)
         xs = xs.to(dt)  # grouped_mm is not autocast: cast like torchtitan (bf16 is the fast path on SM90)
 
-        def bias_rows(b: Tensor | None) -> Tensor | None:
-            # grouped_mm has no bias: gather each row's expert bias instead, (M, out)
-            if b is None:
-                return None
-            return b.to(dt).repeat_interleave(counts, dim=0, output_size=xs.shape[0])
-
         def glin(w: Tensor, b: Tensor | None, inp: Tensor) -> Tensor:
             out = _grouped_linear(inp, w.to(dt), offs)
-            rows = bias_rows(b)
-            return out if rows is None else out + rows
+            if b is None:
+                return out
+            return _ExpertBias.apply(out, b, counts)  # type: ignore[no-any-return]
 
         h = self._activate(glin(self.w1, self.b1, xs))  # (M, F)
         return glin(self.w2, self.b2, h)  # (M, D)

@@ -66,11 +66,14 @@ def init_distributed(device: torch.device | None = None) -> DistInfo:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if world_size <= 1:
         return DistInfo()
-    if dist.is_initialized():  # somebody else (a test, a launcher) made the group
-        return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, owns_group=False)
     cuda = device.type == "cuda" if device is not None else torch.cuda.is_available()
     if cuda:
-        torch.cuda.set_device(local_rank)
+        # NCCL's object collectives (run folder, fingerprints) run on the current device: make
+        # it the one this process trains on (training.device, else cuda:<local rank>)
+        index = device.index if device is not None and device.index is not None else local_rank
+        torch.cuda.set_device(index)
+    if dist.is_initialized():  # somebody else (a test, a launcher) made the group
+        return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, owns_group=False)
     dist.init_process_group(backend="nccl" if cuda else "gloo", timeout=timedelta(minutes=10))
     return DistInfo(rank, world_size, local_rank, owns_group=True)
 

@@ -33,4 +33,7 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
     random.setstate((python[0], tuple(python[1]), python[2]) if isinstance(python, list) else python)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # one state per device of the machine that saved it; this one may have fewer devices
+        # (a checkpoint of an 8-GPU node resumed on one GPU), and a process uses its own only
+        for index, cuda_state in enumerate(list(state["cuda"])[: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, index)

@@ -459,3 +459,245 @@ def test_plugins_without_subcommand_prints_help(capsys: pytest.CaptureFixture[st
     code, out, _ = _run(capsys, "plugins")
     assert code == 2
     assert "list" in out and "doctor" in out and "order" in out
+
+
+# --- list and --check agree on tricky class bodies -------------------------------------
+
+TRICKY = {
+    "cli_tricky": """
+        import abc
+        from apt.plugins import Plugin
+        from apt.plugins import hook
+
+
+        class Decorated(Plugin):
+            name = "decorated"
+            critical = False
+
+            @hook("on_compute_loss")
+            def add_loss(self, **kwargs):
+                return None
+
+            @hook("on_epoch_start", priority=3)
+            def starting(self, **kwargs):
+                pass
+
+
+        class Tupl(Plugin):
+            name, version = "tupl", "3.1.0"
+            priority, description = 7, "tuple form"
+
+
+        class User(Plugin):
+            name = "user"
+            requires = ("tupl>=3",)
+
+
+        class Redef(Plugin):
+            name = "redef"
+            priority = 1
+            priority = 2
+
+
+        class GetVer(Plugin):
+            name = "getver"
+            version = "1.0.0"
+
+            def get_version(self):
+                return "2.0.0"
+
+
+        class Base(Plugin):
+            priority = 1
+        class A(Base):
+            pass
+        class B(Base):
+            priority = 5
+        class Diamond(A, B):
+            name = "diamond"
+
+
+        class Mixin:
+            priority = 9
+        class MixOrder(Plugin, Mixin):
+            name = "mixorder"
+    """,
+    "cli_modonly": """
+        import abc
+        from apt.plugins import Plugin
+
+        class Base(Plugin, abc.ABC):
+            name = "base"
+
+            @abc.abstractmethod
+            def compute(self): ...
+
+        class Concrete(Base):
+            name = "concrete"
+            priority = 3
+
+            def compute(self):
+                return 1
+    """,
+}
+
+TRICKY_ENTRY_POINTS = {
+    "decorated": "cli_tricky:Decorated",
+    "tupl": "cli_tricky:Tupl",
+    "user": "cli_tricky:User",
+    "redef": "cli_tricky:Redef",
+    "getver": "cli_tricky:GetVer",
+    "diamond": "cli_tricky:Diamond",
+    "mixorder": "cli_tricky:MixOrder",
+    "concrete": "cli_modonly",
+}
+
+
+class ModuleEntryPoint(SourceEntryPoint):
+    """Like SourceEntryPoint, for a value with or without ':Class' (the module itself when without)."""
+
+    def load(self) -> Any:
+        self.loads += 1
+        module, _, attr = self.value.partition(":")
+        obj = importlib.import_module(module)
+        return getattr(obj, attr) if attr else obj
+
+
+def test_list_agrees_with_check_on_tricky_class_bodies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """@hook handlers, tuple bindings, rebinding, get_version(), the MRO and module-only entry points:
+    what `list` reads from source is what `list --check` finds by importing."""
+    for module, source in TRICKY.items():
+        (tmp_path / f"{module}.py").write_text(textwrap.dedent(source), encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv(AUTOLOAD_ENV, raising=False)
+    importlib.invalidate_caches()
+    eps = [
+        ModuleEntryPoint(name, value, distribution="apt-plugin-tricky") for name, value in TRICKY_ENTRY_POINTS.items()
+    ]
+    try:
+        with fake_entry_points(*eps):
+            static = _rows(_run(capsys, "plugins", "list", "--json")[1])
+            checked = _rows(_run(capsys, "plugins", "list", "--json", "--check")[1])
+    finally:
+        for module in TRICKY:
+            sys.modules.pop(module, None)
+    assert static["decorated"]["hooks"] == ["on_compute_loss", "on_epoch_begin"]
+    assert (static["tupl"]["version"], static["tupl"]["priority"]) == ("3.1.0", 7)
+    assert static["user"]["status"] == "available"
+    assert static["redef"]["priority"] == 2
+    assert static["getver"]["version"] == "2.0.0"
+    assert static["diamond"]["priority"] == 5
+    assert static["mixorder"]["priority"] == 0
+    assert static["concrete"]["status"] == "available" and static["concrete"]["priority"] == 3
+    for name, row in static.items():
+        assert row["unknown"] == [], (name, row["unknown"])
+        assert checked[name]["status"] == "loaded", (name, checked[name]["status"])
+        for field in ("version", "priority", "requires", "conflicts", "providers", "hooks", "description"):
+            assert row[field] == checked[name][field], (name, field, row[field], checked[name][field])
+
+
+# --- --check refreshes every field -------------------------------------------------------
+
+
+def test_check_replaces_every_metadata_field_by_the_loaded_value(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Fields not readable from source (a computed description / api_version) are the real ones after --check."""
+    (tmp_path / "cli_computed.py").write_text(
+        textwrap.dedent(
+            """
+            from apt.plugins import Plugin
+
+            class Computed(Plugin):
+                name = "computed"
+                description = " ".join(["Computed", "description"])
+                api_version = ">=1," + "<3"
+                version = ".".join(["4", "5", "6"])
+            """
+        ),
+        encoding="utf-8",
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv(AUTOLOAD_ENV, raising=False)
+    importlib.invalidate_caches()
+    ep = SourceEntryPoint("computed", "cli_computed:Computed", distribution="apt-plugin-computed", version="0.9")
+    try:
+        with fake_entry_points(ep):
+            static = _rows(_run(capsys, "plugins", "list", "--json")[1])["computed"]
+            checked = _rows(_run(capsys, "plugins", "list", "--json", "--check")[1])["computed"]
+            info = _run(capsys, "plugins", "info", "computed", "--check")[1]
+    finally:
+        sys.modules.pop("cli_computed", None)
+    assert static["unknown"] == ["version", "description", "api_version"]
+    assert checked["unknown"] == []
+    assert checked["name"] == "computed" and checked["version"] == "4.5.6"
+    assert checked["description"] == "Computed description"
+    assert checked["api_version"] == ">=1,<3"
+    fields = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in info.splitlines())}
+    assert fields["description"] == "Computed description"
+    assert fields["api_version"] == ">=1,<3"
+    assert fields["version"] == "4.5.6"
+
+
+# --- order: ties explained by what decided them --------------------------------------------
+
+
+def test_order_explains_a_tie_by_the_resolved_plugin_position(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A tie broken by a requirement or by plugin priority is explained so, not as 'by name'."""
+    (tmp_path / "cli_ord.py").write_text(
+        textwrap.dedent(
+            """
+            from apt.plugins import Plugin, hook
+
+            class Z(Plugin):
+                name = "z"
+            class A(Plugin):
+                name = "a"
+                requires = ("z",)
+                def on_step_end(self, **kw): pass
+            class M(Plugin):
+                name = "m"
+                def on_step_end(self, **kw): pass
+
+            class HB(Plugin):
+                name = "hb"
+                priority = 10
+                @hook("on_epoch_end", priority=5)
+                def h(self, **kw): pass
+            class HA(Plugin):
+                name = "ha"
+                @hook("on_epoch_end", priority=5)
+                def h(self, **kw): pass
+            class HC(Plugin):
+                name = "hc"
+                @hook("on_epoch_end", priority=5)
+                def h(self, **kw): pass
+            """
+        ),
+        encoding="utf-8",
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv(AUTOLOAD_ENV, raising=False)
+    importlib.invalidate_caches()
+    eps = [SourceEntryPoint(n, f"cli_ord:{n.upper()}") for n in ("a", "m", "z", "hb", "ha", "hc")]
+    try:
+        with fake_entry_points(*eps):
+            report = json.loads(_run(capsys, "plugins", "order", "--json")[1])
+    finally:
+        sys.modules.pop("cli_ord", None)
+    assert report["plugins"] == ["hb", "ha", "hc", "m", "z", "a"]
+    step_end = report["order"]["on_step_end"]
+    assert [r["plugin"] for r in step_end] == ["m", "a"]  # not name order: a waits for z
+    assert step_end[1]["reason"] == (
+        "priority 0; after z (requires); same priority as m: later in the plugin order (its requirement z comes after m)"
+    )
+    epoch_end = report["order"]["on_epoch_end"]
+    assert [r["plugin"] for r in epoch_end] == ["hb", "ha", "hc"]
+    assert epoch_end[1]["reason"] == (
+        "priority 5 (given at registration); same priority as hb: later in the plugin order (plugin priority 0 < hb's 10)"
+    )
+    assert epoch_end[2]["reason"] == "priority 5 (given at registration); same priority as ha: by name"

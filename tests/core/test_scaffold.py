@@ -155,11 +155,33 @@ def test_generated_plugin_loads_validates_and_registers_its_provider(
 
 
 @pytest.mark.skipif(shutil.which("ruff") is None, reason="ruff is not installed")
-def test_generated_code_is_ruff_clean(tmp_path: Path) -> None:
-    """The generated package passes ruff check and ruff format with its own settings."""
-    project = scaffold(ScaffoldNames.from_name("demo_lint"), tmp_path)
+@pytest.mark.parametrize("raw", ["demo_lint", "test_lint"])
+def test_generated_code_is_ruff_clean(raw: str, tmp_path: Path) -> None:
+    """The generated package passes ruff check and ruff format with its own settings (whatever the name)."""
+    project = scaffold(ScaffoldNames.from_name(raw), tmp_path)
     ruff = shutil.which("ruff")
     assert ruff is not None
     for args in (["check", "."], ["format", "--check", "."]):
         proc = subprocess.run([ruff, *args], cwd=project, capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_generated_tests_pass_for_a_name_pytest_would_collect(tmp_path: Path) -> None:
+    """A plugin named `test…` gets a class `Test…Plugin`; its generated tests still pass (no collection warning).
+
+    The generated pytest config turns warnings into errors, and pytest warns about a
+    `Test*` class with an __init__ that a test module imports.
+    """
+    names = ScaffoldNames.from_name("test_time_aug")
+    assert names.cls == "TestTimeAugPlugin"
+    project = scaffold(names, tmp_path)
+    # the generated pytest config (filterwarnings = error, pythonpath = src) applies: run from the project
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "5 passed" in proc.stdout

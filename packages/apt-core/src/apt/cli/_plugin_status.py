@@ -248,23 +248,33 @@ def _failure_dict(pm: PluginManager, name: str, stage: str, exc: BaseException) 
 
 
 def apply_check(rows: list[dict[str, Any]], config: APTConfig) -> PluginManager:
-    """Replace the metadata-only status by what loading through the kernel shows."""
+    """Replace the metadata-only status by what loading through the kernel shows.
+
+    A loaded plugin's row gets every metadata field from the loaded plugin (what the
+    kernel itself uses: ``get_name()``, ``get_version()``, ``is_critical()``, the class
+    attributes, the registered handlers), so nothing read from source stays behind and
+    ``unknown`` is empty. A plugin that did not load keeps what the source showed.
+    """
     pm, failures = load_all(config, every_installed=False)
     loaded = set(pm.list_loaded())
     for row in rows:
         name = row["name"]
         if name in loaded:
             row["status"], row["reason"] = "loaded", None
-            plugin = pm.get_plugin(name)
-            described = pm.describe(name)
+            cls = type(pm.get_plugin(name))
+            described = pm.describe(name)  # get_metadata() plus the registered hooks
             row.update(
-                version=plugin.get_version(),
-                priority=plugin.priority,
-                critical=plugin.is_critical(),
-                requires=list(plugin.requires),
-                conflicts=list(plugin.conflicts),
-                providers=list(plugin.providers),
+                name=described["name"],
+                version=described["version"],
+                description=described["description"],
+                priority=described["priority"],
+                critical=described["critical"],
+                requires=list(described["requires"]),
+                conflicts=list(described["conflicts"]),
+                providers=list(described["providers"]),
                 hooks=list(described["hooks"]),
+                api_version=cls.api_version,
+                file=_source_file(cls) or row["file"],
                 unknown=[],
                 note=None,
             )
@@ -276,12 +286,25 @@ def apply_check(rows: list[dict[str, Any]], config: APTConfig) -> PluginManager:
     return pm
 
 
+def _source_file(cls: type) -> str | None:
+    """The file a loaded class was defined in (None for one made where no file exists)."""
+    import inspect
+
+    try:
+        return inspect.getsourcefile(cls)
+    except (TypeError, OSError):
+        return None
+
+
 def order_report(pm: PluginManager, event: str | None = None) -> dict[str, list[dict[str, Any]]]:
     """For each event with handlers: the handlers in dispatch order, each with the reason for its place.
 
-    The order is the kernel's: higher priority first, a plugin's requirements before it
-    (a requirement inherits the priority of what requires it, so it can never run later),
-    then plugin name, then registration order.
+    The order is the kernel's (``HookManager._sort_key``): higher priority first; among
+    equal priorities, the owning plugins' resolved position (requirements first, then
+    higher effective plugin priority, then plugin name); then registration order. A
+    requirement inherits the priority of what requires it, so it can never run later.
+    Each reason names what actually decided a place: a tie is "by name" only when the
+    names did.
     """
     from packaging.requirements import Requirement
 
@@ -298,6 +321,39 @@ def order_report(pm: PluginManager, event: str | None = None) -> dict[str, list[
 
     def eff(n: str) -> int:
         return effective[n]
+
+    def plugin_priority(n: str) -> str:
+        own = plugins[n].priority
+        if eff(n) == own:
+            return str(own)
+        lifted = [m for m in required_by[n] if eff(m) == eff(n)]
+        return f"{eff(n)} (raised from {own} because {', '.join(lifted)} requires it)"
+
+    def tie(before: str | None, plugin: str | None) -> str | None:
+        """Why ``plugin``'s handler comes after ``before``'s, which has the same priority."""
+        if plugin is None:
+            if before is None:
+                return "same priority as the previous handler: in registration order"
+            return f"same priority as {before}: functions registered without a plugin run after plugins"
+        if before == plugin:
+            return "same plugin: in registration order"
+        if before is None or before not in position or plugin not in position:
+            return f"same priority as {before or 'the previous handler'}: by name"
+        if before in requires[plugin]:
+            return None  # "after X (requires)" already says it
+        # resolve_order places, at each step, the ready plugin (all requirements placed) of
+        # highest effective priority, then first by name. `plugin` comes later because it
+        # was not ready yet when `before` was placed, or lost to it on priority, or on name.
+        waiting = [d for d in requires[plugin] if position[d] > position[before]]
+        if waiting:
+            last = max(waiting, key=position.__getitem__)
+            return f"same priority as {before}: later in the plugin order (its requirement {last} comes after {before})"
+        if eff(before) > eff(plugin):
+            return (
+                f"same priority as {before}: later in the plugin order "
+                f"(plugin priority {plugin_priority(plugin)} < {before}'s {plugin_priority(before)})"
+            )
+        return f"same priority as {before}: by name"
 
     events = [resolve_event(event)] if event else list(HOOK_NAMES)
     out: dict[str, list[dict[str, Any]]] = {}
@@ -323,15 +379,10 @@ def order_report(pm: PluginManager, event: str | None = None) -> dict[str, list[
                     why.append(f"after {', '.join(before)} (requires)")
             else:
                 prio, why = 0, ["priority 0 (a function registered without a plugin)"]
-            if (
-                previous is not None
-                and previous[0] == prio
-                and not (plugin and previous[1] in requires.get(plugin, []))
-            ):
-                if plugin is not None and previous[1] == plugin:
-                    why.append("same plugin: in registration order")
-                else:
-                    why.append(f"same priority as {previous[1] or 'the previous handler'}: by name")
+            if previous is not None and previous[0] == prio:
+                reason = tie(previous[1], plugin)
+                if reason is not None:
+                    why.append(reason)
             rows.append(
                 {
                     "handler": h.name,

@@ -22,6 +22,10 @@ from typing import Any
 __all__ = ["ScaffoldNames", "register", "scaffold"]
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+# Added to a generated plugin class whose name pytest would take for a test class.
+_NOT_A_TEST = (
+    '\n    # The class name starts with "Test": this tells pytest it is not a test class.\n    __test__ = False\n'
+)
 
 
 @dataclass(frozen=True)
@@ -142,6 +146,9 @@ def scaffold(names: ScaffoldNames, parent: Path) -> Path:
             f"from {names.package} import {n}" for n in sorted(["ReluSquaredFFN", names.cls], key=str.lower)
         ),
         "all_names": ", ".join(f'"{n}"' for n in sorted(["ReluSquaredFFN", names.cls, names.cls + "Config"])),
+        # pytest collects classes named Test* that the test module imports, and a plugin class
+        # (it has an __init__) would fail collection under filterwarnings = error: opt it out.
+        "not_a_test": _NOT_A_TEST if names.cls.startswith("Test") else "",
     }
     templates = resources.files("apt.cli").joinpath("_templates")
     files: dict[Path, str] = {}

@@ -22,6 +22,7 @@ from apt.core import APTConfig
 from apt.plugins import HOOK_NAMES
 from apt.plugins import Plugin
 from apt.plugins import PluginManager
+from apt.plugins.manager import _class_name
 
 
 __all__ = ["TINY_CONFIG", "RecordingPlugin", "TinyRun", "run_tiny_training", "tiny_config"]
@@ -109,6 +110,27 @@ class TinyRun:
         return plugin
 
 
+def _plugin_name(cls: type[Plugin]) -> str:
+    """The name the kernel knows a plugin class by, found without a config.
+
+    The ``name`` attribute; else what an overridden ``get_name()`` returns (the original
+    API's style, which the manager accepts: it checks ``get_name()`` against the
+    registration name); else, for a class with no name at all, the name the manager gives
+    such a class (its class name, lowercase), which the manager then lets it take.
+    """
+    if cls.name:
+        return str(cls.name)
+    if cls.get_name is not Plugin.get_name:
+        # get_name() of this style returns a constant: ask an instance that skipped
+        # __init__ first (no config needed), then one made with the default config.
+        for make in (lambda: cls.__new__(cls), lambda: cls()):
+            try:
+                return str(make().get_name())
+            except Exception:  # try the next way; a real problem is the manager's to report at load
+                continue
+    return _class_name(cls)
+
+
 def run_tiny_training(
     *plugins: type[Plugin],
     config: APTConfig | None = None,
@@ -117,7 +139,7 @@ def run_tiny_training(
     round_trip: bool = True,
     record: bool = True,
 ) -> TinyRun:
-    """Train the tiny model for real with ``plugins`` (classes, registered by their ``name``).
+    """Train the tiny model for real with ``plugins`` (classes, each registered under its plugin name).
 
     With ``round_trip`` the trainer's state is then saved and loaded back
     (``on_save_checkpoint``, ``on_load_checkpoint``), so every event of a run fires;
@@ -133,12 +155,12 @@ def run_tiny_training(
 
     config = config if config is not None else tiny_config()
     classes: list[type[Plugin]] = [*plugins, RecordingPlugin] if record else list(plugins)
-    names = [str(cls.name) for cls in classes]
+    named = [(_plugin_name(cls), cls) for cls in classes]
     config = config.with_overrides(overrides)
-    config.plugins = list(dict.fromkeys([*(config.plugins or []), *names]))
+    config.plugins = list(dict.fromkeys([*(config.plugins or []), *(name for name, _ in named)]))
     pm = PluginManager()
-    for cls in classes:
-        pm.register_plugin(str(cls.name), cls)
+    for name, cls in named:
+        pm.register_plugin(name, cls)
     pm.load_from_config(config)
     trainer = Trainer(config, pm, run_dir=run_dir)
     summary = trainer.fit()

@@ -211,6 +211,16 @@ def test_directory_discovery(pm: PluginManager, tmp_path: Any) -> None:
     assert pm.load("local").get_version() == "0.1.0"
 
 
+def test_directory_discovery_of_a_plugin_in_the_get_name_style(pm: PluginManager, tmp_path: Any) -> None:
+    (tmp_path / "old_style.py").write_text(
+        "from apt.plugins import Plugin\n\nclass OldStyle(Plugin):\n"
+        "    def get_name(self):\n        return 'old_style'\n"
+        "    def get_version(self):\n        return '2.0.0'\n"
+    )
+    assert pm.discover(tmp_path) == ["old_style"]
+    assert pm.load("old_style").get_version() == "2.0.0"
+
+
 def test_a_hook_mark_on_a_method_named_like_its_event_keeps_its_priority_and_condition(pm: PluginManager) -> None:
     from apt.plugins import every_n_steps
     from apt.plugins import hook

@@ -698,7 +698,23 @@ class PluginManager:
 
 
 def _class_name(cls: type[Plugin]) -> str:
-    return cls.name or cls.__name__.lower()
+    """The name a plugin class goes by, found without its config.
+
+    The ``name`` attribute; else what an overridden ``get_name()`` returns (the original
+    API's style: :meth:`load` checks it against the registration name); else, for a class
+    with no name at all, its class name in lower case, which :meth:`load` lets it take.
+    """
+    if cls.name:
+        return str(cls.name)
+    if cls.get_name is not Plugin.get_name:
+        # such a get_name() returns a constant: ask an instance that skipped __init__ first
+        # (no config needed), then one made with the default config
+        for make in (lambda: cls.__new__(cls), lambda: cls()):
+            try:
+                return str(make().get_name())
+            except Exception:  # noqa: BLE001 - try the next way; load() reports a real problem
+                continue
+    return cls.__name__.lower()
 
 
 def _handler_specs(cls: type[Plugin]) -> Iterator[tuple[str, str, int | None, Any]]:

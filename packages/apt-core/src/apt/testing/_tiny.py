@@ -110,27 +110,6 @@ class TinyRun:
         return plugin
 
 
-def _plugin_name(cls: type[Plugin]) -> str:
-    """The name the kernel knows a plugin class by, found without a config.
-
-    The ``name`` attribute; else what an overridden ``get_name()`` returns (the original
-    API's style, which the manager accepts: it checks ``get_name()`` against the
-    registration name); else, for a class with no name at all, the name the manager gives
-    such a class (its class name, lowercase), which the manager then lets it take.
-    """
-    if cls.name:
-        return str(cls.name)
-    if cls.get_name is not Plugin.get_name:
-        # get_name() of this style returns a constant: ask an instance that skipped
-        # __init__ first (no config needed), then one made with the default config.
-        for make in (lambda: cls.__new__(cls), lambda: cls()):
-            try:
-                return str(make().get_name())
-            except Exception:  # try the next way; a real problem is the manager's to report at load
-                continue
-    return _class_name(cls)
-
-
 def run_tiny_training(
     *plugins: type[Plugin],
     config: APTConfig | None = None,
@@ -155,7 +134,7 @@ def run_tiny_training(
 
     config = config if config is not None else tiny_config()
     classes: list[type[Plugin]] = [*plugins, RecordingPlugin] if record else list(plugins)
-    named = [(_plugin_name(cls), cls) for cls in classes]
+    named = [(_class_name(cls), cls) for cls in classes]
     config = config.with_overrides(overrides)
     config.plugins = list(dict.fromkeys([*(config.plugins or []), *(name for name, _ in named)]))
     pm = PluginManager()

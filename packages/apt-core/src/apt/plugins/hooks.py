@@ -299,7 +299,8 @@ class HookManager:
         name, impls, argnames, firstresult, _, argset = entry
         if self._middleware:
             kwargs = self._apply_middleware(event, kwargs)
-        if len(kwargs) != len(argnames) or not kwargs.keys() >= argset:
+        # exactly the hook's arguments, usually in its order (the trainer's calls): one tuple compare
+        if tuple(kwargs) != argnames and (len(kwargs) != len(argnames) or not kwargs.keys() >= argset):
             kwargs = _complete_args(name, kwargs, argnames, argset)  # raises on a misspelt argument
         clock = self._clock
         outer = clock[0]

@@ -207,6 +207,35 @@ def test_align_starting_mid_epoch_copies_a_model_that_keeps_forward_tensors() ->
     assert stable is not None and stable.num_updates == 5  # steps 3..7
 
 
+def test_a_schedule_that_stops_align_right_after_a_resume_still_writes_the_stable_weights(tmp_path: Path) -> None:
+    captured: dict[str, Any] = {}
+
+    class Saver(Plugin):
+        name = "saver"
+
+        def on_epoch_end(self, trainer: Any, epoch: int) -> None:
+            if epoch == 0:
+                captured["state"] = copy.deepcopy(trainer.state_dict())
+
+    config = _config(["align", "saver"], {"start_epoch": 0}, schedules={"disable_align_at_epoch": 1})
+    _trainer(config, tmp_path / "full", Saver).fit()
+
+    class Resumer(Plugin):
+        name = "resumer"
+
+        def on_resume(self) -> Any:
+            return captured["state"]
+
+    resumed_config = config.model_copy(deep=True)
+    resumed_config.plugins = ["align", "saver", "resumer"]
+    resumed_config.training.resume = "latest"
+    _trainer(resumed_config, tmp_path / "resumed", Saver, Resumer).fit()
+    full, resumed = load_stable_weights(tmp_path / "full"), load_stable_weights(tmp_path / "resumed")
+    assert full.keys() == resumed.keys()
+    for name in full:
+        assert torch.equal(full[name], resumed[name]), name
+
+
 def test_missing_stable_weights_say_how_to_get_them(tmp_path: Path) -> None:
     """The provider names the file and the fix when a run has no stable weights."""
     from apt.errors import CheckpointError

@@ -431,3 +431,32 @@ def test_unloading_two_plugins_that_moved_defaults_puts_back_the_core_default(pm
     pm.unload("moe")
     assert pm.registry.default_name("ffn") == "gelu"
     assert not pm.registry.get_info("ffn", "swiglu")["is_default"]
+
+
+def test_a_default_displaced_while_its_name_was_shadowed_comes_back(pm: PluginManager) -> None:
+    """p makes moe the default; q then replaces gelu; p goes first, then q: core gelu is the default again."""
+
+    class P(Plugin):
+        name = "p"
+
+        def setup(self, registry: ProviderRegistry, hook_manager: HookManager) -> None:
+            registry.register("ffn", "moe", lambda **kw: "moe", default=True)
+
+    class Q(Plugin):
+        name = "q"
+        requires = ("p",)  # sets up after p
+
+        def setup(self, registry: ProviderRegistry, hook_manager: HookManager) -> None:
+            registry.register("ffn", "gelu", lambda **kw: "q")
+
+    pm.register_plugin("p", P)
+    pm.register_plugin("q", Q)
+    pm.load_from_config(APTConfig(plugins=["p", "q"]))
+    pm.setup_all()
+    assert pm.registry.default_name("ffn") == "moe"
+    Q.requires = ()  # let p go first
+    pm.unload("p")
+    assert pm.registry.default_name("ffn") == "gelu" and pm.registry.get("ffn")() == "q"
+    pm.unload("q")
+    assert pm.registry.default_name("ffn") == "gelu" and pm.registry.get("ffn").__name__ == "MLP"
+    assert pm.registry.get_info("ffn", "gelu")["is_default"]

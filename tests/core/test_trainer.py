@@ -333,6 +333,56 @@ def test_resuming_into_the_same_folder_keeps_one_record_per_step(tmp_path: Path)
     assert [r["step"] for r in superseded] == [4, 5, 6, 7, 8]
 
 
+def test_resuming_at_the_end_of_the_last_epoch_only_finishes_the_run(tmp_path: Path) -> None:
+    """A checkpoint from the last epoch's end (say the run died writing summary.json): the resumed run
+    writes no second epoch-end record and reports the same summary."""
+    captured: dict[str, Any] = {}
+
+    class Saver(Plugin):
+        name = "saver"
+
+        def on_epoch_end(self, trainer: Any, epoch: int) -> None:
+            if epoch == 1:
+                captured["state"] = copy.deepcopy(trainer.state_dict())
+
+    first = run_tiny_training(Saver, run_dir=tmp_path, round_trip=False)
+
+    class Resumer(RecordingPlugin):
+        resume_state = captured["state"]
+
+    resumed = run_tiny_training(
+        Resumer, overrides=["training.resume=latest"], run_dir=tmp_path, round_trip=False, record=False
+    )
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, 9))
+    for key in ("steps", "train_loss", "val_loss", "val_bpb"):
+        assert resumed.summary[key] == first.summary[key], key
+    assert "on_step_begin" not in resumed.plugin_manager.get_plugin("recorder").names()
+
+
+def test_plugins_can_write_in_the_run_folder_from_on_model_built(tmp_path: Path) -> None:
+    class Archive(Plugin):
+        name = "archive"
+
+        def on_model_built(self, trainer: Any, model: torch.nn.Module) -> None:
+            folder = trainer.run_dir / "archive"
+            folder.mkdir(exist_ok=True)
+            (folder / "model.txt").write_text(str(model))
+
+    run_tiny_training(Archive, run_dir=tmp_path / "run", round_trip=False)
+    assert (tmp_path / "run" / "archive" / "model.txt").read_text().startswith("GPT(")
+
+
+def test_a_line_cut_off_by_a_kill_is_set_aside_on_resume(tmp_path: Path) -> None:
+    from apt.train._metrics import set_aside_records_after
+
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo')
+    assert set_aside_records_after(metrics, 2) == 1
+    assert metrics.read_text() == '{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n'
+    assert (tmp_path / "metrics.superseded.jsonl").read_text() == '{"step": 3, "lo\n'
+
+
 def test_resume_without_a_checkpoint_plugin_says_what_to_install() -> None:
     """training.resume with no plugin answering on_resume is a UsageError naming apt-plugin-checkpoint."""
     with pytest.raises(UsageError, match="apt-plugin-checkpoint"):

@@ -271,6 +271,9 @@ class AlignPlugin(Plugin):
         self._save_stable(trainer)
 
     def _save_stable(self, trainer: Any) -> None:
+        model = getattr(trainer, "model", None)
+        if self._pending is not None and model is not None:
+            self._materialize(model)  # a resumed state not used by a step yet
         run_dir = getattr(trainer, "run_dir", None)
         if self.stable is None or not self.config.save_stable or run_dir is None:
             return

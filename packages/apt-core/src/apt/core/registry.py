@@ -163,9 +163,14 @@ class ProviderRegistry:
         earlier = self._earlier_defaults.get(kind, [])
         while earlier:
             candidate = earlier.pop()
-            if self._providers[kind].get(candidate.name) is candidate:
+            current = self._providers[kind].get(candidate.name)
+            # registered, or replaced under its name by a plugin (whose entry serves the name
+            # until it goes; then the candidate comes back as the default, see unregister_plugin)
+            if current is candidate or self._shadowed.get((kind, candidate.name)) is candidate:
                 self._defaults[kind] = candidate.name
                 candidate.is_default = True
+                if current is not None:
+                    current.is_default = True
                 return
 
     def unregister_plugin(self, plugin: str) -> list[str]:

@@ -45,14 +45,18 @@ def set_aside_records_after(path: Path, step: int) -> int:
 
     A run resumed from the checkpoint of ``step`` into its own folder repeats the steps after
     it; their first records describe weights the resume threw away. Moving them aside keeps
-    one record per step for ``apt plot`` and loses nothing. Lines that are not records stay.
-    Returns how many records were moved.
+    one record per step for ``apt plot`` and loses nothing. A last line cut off by a kill
+    (no newline) goes aside too, so that the next record starts on a line of its own;
+    other lines that are not records stay. Returns how many lines were moved.
     """
     if not path.is_file():
         return 0
     keep: list[str] = []
     aside: list[str] = []
     for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+        if not line.endswith("\n"):
+            aside.append(line + "\n")  # cut off mid-write
+            continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError:

@@ -201,6 +201,7 @@ class Trainer:
         tc, pm = self.config.training, self.plugin_manager
         if self.parallelism == "fsdp":
             refuse_scheduled_model_plugins(self.plugin_manager)
+        self._make_run_dir()
         pm.setup_all()
         # before anything that communicates (DDP's constructor compares the models): ranks with
         # different plugins would otherwise fail there with a raw error, or hang
@@ -253,8 +254,20 @@ class Trainer:
             ", ".join(f"{p.get_name()} {p.get_version()}" for p in pm.loaded()) or "none",
         )  # fmt: skip
 
+    def _make_run_dir(self) -> None:
+        """Create the run folder (rank 0), so plugins can write there from ``on_model_built`` on."""
+        if self.run_dir is None or not self.is_global_zero:
+            return
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(
+                f"cannot write the run folder {str(self.run_dir)!r}: {exc.strerror or exc}; "
+                "choose another folder with --run-dir (or run.dir / run.name)"
+            ) from None
+
     def _open_run_dir(self) -> None:
-        """Create the run folder, write ``config.yaml`` and open ``metrics.jsonl`` (rank 0)."""
+        """Write ``config.yaml`` and open ``metrics.jsonl`` in the run folder (rank 0)."""
         if self.run_dir is None or not self.is_global_zero:
             return
         try:
@@ -329,22 +342,29 @@ class Trainer:
         tc = self.config.training
         try:
             self.setup()
+            finished = False
             if tc.resume:
                 self._resume(tc.resume)
-                if self.step_in_epoch >= tc.steps_per_epoch and self.epoch + 1 < tc.max_epochs:
-                    # the checkpoint was taken at the end of an epoch: go on with the next one
-                    # (_run_epoch applies that epoch's schedule, as an uninterrupted run does)
-                    self.epoch += 1
-                    self.step_in_epoch = 0
+                if self.step_in_epoch >= tc.steps_per_epoch:
+                    if self.epoch + 1 < tc.max_epochs:
+                        # the checkpoint was taken at the end of an epoch: go on with the next one
+                        # (_run_epoch applies that epoch's schedule, as an uninterrupted run does)
+                        self.epoch += 1
+                        self.step_in_epoch = 0
+                    else:  # at the end of the last epoch: only the end of the run is left
+                        finished = True
             self._open_run_dir()  # only now: a refused resume leaves the run folder as it was
             self._fire(_TRAIN_BEGIN, model=self.model, config=self.config, epoch=self.epoch, step=self.global_step)
-            with self._progress_bar() as bar:
-                while True:
-                    self._run_epoch(bar)
-                    if self.stop_reason is not None or self.epoch + 1 >= tc.max_epochs:
-                        break
-                    self.epoch += 1
-                    self.step_in_epoch = 0
+            if finished:
+                self._train_loss = self._epoch_mean_loss()
+            else:
+                with self._progress_bar() as bar:
+                    while True:
+                        self._run_epoch(bar)
+                        if self.stop_reason is not None or self.epoch + 1 >= tc.max_epochs:
+                            break
+                        self.epoch += 1
+                        self.step_in_epoch = 0
             self._fire(_TRAIN_END, model=self.model, epoch=self.epoch, step=self.global_step, metrics=self.last_metrics)
             return self._finish(time.perf_counter() - t0)
         except BaseException as exc:
@@ -394,8 +414,9 @@ class Trainer:
 
         # end of the epoch: validate, then on_epoch_end
         val = self.validate()
-        self._train_loss = sum(self._epoch_losses) / len(self._epoch_losses) if self._epoch_losses else math.nan
+        self._train_loss = self._epoch_mean_loss()
         epoch_metrics: dict[str, Any] = {"train_loss": self._train_loss, **val}
+        self.last_metrics.update(epoch_metrics)  # before on_epoch_end: a state saved there is complete
         for plugin, extra in self._collect(
             _EPOCH_END, model=self.model, epoch=epoch, step=self.global_step, metrics=dict(epoch_metrics)
         ):
@@ -408,6 +429,9 @@ class Trainer:
             "epoch %d done at step %d: train_loss %.4f, val_loss %.4f, val_bpb %.4f (unigram baseline %.4f)",
             epoch, self.global_step, self._train_loss, val["val_loss"], val["val_bpb"], self.data.baseline_bpb,
         )  # fmt: skip
+
+    def _epoch_mean_loss(self) -> float:
+        return sum(self._epoch_losses) / len(self._epoch_losses) if self._epoch_losses else math.nan
 
     def train_step(self, x: Tensor, y: Tensor) -> dict[str, float]:
         """One optimizer step on ``(x, y)``, each ``(grad_accum * B, T)``; returns the step's metrics.
@@ -577,6 +601,7 @@ class Trainer:
             "data": self.batches.state_dict(),
             "counters": {"epoch": self.epoch, "global_step": self.global_step, "step_in_epoch": self.step_in_epoch},
             "epoch_losses": list(self._epoch_losses),
+            "last_metrics": dict(self.last_metrics),
             "config": self.config.to_dict(),
             "plugin_manager": pm.state_dict(),
             "fingerprint": pm.fingerprint(),
@@ -600,6 +625,7 @@ class Trainer:
         self.epoch, self.global_step = int(counters["epoch"]), int(counters["global_step"])
         self.step_in_epoch = int(counters["step_in_epoch"])
         self._epoch_losses = [float(v) for v in state.get("epoch_losses", [])]
+        self.last_metrics = {str(k): v for k, v in dict(state.get("last_metrics") or {}).items()}
         pm.load_state_dict(dict(state.get("plugin_manager") or {}), trainer=self)
         pm.apply_schedule(self, epoch=self.epoch, step=self.global_step)
         pm.restore_states(self, dict(state), dict(state.get("plugins") or {}))

@@ -66,6 +66,7 @@ def test_default_run_folder_comes_from_run_section(tiny_yaml: Path, tmp_path: Pa
         (["--config", "missing.yaml"], "missing.yaml"),
         (["--set", "data.path=/no/such/file.txt"], "data.path"),
         (["--set", "model.vocab_size=100"], "model.vocab_size is 100, but the tokenizer"),
+        (["--set", "training.betas=[1.5, 0.9]"], "training.betas must be in [0, 1)"),
     ],
 )
 def test_bad_config_exits_2_with_one_line(
@@ -172,6 +173,22 @@ def test_generate_samples_from_the_run(trained: Path, capsys: pytest.CaptureFixt
     assert main(argv) == 0 and capsys.readouterr().out == first
     assert main(["generate", "--run", str(trained), "--weights", "nope"]) == 2
     assert "'weights' provider" in capsys.readouterr().err
+
+
+def test_generate_from_a_padded_vocabulary_and_a_prompt_that_is_not_utf8(
+    tiny_yaml: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """model.vocab_size 512: only byte ids are sampled. A prompt from argv with undecodable bytes
+    (surrogate-escaped by Python) goes in as those bytes."""
+    run = tmp_path / "padded"
+    code = main(["train", "--config", str(tiny_yaml), "--no-plugins", "--run-dir", str(run),
+                 "--set", "model.vocab_size=512", "--set", "training.max_epochs=1"])  # fmt: skip
+    assert code == 0
+    capsys.readouterr()
+    for seed in range(3):
+        argv = ["generate", "--run", str(run), "--prompt", "ab\udcffc", "--temperature", "2", "--seed", str(seed)]
+        assert main([*argv, "--max-new-tokens", "40"]) == 0
+        assert capsys.readouterr().out.startswith("ab\ufffdc")
 
 
 def test_generate_with_a_weights_provider(tiny_yaml: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

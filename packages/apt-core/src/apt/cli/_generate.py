@@ -155,7 +155,12 @@ def run(args: argparse.Namespace) -> int:
         idx = torch.tensor([ids], dtype=torch.long)  # (1, T)
         generator = torch.Generator().manual_seed(args.seed)
         out = model.generate(
-            idx, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, generator=generator
+            idx,
+            args.max_new_tokens,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            generator=generator,
+            vocab_limit=tok.vocab_size,  # a padded vocabulary's extra ids are no bytes
         )
         print(tok.decode(out[0].tolist()))
     finally:

@@ -89,7 +89,7 @@ class TrainingConfig(_Section):
     lr: float = Field(3e-3, gt=0)
     min_lr: float = Field(3e-4, ge=0)
     weight_decay: float = Field(0.1, ge=0)
-    betas: tuple[float, float] = (0.9, 0.95)
+    betas: tuple[float, float] = Field((0.9, 0.95), description="Adam's betas (SGD's momentum is the first).")
     lr_scheduler: str = Field("cosine", description="Provider of kind 'lr_scheduler'.")
     warmup_steps: int = Field(20, ge=0)
     grad_clip: float | None = Field(1.0, gt=0, description="Clip the global grad norm; None turns clipping off.")
@@ -111,6 +111,13 @@ class TrainingConfig(_Section):
         description="DDP's find_unused_parameters; 'auto' turns it on when plugins changed the model's parameters.",
     )
     compile: bool = Field(False, description="torch.compile the model.")
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= b < 1.0 for b in value):
+            raise ValueError(f"each of training.betas must be in [0, 1), got {list(value)}")
+        return value
 
     @property
     def total_steps(self) -> int:

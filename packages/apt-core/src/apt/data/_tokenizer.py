@@ -18,8 +18,12 @@ class ByteTokenizer:
     vocab_size: Final = 256
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of ``text``: one per UTF-8 byte."""
-        return list(text.encode("utf-8"))
+        """Token ids of ``text``: one per UTF-8 byte.
+
+        Bytes that were not valid UTF-8 where the text came from (a command-line argument or
+        file name, decoded with ``surrogateescape``) come back as those bytes.
+        """
+        return list(text.encode("utf-8", errors="surrogateescape"))
 
     def decode(self, ids: list[int]) -> str:
         """Text of token ids; each id must be in ``range(256)``."""

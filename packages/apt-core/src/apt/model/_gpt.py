@@ -132,17 +132,21 @@ class GPT(nn.Module):
         temperature: float = 1.0,
         top_k: int | None = None,
         generator: torch.Generator | None = None,
+        vocab_limit: int | None = None,
     ) -> Tensor:
         """Sample ``max_new_tokens`` tokens after ``idx`` ``(B, T)``; returns ``(B, T + max_new_tokens)``.
 
         ``temperature == 0`` picks the most likely token (greedy); ``top_k`` keeps only the
-        k most likely tokens before sampling. Put the model in eval mode first.
+        k most likely tokens before sampling; ``vocab_limit`` only ids below it (a vocabulary
+        padded beyond what the tokenizer can decode). Put the model in eval mode first.
         """
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         for _ in range(max_new_tokens):
             idx_cond = idx[:, -self.config.block_size :]  # crop the context to the block size
             logits = self(idx_cond).logits[:, -1, :].float()  # (B, V) for the last position only
+            if vocab_limit is not None:
+                logits[:, vocab_limit:] = float("-inf")
             if temperature == 0:
                 next_id = logits.argmax(dim=-1, keepdim=True)  # (B, 1)
             else:

@@ -11,6 +11,7 @@ from typing import Any
 
 import apt_plugin_checkpoint
 import pytest
+import torch
 from apt.errors import AptError
 from apt.errors import ConfigError
 from apt.plugins import PluginManager
@@ -214,3 +215,83 @@ def test_no_emergency_save_under_fsdp(
         trainer.fit()
     assert "no emergency checkpoint under FSDP2" in caplog.text
     assert [m["step"] for m in _manifests(tmp_path).values()] == [2]
+
+
+def _fail_once_at(monkeypatch: pytest.MonkeyPatch, step: int) -> list[str]:
+    """Make the first ``CheckpointStore.save`` at ``step`` fail with ENOSPC (a transient disk-full).
+
+    Returns the list that receives the failed save's ``reason``.
+    """
+    real_save = CheckpointStore.save
+    failed: list[str] = []
+
+    def flaky(self: CheckpointStore, encoded: Any, **kwargs: Any) -> Any:
+        if kwargs["step"] == step and not failed:
+            failed.append(kwargs["reason"])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(self, encoded, **kwargs)
+
+    monkeypatch.setattr(CheckpointStore, "save", flaky)
+    return failed
+
+
+def _holds_weights_of(state: dict[str, Any], trainer: Trainer) -> bool:
+    assert trainer.model is not None
+    live = trainer.model.state_dict()
+    return sorted(state["model"]) == sorted(live) and all(torch.equal(state["model"][k], v) for k, v in live.items())
+
+
+@pytest.mark.parametrize("async_save", [False, True], ids=["sync", "async"])
+def test_failed_save_at_the_last_step_does_not_skip_the_train_end_save(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, async_save: bool
+) -> None:
+    failed = _fail_once_at(monkeypatch, 12)
+    trainer = _fit(tmp_path, every_n_steps=4, keep_last=None, async_save=async_save, save_on_train_end=True)
+    assert failed == ["epoch"]  # the save due at the end of the last epoch failed once
+    # the step was not saved, so the train-end save writes the final state and `latest` names it
+    final = [(name, m["reason"]) for name, m in _manifests(tmp_path).items() if m["step"] == 12]
+    assert final == [("step00000012", "train_end")]
+    store = CheckpointStore(tmp_path / "checkpoints")
+    assert store.latest_name() == "step00000012"
+    state = store.load("step00000012").state["trainer"]
+    assert state["counters"]["global_step"] == trainer.global_step == 12
+    assert _holds_weights_of(state, trainer)
+
+
+@pytest.mark.parametrize("async_save", [False, True], ids=["sync", "async"])
+def test_crash_right_after_a_failed_save_still_writes_the_emergency_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, async_save: bool
+) -> None:
+    failed = _fail_once_at(monkeypatch, 4)
+    config = tiny_config(["checkpoint"], checkpoint={"every_n_steps": 2, "keep_last": None, "async_save": async_save})
+    trainer = Trainer(config, run_dir=tmp_path)
+    _crash_at(trainer, 4, monkeypatch)  # step 5 fails before its update: the state at the crash is step 4's
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        trainer.fit()
+    assert failed == ["step"]
+    saved = [(name, m["step"], m["reason"]) for name, m in sorted(_manifests(tmp_path).items())]
+    assert saved == [("step00000002", 2, "step"), ("step00000004-exception", 4, "exception")]
+    store = CheckpointStore(tmp_path / "checkpoints")
+    assert store.latest_name() == "step00000002"  # the emergency checkpoint is never `latest`
+    state = store.load("step00000004-exception").state["trainer"]
+    assert state["counters"]["global_step"] == trainer.global_step == 4
+    assert _holds_weights_of(state, trainer)
+
+
+@pytest.mark.parametrize(("monitor", "mode"), [("val_bpb", "min"), ("val_bpb", "max"), (None, "min")])
+def test_keep_best_ranks_by_the_configured_monitor_after_a_resume_with_another(
+    tmp_path: Path, monitor: str | None, mode: str
+) -> None:
+    # run 1 ranks by val_loss and keeps everything: epoch saves at steps 6 and 12
+    _fit(tmp_path, every_n_steps=None, keep_last=None, monitor="val_loss")
+    assert sorted(m["monitor"] for m in _manifests(tmp_path).values()) == ["val_loss", "val_loss"]
+    # run 2 continues in the same folder with another monitor (None: keep_best ranks nothing)
+    checkpoint = {"every_n_steps": None, "keep_last": 1, "keep_best": 1, "monitor": monitor, "mode": mode}
+    config = tiny_config(["checkpoint"], resume="latest", training={"max_epochs": 4}, checkpoint=checkpoint)
+    Trainer(config, run_dir=tmp_path).fit()
+    logged = _logged(tmp_path)
+    expected = {24}  # keep_last=1: the newest
+    if monitor is not None:  # and the best by the configured monitor, in the configured direction
+        values = {step: logged[step][monitor] for step in (6, 12, 18, 24)}
+        expected.add((min if mode == "min" else max)(values, key=values.__getitem__))
+    assert {m["step"] for m in _manifests(tmp_path).values()} == expected

@@ -90,9 +90,35 @@ def test_resume_falls_back_when_latest_is_corrupt(reference: tuple[Trainer, Path
     assert latest == "step00000012"
     (run / "checkpoints" / latest / "tensors.safetensors").write_bytes(b"\0" * 64)  # a torn write
     trainer = _trainer(tiny_config(["checkpoint"], resume="latest"), run)
-    with pytest.warns(UserWarning, match="step00000012.*resuming from the older checkpoint 'step00000010'"):
+    with pytest.warns(UserWarning, match="step00000012.*resuming instead from 'step00000010'"):
         trainer.fit()
     assert same_weights(ref.model, trainer.model)
+
+
+def test_after_resuming_an_older_checkpoint_newest_means_written_last(
+    reference: tuple[Trainer, Path], tmp_path: Path
+) -> None:
+    """`--resume <older checkpoint>` into the same folder: the abandoned later steps are not the newest."""
+    _, ref_run = reference
+    run = tmp_path / "run"
+    shutil.copytree(ref_run / "checkpoints", run / "checkpoints")  # run 1: steps 2, 4, ..., 12, all kept
+    resume = str(run / "checkpoints" / "step00000004")
+    checkpoint = {"every_n_steps": 2, "keep_last": 2, "keep_best": 0}
+    config = tiny_config(["checkpoint", "stop_at"], resume=resume, checkpoint=checkpoint, stop_at={"step": 8})
+    second = _trainer(config, run, _StopAt)
+    second.fit()  # saves at steps 6 and 8, then is interrupted
+    assert second.global_step == 8 and second.stop_reason is not None
+    store = CheckpointStore(run / "checkpoints")
+    kept = {name: m.step for m, name in store.manifests() if m is not None}
+    assert kept == {"step00000006-1": 6, "step00000008": 8}  # run 2's two newest, not run 1's steps 10 and 12
+    assert store.latest_name() == "step00000008"
+    target = run / "checkpoints" / "step00000008" / "tensors.safetensors"
+    data = bytearray(target.read_bytes())
+    data[-5] ^= 0xFF
+    target.write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match="step00000008.*resuming instead from 'step00000006-1' \\(step 6\\)"):
+        loaded = store.load_latest()
+    assert loaded.path.name == "step00000006-1" and loaded.manifest.step == 6
 
 
 class _Extra(Plugin):

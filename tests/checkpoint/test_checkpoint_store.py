@@ -57,6 +57,16 @@ def test_best_ties_prefer_the_newer_checkpoint() -> None:
     assert [c.name for c in gone] == ["a", "c"]
 
 
+def test_newest_means_written_last_not_highest_step() -> None:
+    # s15 was written last (a run resumed from an older checkpoint), after s30 of the abandoned run
+    infos = [CheckpointInfo(f"s{s}", s, created_unix=t) for t, s in enumerate([10, 20, 30, 15], start=1)]
+    gone = select_for_deletion(infos, RetentionPolicy(keep_last=2, keep_best=0))
+    assert [c.name for c in gone] == ["s10", "s20"]  # oldest written first; kept: s15 and s30
+    # without a time of writing (older manifests, created_unix 0) the step decides
+    untimed = [CheckpointInfo(f"s{s}", s) for s in (30, 10, 20)]
+    assert [c.name for c in select_for_deletion(untimed, RetentionPolicy(keep_last=1, keep_best=0))] == ["s10", "s20"]
+
+
 # --- the folder -----------------------------------------------------------------------------
 
 
@@ -156,3 +166,47 @@ def test_manifest_records_sizes_hashes_and_metrics(tmp_path: Path) -> None:
         entry = manifest["files"][name]
         assert entry["size"] == (tmp_path / "step0007" / name).stat().st_size
         assert len(entry["sha256"]) == 64
+
+
+def _set_created(store: CheckpointStore, name: str, created_unix: float | None) -> None:
+    """Rewrite a manifest's time of writing (None: drop it, as in manifests without the field)."""
+    path = store.root / name / "manifest.json"
+    manifest = json.loads(path.read_text())
+    if created_unix is None:
+        del manifest["created_unix"]
+    else:
+        manifest["created_unix"] = created_unix
+    path.write_text(json.dumps(manifest))
+
+
+def _flip_a_byte(folder: Path) -> None:
+    target = folder / "tensors.safetensors"
+    data = bytearray(target.read_bytes())
+    data[-5] ^= 0xFF  # same size, different hash
+    target.write_bytes(bytes(data))
+
+
+def test_prune_and_fallback_follow_the_time_of_writing(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path)
+    # steps 10, 20, 30 without a time of writing (manifests that lack the field), then a run
+    # resumed from step 10 writes steps 15 and 25 (later, with one)
+    for step in (10, 20, 30, 15, 25):
+        _save(store, step)
+    for name, created in [("step0010", None), ("step0020", None), ("step0030", None)]:
+        _set_created(store, name, created)
+    _set_created(store, "step0015", 100.0)
+    _set_created(store, "step0025", 200.0)
+    assert [name for _, name in store.manifests()] == ["step0010", "step0020", "step0030", "step0015", "step0025"]
+    # latest (step 25) is corrupt: the checkpoint written before it is step 15, not step 30
+    _flip_a_byte(tmp_path / "step0025")
+    with pytest.warns(
+        CheckpointFallbackWarning, match=r"step0025.*SHA-256.*resuming instead from 'step0015' \(step 15\)"
+    ):
+        assert store.load_latest().manifest.step == 15
+    # step 15 corrupt too: the next one is of the abandoned run, with a later step, and the warning says so
+    _flip_a_byte(tmp_path / "step0015")
+    with pytest.warns(CheckpointFallbackWarning, match=r"from 'step0030' \(step 30\).*later than that of 'step0025'"):
+        assert store.load_latest().manifest.step == 30
+    # keep_last=3: the two written last and, of the untimed ones, the one with the highest step
+    assert store.prune(RetentionPolicy(keep_last=3, keep_best=0)) == ["step0010", "step0020"]
+    assert sorted(store.names()) == ["step0015", "step0025", "step0030"]

@@ -56,10 +56,14 @@ class Manifest:
 
     @property
     def metric(self) -> float | None:
-        """The value of the monitored metric at save time, when known and finite."""
-        if self.monitor is None:
+        """The value of the metric this manifest names as ``monitor``, when known and finite."""
+        return self.value(self.monitor)
+
+    def value(self, metric: str | None) -> float | None:
+        """The value of ``metric`` measured at the saved step, when recorded and finite (None: no metric)."""
+        if metric is None:
             return None
-        value = self.metrics.get(self.monitor)
+        value = self.metrics.get(metric)
         return value if value is not None and math.isfinite(value) else None
 
     @property

@@ -98,9 +98,10 @@ class CheckpointPlugin(Plugin):
 
     Saves every ``every_n_steps`` steps, every ``every_n_epochs`` epochs and/or every
     ``every_minutes`` minutes, at the end of training and (as an emergency) when the run
-    fails; keeps the newest ``keep_last`` and the ``keep_best`` best by ``monitor``; answers
-    ``on_resume`` with the state of ``latest`` (falling back to an older checkpoint when the
-    newest fails verification) or of a given path. Only rank 0 writes; every rank loads.
+    fails; keeps the ``keep_last`` most recently written and the ``keep_best`` best by the
+    configured ``monitor``; answers ``on_resume`` with the state of ``latest`` (falling back to
+    the most recently written checkpoint that verifies when it fails verification) or of a
+    given path. Only rank 0 writes; every rank loads.
     """
 
     name = "checkpoint"
@@ -121,8 +122,9 @@ class CheckpointPlugin(Plugin):
         # metrics measured for its own weights (see _metrics_at)
         self._metrics: dict[str, tuple[int, float]] = {}
         self._pending: str | None = None
+        # the step whose state is on disk: set only once a save succeeded (a failed one leaves it)
         self._last_saved_step: int | None = None
-        self._last_save_time = time.monotonic()
+        self._last_save_time = time.monotonic()  # when the last save was started: the every_minutes clock
         self._saves = 0
         self._best: list[dict[str, Any]] = []
         self._executor: ThreadPoolExecutor | None = None
@@ -308,9 +310,14 @@ class CheckpointPlugin(Plugin):
         """Take the trainer's state and write it (rank 0), then apply retention."""
         self._pending = None
         global_step = int(getattr(trainer, "global_step", 0))
-        if self._last_saved_step == global_step:
-            return  # this exact state is on disk already (e.g. epoch end right after a step save)
+        # first let an asynchronous save in flight finish: it counts as saved only if it succeeded
         self._wait(trainer)
+        saved = self._last_saved_step == global_step
+        if collective:
+            # rank 0 knows whether its write succeeded; every rank must take the state (a collective) or none
+            saved = self._agree(trainer, saved)
+        if saved:
+            return  # this exact state is on disk already (e.g. the train-end save right after an epoch save)
         try:
             state = trainer.state_dict()
             per_rank = _gather_rank_states(trainer, state) if collective else None
@@ -326,7 +333,8 @@ class CheckpointPlugin(Plugin):
         except Exception as exc:
             self._save_failed(trainer, exc)
             return
-        self._last_saved_step = global_step
+        # the every_minutes clock restarts with every attempt, so a failing disk is not retried at
+        # every step; the state counts as saved (_last_saved_step) only once job() wrote it
         self._last_save_time = time.monotonic()
         if self.config.async_save:
             if self._executor is None:
@@ -352,6 +360,7 @@ class CheckpointPlugin(Plugin):
             name += "-exception"
         fingerprint = encoded.tree["trainer"].get("fingerprint") if isinstance(encoded.tree["trainer"], dict) else None
         policy = RetentionPolicy(self.config.keep_last, self.config.keep_best, self.config.mode)
+        monitor = self.config.monitor  # ranks every checkpoint, also those written under another monitor
 
         def job() -> None:
             started = time.perf_counter()
@@ -367,6 +376,9 @@ class CheckpointPlugin(Plugin):
                 fingerprint=fingerprint,
                 make_latest=not emergency,
             )
+            # durable now. Under async_save this runs in the writer thread; the training thread
+            # reads it only after _wait() has joined this job.
+            self._last_saved_step = global_step
             self._saves += 1
             if emergency:
                 logger.warning(
@@ -376,11 +388,11 @@ class CheckpointPlugin(Plugin):
                     store.root / manifest.name,
                 )
             try:
-                deleted = store.prune(policy, protect=(manifest.name,))
+                deleted = store.prune(policy, protect=(manifest.name,), monitor=monitor)
             except OSError as exc:  # the new checkpoint is safe; only the clean-up failed
                 logger.warning("could not remove old checkpoints in %s: %s", store.root, exc)
                 deleted = []
-            infos = store.infos()
+            infos = store.infos(monitor)
             self._best = [
                 {"name": c.name, "step": c.step, "value": c.metric}
                 for c in best_checkpoints(infos, self.config.keep_best, self.config.mode)

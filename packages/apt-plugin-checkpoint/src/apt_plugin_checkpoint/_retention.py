@@ -1,4 +1,4 @@
-"""Which checkpoints to keep: the newest K, the best k by a metric, and the protected ones.
+"""Which checkpoints to keep: the newest K (written last), the best k by a metric, and the protected ones.
 
 A pure function of the checkpoints on disk (read from their manifests), so the decision
 is the same after a crash and restart as it would have been without one. Deleting only
@@ -27,9 +27,15 @@ class CheckpointInfo:
     metric: float | None = None
 
     @property
-    def order(self) -> tuple[int, float, str]:
-        """Sort key: older first (by step, then time of writing)."""
-        return (self.step, self.created_unix, self.name)
+    def order(self) -> tuple[float, int, str]:
+        """Sort key: older first, by time of writing, then step, then name.
+
+        "Newest" means written last, not highest step: after a resume from an older checkpoint
+        into the same folder, the resumed run's checkpoints are newer than the abandoned run's
+        later steps. Checkpoints without a time of writing (``created_unix`` 0, from manifests
+        that lack it) count as older than any with one and are ordered by step among themselves.
+        """
+        return (self.created_unix, self.step, self.name)
 
 
 @dataclass(frozen=True)
@@ -42,7 +48,7 @@ class RetentionPolicy:
 
 
 def best_checkpoints(checkpoints: Iterable[CheckpointInfo], k: int, mode: str) -> list[CheckpointInfo]:
-    """The ``k`` best checkpoints by metric, best first; ties go to the newer one.
+    """The ``k`` best checkpoints by metric, best first; ties go to the newer one (see ``order``).
 
     Checkpoints without a finite metric never rank.
     """
@@ -50,18 +56,19 @@ def best_checkpoints(checkpoints: Iterable[CheckpointInfo], k: int, mode: str) -
         return []
     ranked = [c for c in checkpoints if c.metric is not None and math.isfinite(c.metric)]
     sign = 1.0 if mode == "min" else -1.0
-    # best metric first; among equal metrics the newer checkpoint first
-    ranked.sort(key=lambda c: (sign * c.metric, -c.step, -c.created_unix))  # type: ignore[operator]
+    ranked.sort(key=lambda c: c.order, reverse=True)  # newest first: the stable sort below keeps it for ties
+    ranked.sort(key=lambda c: sign * c.metric)  # type: ignore[operator]
     return ranked[:k]
 
 
 def select_for_deletion(
     checkpoints: Sequence[CheckpointInfo], policy: RetentionPolicy, protect: Iterable[str] = ()
 ) -> list[CheckpointInfo]:
-    """The checkpoints that the policy lets go, oldest first.
+    """The checkpoints that the policy lets go, oldest (first written) first.
 
-    Kept: the ``keep_last`` newest, the ``keep_best`` best, and every name in ``protect``
-    (the ``latest`` target, the one being written, the one the run resumed from).
+    Kept: the ``keep_last`` newest (written last, see :attr:`CheckpointInfo.order`), the
+    ``keep_best`` best, and every name in ``protect`` (the ``latest`` target, the one being
+    written, the one the run resumed from).
     """
     if policy.keep_last is None:
         return []

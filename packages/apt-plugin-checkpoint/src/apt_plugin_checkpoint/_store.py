@@ -12,11 +12,16 @@ Layout of ``<run>/checkpoints/``::
 
 A save assembles its folder under a ``.tmp-`` name, fsyncs it, renames it into place and
 only then moves ``latest``. Loading ``latest`` verifies the checkpoint; if that fails it
-says so loudly and falls back to the newest older checkpoint that verifies.
+says so loudly and falls back to the most recently written checkpoint that verifies.
+
+"Newest" means written last (the manifest's ``created_unix``), not highest step: after a
+resume from an older checkpoint into the same folder, the abandoned run's later steps are
+older than what the resumed run writes (see :attr:`CheckpointInfo.order`).
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
 import shutil
@@ -26,6 +31,7 @@ from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
 from typing import Any
+from typing import Final
 
 from apt.errors import CheckpointError
 from apt_plugin_checkpoint._atomic import TMP_PREFIX
@@ -48,12 +54,29 @@ from apt_plugin_checkpoint._retention import RetentionPolicy
 from apt_plugin_checkpoint._retention import select_for_deletion
 
 
-__all__ = ["EMERGENCY", "LATEST_FILE", "CheckpointFallbackWarning", "CheckpointStore", "LoadedCheckpoint"]
+__all__ = [
+    "EMERGENCY",
+    "LATEST_FILE",
+    "MANIFEST_MONITOR",
+    "CheckpointFallbackWarning",
+    "CheckpointStore",
+    "LoadedCheckpoint",
+]
 
 LATEST_FILE = "latest"
 #: ``reason`` of a checkpoint written from ``on_exception``
 EMERGENCY = "exception"
 logger = logging.getLogger("apt.checkpoint")
+
+
+class _ManifestMonitor(enum.Enum):
+    TOKEN = "each manifest's own monitor"
+
+
+#: Default ``monitor`` of :meth:`CheckpointStore.infos` and :meth:`CheckpointStore.prune`:
+#: rank each checkpoint by the metric its own manifest names as ``monitor`` (the behaviour
+#: before the parameter existed). Pass the monitor you rank by instead (None: rank none).
+MANIFEST_MONITOR: Final = _ManifestMonitor.TOKEN
 
 
 class CheckpointFallbackWarning(UserWarning):
@@ -89,20 +112,33 @@ class CheckpointStore:
         ]
 
     def manifests(self) -> list[tuple[Manifest | None, str]]:
-        """Every committed checkpoint, oldest first, with its manifest (None if unreadable)."""
+        """Every committed checkpoint, oldest first, with its manifest (None if unreadable).
+
+        Ordered like :attr:`CheckpointInfo.order`: by time of writing (``created_unix``), then
+        step, then name; unreadable manifests first.
+        """
         result: list[tuple[Manifest | None, str]] = []
         for name in self.names():
             try:
                 result.append((read_manifest(self.root / name), name))
             except CheckpointError:
                 result.append((None, name))
-        result.sort(key=lambda mn: (mn[0].step, mn[0].created_unix, mn[1]) if mn[0] else (-1, 0.0, mn[1]))
+        result.sort(key=lambda mn: (0, mn[0].created_unix, mn[0].step, mn[1]) if mn[0] else (-1, 0.0, 0, mn[1]))
         return result
 
-    def infos(self) -> list[CheckpointInfo]:
-        """Retention's view of the readable checkpoints, oldest first."""
+    def infos(self, monitor: str | None | _ManifestMonitor = MANIFEST_MONITOR) -> list[CheckpointInfo]:
+        """Retention's view of the readable checkpoints, oldest first.
+
+        ``metric`` is each checkpoint's recorded value of ``monitor`` (None: no checkpoint is
+        ranked); by default, of the metric its own manifest names as ``monitor``.
+        """
         return [
-            CheckpointInfo(name=name, step=m.step, created_unix=m.created_unix, metric=m.metric)
+            CheckpointInfo(
+                name=name,
+                step=m.step,
+                created_unix=m.created_unix,
+                metric=m.metric if isinstance(monitor, _ManifestMonitor) else m.value(monitor),
+            )
             for m, name in self.manifests()
             if m is not None
         ]
@@ -185,12 +221,23 @@ class CheckpointStore:
             )
         remove_tree(self.root / name)
 
-    def prune(self, policy: RetentionPolicy, protect: tuple[str, ...] = ()) -> list[str]:
-        """Delete what ``policy`` does not keep; the ``latest`` target is always kept."""
+    def prune(
+        self,
+        policy: RetentionPolicy,
+        protect: tuple[str, ...] = (),
+        *,
+        monitor: str | None | _ManifestMonitor = MANIFEST_MONITOR,
+    ) -> list[str]:
+        """Delete what ``policy`` does not keep; the ``latest`` target is always kept.
+
+        ``keep_best`` ranks by ``monitor`` as :meth:`infos` does (None: it keeps nothing), in
+        ``policy.mode``. The plugin passes ``checkpoint.monitor``, so checkpoints written under
+        another monitor are ranked by their value of the configured one.
+        """
         latest = self.latest_name()
         keep = (*protect, latest) if latest else protect
         deleted = []
-        for info in select_for_deletion(self.infos(), policy, keep):
+        for info in select_for_deletion(self.infos(monitor), policy, keep):
             remove_tree(self.root / info.name)
             deleted.append(info.name)
         return deleted
@@ -204,20 +251,22 @@ class CheckpointStore:
     def load_latest(self) -> LoadedCheckpoint:
         """Load the newest checkpoint that verifies.
 
-        Tries the ``latest`` target first, then the other checkpoints newest first. Every
+        Tries the ``latest`` target first, then the other checkpoints newest (last written)
+        first, never an emergency checkpoint. Every
         checkpoint skipped on the way is logged as an error and reported in a
         :class:`CheckpointFallbackWarning`.
 
         :raises CheckpointError: if there is no checkpoint, or none verifies.
         """
         latest = self.latest_name()
+        manifests = self.manifests()
         # emergency checkpoints (taken while a run failed, maybe mid-step) are never picked
         # automatically; they can be resumed by path
-        order = [name for m, name in reversed(self.manifests()) if m is None or m.reason != EMERGENCY]
+        order = [name for m, name in reversed(manifests) if m is None or m.reason != EMERGENCY]
         if latest is not None:
             order = [latest, *(n for n in order if n != latest)]
         if not order:
-            emergency = [name for m, name in self.manifests() if m is not None and m.reason == EMERGENCY]
+            emergency = [name for m, name in manifests if m is not None and m.reason == EMERGENCY]
             if emergency:
                 raise CheckpointError(
                     f"{self.root} holds only emergency checkpoints ({', '.join(emergency)}), written while a run "
@@ -236,15 +285,22 @@ class CheckpointStore:
             try:
                 loaded = load_checkpoint(self.root / name)
             except CheckpointError as exc:
-                logger.error("checkpoint %s is unusable, trying an older one: %s", self.root / name, exc)
+                logger.error("checkpoint %s is unusable, trying the one written before it: %s", self.root / name, exc)
                 skipped.append((name, str(exc)))
                 continue
             if skipped:
                 listing = "; ".join(f"{n}: {why}" for n, why in skipped)
                 message = (
-                    f"the newest checkpoint(s) in {self.root} could not be used ({listing}); resuming from the "
-                    f"older checkpoint {name!r} (step {loaded.manifest.step}) instead"
+                    f"the newest checkpoint(s) in {self.root} could not be used ({listing}); resuming instead from "
+                    f"{name!r} (step {loaded.manifest.step}), the most recently written checkpoint that verifies"
                 )
+                steps = {n: m.step for m, n in manifests if m is not None}
+                first = steps.get(skipped[0][0])
+                if first is not None and loaded.manifest.step > first:
+                    message += (
+                        f". Note: its step is later than that of {skipped[0][0]!r} (step {first}); it may belong "
+                        "to a run that was abandoned by resuming from an earlier checkpoint"
+                    )
                 logger.error(message)
                 warnings.warn(message, CheckpointFallbackWarning, stacklevel=2)
             loaded.skipped = skipped

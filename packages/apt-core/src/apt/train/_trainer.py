@@ -613,9 +613,11 @@ class Trainer:
         """Restore a :meth:`state_dict` (fires ``on_load_checkpoint``).
 
         Order: check the plugin fingerprint (warn, or raise when strict); restore the
-        counters and the plugins' enabled flags and schedule (plugins enabled here may
-        change the model, e.g. MoE upcycling); give plugins their state; sync the
-        optimizer with the model; then load weights, optimizer, LR schedule, RNGs and sampler.
+        counters and the plugins' enabled flags as they were when the state was taken
+        (plugins enabled here may change the model, e.g. MoE upcycling; a scheduled toggle
+        due at the restored step fires before that step, as in the run that saved it); give
+        plugins their state; sync the optimizer with the model; then load weights,
+        optimizer, LR schedule, RNGs and sampler.
         """
         self.setup()
         assert self.model is not None and self.optimizer is not None
@@ -626,8 +628,9 @@ class Trainer:
         self.step_in_epoch = int(counters["step_in_epoch"])
         self._epoch_losses = [float(v) for v in state.get("epoch_losses", [])]
         self.last_metrics = {str(k): v for k, v in dict(state.get("last_metrics") or {}).items()}
+        # the plugins as they were when the state was taken; a toggle due at the restored
+        # counters has not happened yet in that run, and fires before the next step as it would have
         pm.load_state_dict(dict(state.get("plugin_manager") or {}), trainer=self)
-        pm.apply_schedule(self, epoch=self.epoch, step=self.global_step)
         pm.restore_states(self, dict(state), dict(state.get("plugins") or {}))
         self.sync_optimizer()  # whatever the plugins changed above, the optimizer now matches the model
         missing, unexpected, mismatched = load_model_state(self.model, state["model"], self._sharded)

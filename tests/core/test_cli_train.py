@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -67,6 +68,8 @@ def test_default_run_folder_comes_from_run_section(tiny_yaml: Path, tmp_path: Pa
         (["--set", "data.path=/no/such/file.txt"], "data.path"),
         (["--set", "model.vocab_size=100"], "model.vocab_size is 100, but the tokenizer"),
         (["--set", "training.betas=[1.5, 0.9]"], "training.betas must be in [0, 1)"),
+        (["--set", "training.seed=99999999999999999999999"], "training.seed"),
+        (["--plugins", "a", "--no-plugins"], "not allowed with argument --plugins (see: apt train --help)"),
     ],
 )
 def test_bad_config_exits_2_with_one_line(
@@ -75,7 +78,10 @@ def test_bad_config_exits_2_with_one_line(
     """A configuration mistake prints one line naming the key and exits 2, before any training."""
     if argv[0] != "--config":
         argv = ["--config", str(tiny_yaml), *argv]
-    code = main(["train", *argv, "--run-dir", str(tmp_path / "run")])
+    try:
+        code = main(["train", *argv, "--run-dir", str(tmp_path / "run")])
+    except SystemExit as exc:  # argparse's own checks
+        code = int(exc.code or 0)
     err = capsys.readouterr().err
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("apt: error:") and message in err
@@ -125,6 +131,51 @@ def test_plot_names_the_bad_line_of_metrics_jsonl(
     assert main(["plot", str(trained)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err and "metrics.jsonl" in err
+
+
+def test_a_new_run_refuses_a_folder_that_holds_a_run(
+    trained: Path, tiny_yaml: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without --resume, training into a used folder would overwrite its weights, summary and checkpoints."""
+    before = {p.name: p.read_bytes() for p in trained.iterdir() if p.is_file()}
+    code = main(["train", "--config", str(tiny_yaml), "--no-plugins", "--run-dir", str(trained)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert f"run folder {str(trained)!r} already holds a run" in err and "--resume latest" in err
+    assert {p.name: p.read_bytes() for p in trained.iterdir() if p.is_file()} == before
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(trained: Path) -> None:
+    """`apt ... | head -1`: no BrokenPipeError traceback; the exit status is 141, as for other tools."""
+    for argv in (["plugins", "list"], ["generate", "--run", str(trained), "--max-new-tokens", "200"]):
+        proc = subprocess.run(
+            ["bash", "-c", '"$PYTHON" -m apt "$@" | true; echo "rc=${PIPESTATUS[0]}" >&2', "_", *argv],
+            capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHON": sys.executable},
+        )  # fmt: skip
+        assert "Traceback" not in proc.stderr and ("rc=141" in proc.stderr or "rc=0" in proc.stderr), proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--temperature", "nan"], "--temperature must be a finite number"),
+        (["--seed", str(2**70)], "--seed must be in [0, 2**63)"),
+    ],
+)
+def test_generate_refuses_bad_sampling_options(
+    argv: list[str], message: str, trained: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["generate", "--run", str(trained), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+
+
+def test_plot_names_a_line_that_is_not_utf8(trained: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    metrics = trained / "metrics.jsonl"
+    metrics.write_bytes(metrics.read_bytes() + b'{"step": 99, "loss": "\xff"}\n')
+    assert main(["plot", str(trained)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not UTF-8 text" in err
 
 
 class PlotPlugin(Plugin):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
@@ -146,8 +147,12 @@ def run(args: argparse.Namespace) -> int:
 
     from apt.data import ByteTokenizer
 
-    if args.max_new_tokens < 0 or args.temperature < 0 or (args.top_k is not None and args.top_k <= 0):
-        raise UsageError("--max-new-tokens and --temperature must be >= 0 and --top-k > 0")
+    if args.max_new_tokens < 0 or (args.top_k is not None and args.top_k <= 0):
+        raise UsageError("--max-new-tokens must be >= 0 and --top-k > 0")
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        raise UsageError(f"--temperature must be a finite number >= 0 (0 = greedy), got {args.temperature}")
+    if not 0 <= args.seed < 2**63:
+        raise UsageError(f"--seed must be in [0, 2**63), got {args.seed}")
     model, pm = load_run_model(args.run, args.weights)
     try:
         tok = ByteTokenizer()

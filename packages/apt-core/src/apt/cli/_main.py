@@ -28,13 +28,20 @@ __all__ = ["build_parser", "console_main", "main"]
 _COMMANDS = ("_train", "_plot", "_generate", "_plugins", "_scaffold")
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with a usage mistake printed as the one line every other user error is."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"apt: error: {message} (see: {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from apt import __version__
 
-    parser = argparse.ArgumentParser(prog="apt", description="APT: train transformer language models with plugins.")
+    parser = ArgumentParser(prog="apt", description="APT: train transformer language models with plugins.")
     parser.add_argument("--version", action="version", version=f"apt-core {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)
     for name in _COMMANDS:
         try:
             module = importlib.import_module(f"apt.cli.{name}")
@@ -85,7 +92,13 @@ def console_main() -> NoReturn:
     the interpreter is being finalized aborts the process ("terminate called without an
     active exception"), turning a finished run into a failed one for torchrun.
     """
-    code = main()
+    try:
+        code = main()
+    except BrokenPipeError:
+        # the reader went away (`apt plugins list | head -1`): end quietly, like other tools;
+        # stdout is pointed at /dev/null so that the exit-time flush does not fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 141
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "torch.distributed" in sys.modules:
         exit_skipping_finalization(code)
     sys.exit(code)

@@ -45,7 +45,11 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise UsageError(f"{str(path)!r} does not exist; give a run folder written by apt train")
     records = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for n, raw in enumerate(path.read_bytes().splitlines(), start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise UsageError(f"{str(path)!r} line {n} is not UTF-8 text: {exc}") from None
         if not line.strip():
             continue
         try:
@@ -74,7 +78,10 @@ def plot_run(run_dir: Path, with_plugins: bool = True) -> list[Path]:
 
     records = read_metrics(run_dir)
     out = run_dir / "plots"
-    out.mkdir(exist_ok=True)
+    try:
+        out.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot write the plots to {str(out)!r}: {exc.strerror or exc}") from None
     written: list[Path] = []
 
     def save(fig: Any, name: str) -> None:

@@ -63,7 +63,7 @@ def register(subparsers: Any) -> None:
         description="Inspect installed APT plugins: what is installed, what loads, in which order, and why not.",
     )
     parser.set_defaults(func=lambda args: _usage(parser))
-    sub = parser.add_subparsers(dest="plugins_command", metavar="SUBCOMMAND")
+    sub = parser.add_subparsers(dest="plugins_command", metavar="SUBCOMMAND", parser_class=type(parser))
 
     p = sub.add_parser("list", help="installed plugins and their status (reads metadata; imports no plugin code)")
     _add_config_option(p)

@@ -80,7 +80,7 @@ def register(subparsers: Any) -> None:
         "plugin", help="create a new plugin package", description="Create a new APT plugin package."
     )
     parser.set_defaults(func=lambda args: _usage(parser))
-    sub = parser.add_subparsers(dest="plugin_command", metavar="SUBCOMMAND")
+    sub = parser.add_subparsers(dest="plugin_command", metavar="SUBCOMMAND", parser_class=type(parser))
     p = sub.add_parser(
         "new",
         help="scaffold a pip-installable plugin package (its tests pass as generated)",

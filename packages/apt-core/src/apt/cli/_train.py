@@ -54,6 +54,18 @@ def config_from_args(args: argparse.Namespace) -> Any:
     return config
 
 
+def _refuse_a_used_run_dir(run_dir: Path) -> None:
+    """A new run must not overwrite another: its weights, summary, metrics and checkpoints."""
+    used = [
+        name for name in ("config.yaml", "metrics.jsonl", "summary.json", "checkpoints") if (run_dir / name).exists()
+    ]
+    if used:
+        raise UsageError(
+            f"run folder {str(run_dir)!r} already holds a run ({', '.join(used)}); continue it with "
+            "--resume latest, or start a new one in another folder (--run-dir, or run.name)"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     from apt.plugins import PluginManager
     from apt.train import Trainer
@@ -63,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
     pm = PluginManager()
     pm.load_from_config(config)
     run_dir = args.run_dir if args.run_dir is not None else default_run_dir(config.run.dir, config.run.name)
+    if not config.training.resume:
+        _refuse_a_used_run_dir(run_dir)
     try:
         trainer = Trainer(config, pm, run_dir=run_dir)
         summary = trainer.fit()

@@ -80,7 +80,7 @@ class ModelConfig(_Section):
 class TrainingConfig(_Section):
     """The optimisation loop."""
 
-    seed: int = 1337
+    seed: int = Field(1337, ge=0, lt=2**63, description="Seeds every generator of the run.")
     max_epochs: int = Field(2, gt=0)
     steps_per_epoch: int = Field(200, gt=0, description="Optimizer steps per epoch.")
     batch_size: int = Field(16, gt=0, description="Sequences per micro-batch (per process).")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 from apt.core import APTConfig
@@ -50,7 +51,8 @@ def test_registry_errors_and_new_kinds() -> None:
 
 def test_builtin_providers_are_lazy() -> None:
     reg = ProviderRegistry()
-    info = reg._providers["ffn"]["gelu"]
+    info = reg._entry("ffn", "gelu")
+    assert info is not None
     assert isinstance(info.factory, str)  # nothing imported yet
     assert reg.default_name("attention") == "causal" and reg.default_name("optimizer") == "adamw"
 
@@ -124,6 +126,40 @@ def test_schedule_errors_name_the_exact_key() -> None:
         with pytest.raises(ConfigError, match="schedules name plugin 'algn' \\(did you mean 'align'") as e:
             Schedule({key: 3}).check_plugins({"align", "moe"})
         assert e.value.key == f"schedules.{key}"
+
+
+def test_plugins_leave_the_registry_as_they_found_it_in_any_unload_order() -> None:
+    """Two or three plugins add providers, shadow core ones and take the default, in every combination;
+    unloading them in any order gives back the core providers and the core default."""
+    import itertools
+
+    actions = {  # (name, default): a new provider, or one under a core provider's name
+        "new_default": ("moe{}", True), "new": ("x{}", False), "shadow_gelu": ("gelu", False),
+        "shadow_gelu_default": ("gelu", True), "shadow_swiglu": ("swiglu", False),
+        "shadow_swiglu_default": ("swiglu", True),
+    }  # fmt: skip
+
+    def snapshot(reg: ProviderRegistry) -> Any:
+        names = reg.list_providers("ffn")
+        assert isinstance(names, list)
+        infos = [reg.get_info("ffn", n) for n in names]
+        return reg.default_name("ffn"), [(i["name"], i["plugin"], i["is_default"]) for i in infos]
+
+    fresh = snapshot(ProviderRegistry())
+    for n in (2, 3):
+        for acts in itertools.product(actions, repeat=n):
+            names = [actions[a][0].format(i) for i, a in enumerate(acts)]
+            if len(set(names)) < n:
+                continue  # two plugins under one name: a conflict, refused at registration
+            for order in itertools.permutations(range(n)):
+                reg = ProviderRegistry()
+                for i, (name, default) in enumerate(actions[a] for a in acts):
+                    reg._current_plugin = (f"p{i}", "1.0")
+                    reg.register("ffn", name.format(i), lambda: None, default=default)
+                reg._current_plugin = None
+                for i in order:
+                    reg.unregister_plugin(f"p{i}")
+                assert snapshot(reg) == fresh, (acts, order)
 
 
 def test_overrides_keep_text_as_text_and_reach_nested_plugin_keys() -> None:

@@ -58,7 +58,7 @@ class ProviderInfo:
     kind: str
     name: str
     factory: Callable[..., Any] | str
-    is_default: bool = False
+    is_default: bool = False  # registered with default=True (get_info() says whether it is the default now)
     plugin: str | None = None
     version: str | None = None
 
@@ -95,12 +95,12 @@ class ProviderRegistry:
     """
 
     def __init__(self, *, builtins: bool = True) -> None:
-        self._providers: dict[str, dict[str, ProviderInfo]] = {kind: {} for kind in CORE_KINDS}
-        self._defaults: dict[str, str] = {}
-        # What a plugin replaced, put back when the plugin's providers go (unload, teardown):
-        # the core or user entry it shadowed, and each kind's earlier defaults, newest last.
-        self._shadowed: dict[tuple[str, str], ProviderInfo] = {}
-        self._earlier_defaults: dict[str, list[ProviderInfo]] = {}
+        # kind -> name -> the entries registered under that name, the one in force last. A
+        # plugin's entry stacks on a core (or user) one, which comes back when the plugin goes.
+        self._stacks: dict[str, dict[str, list[ProviderInfo]]] = {kind: {} for kind in CORE_KINDS}
+        # kind -> the entries registered with default=True, newest last: the default is the
+        # name of the newest one still registered (its name may be served by a newer entry)
+        self._claims: dict[str, list[ProviderInfo]] = {}
         # Set by the plugin manager while a plugin's setup() runs, to attribute providers.
         self._current_plugin: tuple[str, str] | None = None
         if builtins:
@@ -113,7 +113,8 @@ class ProviderRegistry:
         """Register ``factory`` as provider ``kind:name``; ``default`` makes it the kind's default.
 
         Registering a name that another plugin already registered is a conflict; the
-        same plugin (or core) registering it again replaces it.
+        same plugin (or core) registering it again replaces it. A plugin may replace a core
+        (or user) provider under its name: that one comes back when the plugin goes.
         """
         if not kind or not name:
             raise ProviderError(f"provider kind and name must be non-empty, got {kind!r}:{name!r}")
@@ -123,7 +124,7 @@ class ProviderRegistry:
                 f"'module:attr' path, got {factory!r}"
             )
         plugin, version = self._current_plugin or (None, None)
-        existing = self._providers.get(kind, {}).get(name)
+        existing = self._entry(kind, name)
         if existing is not None and existing.plugin is not None and existing.plugin != plugin:
             raise PluginConflictError(
                 f"provider {kind}:{name} is registered by plugin {existing.plugin!r} and again by "
@@ -135,43 +136,22 @@ class ProviderRegistry:
         self._add(ProviderInfo(kind, name, factory, default, plugin=plugin, version=version))
 
     def _add(self, info: ProviderInfo) -> None:
-        by_name = self._providers.setdefault(info.kind, {})
-        replaced = by_name.get(info.name)
-        if replaced is not None and replaced.plugin is None and info.plugin is not None:
-            self._shadowed[(info.kind, info.name)] = replaced
-        by_name[info.name] = info
-        old = self._defaults.get(info.kind)
+        stack = self._stacks.setdefault(info.kind, {}).setdefault(info.name, [])
+        claims = self._claims.setdefault(info.kind, [])
+        if stack and stack[-1].plugin == info.plugin:
+            # the same owner again: the new entry takes the old one's place, default role included
+            old = stack.pop()
+            claims[:] = [info if c is old else c for c in claims]
+        stack.append(info)
         if info.is_default:
-            if old is not None and old != info.name:
-                by_name[old].is_default = False
-                self._earlier_defaults.setdefault(info.kind, []).append(by_name[old])
-            self._defaults[info.kind] = info.name
-        elif old == info.name:
-            info.is_default = True  # a new factory under the default's name is still the default
+            claims.append(info)
 
     def unregister(self, kind: str, name: str) -> None:
-        """Remove ``kind:name``. Removing the default makes the latest earlier default that is
-        still registered (that very entry, not another under its name) the default again;
-        without one, the kind has no default."""
-        info = self._lookup_exact(kind, name)
-        del self._providers[kind][name]
-        if self._defaults.get(kind) == info.name:
-            del self._defaults[kind]
-            self._restore_earlier_default(kind)
-
-    def _restore_earlier_default(self, kind: str) -> None:
-        earlier = self._earlier_defaults.get(kind, [])
-        while earlier:
-            candidate = earlier.pop()
-            current = self._providers[kind].get(candidate.name)
-            # registered, or replaced under its name by a plugin (whose entry serves the name
-            # until it goes; then the candidate comes back as the default, see unregister_plugin)
-            if current is candidate or self._shadowed.get((kind, candidate.name)) is candidate:
-                self._defaults[kind] = candidate.name
-                candidate.is_default = True
-                if current is not None:
-                    current.is_default = True
-                return
+        """Remove ``kind:name`` (every entry under that name). If it was the default, the newest
+        earlier default still registered is the default again; without one, the kind has none."""
+        self._lookup_exact(kind, name)
+        gone = self._stacks[kind].pop(name)
+        self._drop_claims(kind, gone)
 
     def unregister_plugin(self, plugin: str) -> list[str]:
         """Remove every provider a plugin registered; returns their ``kind:name``.
@@ -180,25 +160,25 @@ class ProviderRegistry:
         and so does the default the plugin displaced.
         """
         removed = []
-        for kind, by_name in self._providers.items():
-            for name, info in list(by_name.items()):
-                if info.plugin != plugin:
+        for kind, stacks in self._stacks.items():
+            for name, stack in list(stacks.items()):
+                gone = [info for info in stack if info.plugin == plugin]
+                if not gone:
                     continue
                 removed.append(f"{kind}:{name}")
-                shadowed = self._shadowed.pop((kind, name), None)
-                if shadowed is not None and shadowed.is_default:
-                    # the replaced entry was the default then: it takes back whatever default role
-                    # the plugin's entry holds now (the default, or a place in the earlier ones)
-                    by_name[name] = shadowed
-                    shadowed.is_default = self._defaults.get(kind) == name
-                    earlier = self._earlier_defaults.get(kind, [])
-                    earlier[:] = [shadowed if e is info else e for e in earlier]
-                    continue
-                self.unregister(kind, name)
-                if shadowed is not None:  # not a default when replaced, and not one now
-                    shadowed.is_default = False
-                    by_name[name] = shadowed
+                stack[:] = [info for info in stack if info.plugin != plugin]
+                if not stack:
+                    del stacks[name]
+                self._drop_claims(kind, gone)
         return removed
+
+    def _drop_claims(self, kind: str, gone: list[ProviderInfo]) -> None:
+        self._claims[kind] = [c for c in self._claims.get(kind, []) if all(c is not g for g in gone)]
+
+    def _entry(self, kind: str, name: str) -> ProviderInfo | None:
+        """The entry in force under ``kind:name``."""
+        stack = self._stacks.get(kind, {}).get(name)
+        return stack[-1] if stack else None
 
     # --- lookup -----------------------------------------------------------------------
 
@@ -223,37 +203,38 @@ class ProviderRegistry:
         return info.resolve()(**kwargs)
 
     def has(self, kind: str, name: str) -> bool:
-        return name in self._providers.get(kind, {})
+        return name in self._stacks.get(kind, {})
 
     def default_name(self, kind: str) -> str | None:
-        return self._defaults.get(kind)
+        claims = self._claims.get(kind)
+        return claims[-1].name if claims else None
 
     def get_info(self, kind: str, name: str) -> dict[str, Any]:
         """``{'kind', 'name', 'is_default', 'plugin', 'version'}`` of one provider."""
-        return self._lookup_exact(kind, name).as_dict()
+        return {**self._lookup_exact(kind, name).as_dict(), "is_default": name == self.default_name(kind)}
 
     def list_providers(self, kind: str | None = None) -> dict[str, list[str]] | list[str]:
         """``{kind: [names]}`` for every kind that has providers, or the names of one kind."""
         if kind is not None:
             self._check_kind(kind)
-            return sorted(self._providers[kind])
-        return {k: sorted(v) for k, v in self._providers.items() if v}
+            return sorted(self._stacks[kind])
+        return {k: sorted(v) for k, v in self._stacks.items() if v}
 
     def kinds(self) -> list[str]:
-        return sorted(self._providers)
+        return sorted(self._stacks)
 
     def _check_kind(self, kind: str) -> None:
-        if kind not in self._providers:
+        if kind not in self._stacks:
             raise ProviderError(
-                f"unknown provider kind {kind!r}{did_you_mean(kind, self._providers)}; "
-                f"known kinds: {', '.join(sorted(self._providers))}"
+                f"unknown provider kind {kind!r}{did_you_mean(kind, self._stacks)}; "
+                f"known kinds: {', '.join(sorted(self._stacks))}"
             )
 
     def _lookup_exact(self, kind: str, name: str | None) -> ProviderInfo:
         self._check_kind(kind)
-        info = self._providers[kind].get(name or "")
+        info = self._entry(kind, name or "")
         if info is None:
-            names = sorted(self._providers[kind])
+            names = sorted(self._stacks[kind])
             raise ProviderError(
                 f"no provider {kind}:{name}{did_you_mean(name or '', names)}; registered {kind} providers: "
                 f"{', '.join(names) or 'none'} (is the plugin that provides it installed and enabled?)"
@@ -262,10 +243,10 @@ class ProviderRegistry:
 
     def _lookup(self, kind: str, name: str | None) -> ProviderInfo:
         self._check_kind(kind)
-        by_name = self._providers[kind]
+        by_name = self._stacks[kind]
         if name is not None and name in by_name:
-            return by_name[name]
-        default = self._defaults.get(kind)
+            return by_name[name][-1]
+        default = self.default_name(kind)
         if default is None:
             return self._lookup_exact(kind, name)
         if name is not None:
@@ -276,7 +257,7 @@ class ProviderRegistry:
                 did_you_mean(name, by_name),
                 default,
             )
-        return by_name[default]
+        return by_name[default][-1]
 
     def __repr__(self) -> str:
         return f"ProviderRegistry({self.list_providers()})"

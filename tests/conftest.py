@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import copy
 import os
+from collections.abc import Callable
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from apt.core import ProviderRegistry
 from apt.plugins import HookManager
+from apt.plugins import Plugin
 from apt.plugins import PluginManager
 from apt.testing._entry_points import fake_entry_points
 
@@ -57,3 +61,25 @@ def fresh_globals(monkeypatch: pytest.MonkeyPatch, no_installed_plugins: None) -
     monkeypatch.setattr(apt.plugins, "hook_manager", hm)
     monkeypatch.setattr(apt.plugins, "plugin_manager", manager)
     return manager
+
+
+StateSaver = Callable[[str, int], tuple[type[Plugin], dict[str, Any]]]
+
+
+@pytest.fixture
+def state_saver() -> StateSaver:
+    """``make(event, at)``: a plugin class ``saver`` that keeps a deep copy of ``trainer.state_dict()``
+    when ``event`` fires at step ``at`` (epoch ``at`` for ``on_epoch_end``), and the dict that holds
+    it under ``"state"``: what a checkpoint plugin saves there. Deep, as training goes on in place."""
+
+    def make(event: str, at: int) -> tuple[type[Plugin], dict[str, Any]]:
+        captured: dict[str, Any] = {}
+        counter = "epoch" if event == "on_epoch_end" else "step"
+
+        def keep(self: Plugin, trainer: Any, **kwargs: Any) -> None:
+            if kwargs[counter] == at:
+                captured["state"] = copy.deepcopy(trainer.state_dict())
+
+        return type("Saver", (Plugin,), {"name": "saver", event: keep}), captured
+
+    return make

@@ -207,15 +207,10 @@ def test_align_starting_mid_epoch_copies_a_model_that_keeps_forward_tensors() ->
     assert stable is not None and stable.num_updates == 5  # steps 3..7
 
 
-def test_a_schedule_that_stops_align_right_after_a_resume_still_writes_the_stable_weights(tmp_path: Path) -> None:
-    captured: dict[str, Any] = {}
-
-    class Saver(Plugin):
-        name = "saver"
-
-        def on_epoch_end(self, trainer: Any, epoch: int) -> None:
-            if epoch == 0:
-                captured["state"] = copy.deepcopy(trainer.state_dict())
+def test_a_schedule_that_stops_align_right_after_a_resume_still_writes_the_stable_weights(
+    tmp_path: Path, state_saver: Any
+) -> None:
+    Saver, captured = state_saver("on_epoch_end", 0)
 
     config = _config(["align", "saver"], {"start_epoch": 0}, schedules={"disable_align_at_epoch": 1})
     _trainer(config, tmp_path / "full", Saver).fit()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import inspect
 import json
 import re
@@ -262,17 +261,10 @@ def test_resume_through_on_resume_is_exact() -> None:
     assert tail == losses(full)[3:]
 
 
-def test_a_state_taken_in_on_step_end_resumes_the_epoch_train_loss_exactly() -> None:
+def test_a_state_taken_in_on_step_end_resumes_the_epoch_train_loss_exactly(state_saver: Any) -> None:
     """What a checkpoint plugin saves in on_step_end holds that step whole, its loss included."""
     full = run_tiny_training(round_trip=False)
-    captured: dict[str, Any] = {}
-
-    class Saver(Plugin):
-        name = "saver"
-
-        def on_step_end(self, trainer: Any, step: int) -> None:
-            if step == 1:  # mid-epoch: the second of the epoch's steps
-                captured["state"] = copy.deepcopy(trainer.state_dict())  # training goes on in place
+    Saver, captured = state_saver("on_step_end", 1)
 
     run_tiny_training(Saver, round_trip=False)
     state = captured["state"]
@@ -305,17 +297,10 @@ def test_a_refused_resume_names_the_shapes_and_leaves_the_run_folder_untouched(t
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
 
 
-def test_resuming_into_the_same_folder_keeps_one_record_per_step(tmp_path: Path) -> None:
+def test_resuming_into_the_same_folder_keeps_one_record_per_step(tmp_path: Path, state_saver: Any) -> None:
     """The first run's records after the checkpoint move to metrics.superseded.jsonl; metrics.jsonl then
     holds each step once, and its records after the checkpoint are the resumed run's."""
-    captured: dict[str, Any] = {}
-
-    class Saver(Plugin):
-        name = "saver"
-
-        def on_step_end(self, trainer: Any, step: int) -> None:
-            if step == 2:
-                captured["state"] = copy.deepcopy(trainer.state_dict())
+    Saver, captured = state_saver("on_step_end", 2)
 
     run_tiny_training(Saver, run_dir=tmp_path, round_trip=False)
 
@@ -333,17 +318,10 @@ def test_resuming_into_the_same_folder_keeps_one_record_per_step(tmp_path: Path)
     assert [r["step"] for r in superseded] == [4, 5, 6, 7, 8]
 
 
-def test_resuming_at_the_end_of_the_last_epoch_only_finishes_the_run(tmp_path: Path) -> None:
+def test_resuming_at_the_end_of_the_last_epoch_only_finishes_the_run(tmp_path: Path, state_saver: Any) -> None:
     """A checkpoint from the last epoch's end (say the run died writing summary.json): the resumed run
     writes no second epoch-end record and reports the same summary."""
-    captured: dict[str, Any] = {}
-
-    class Saver(Plugin):
-        name = "saver"
-
-        def on_epoch_end(self, trainer: Any, epoch: int) -> None:
-            if epoch == 1:
-                captured["state"] = copy.deepcopy(trainer.state_dict())
+    Saver, captured = state_saver("on_epoch_end", 1)
 
     first = run_tiny_training(Saver, run_dir=tmp_path, round_trip=False)
 

@@ -286,24 +286,15 @@ def _has_experts(run_dir: Path) -> bool:
     return any("experts" in name for name in load_file(run_dir / "model.safetensors"))
 
 
-def test_a_state_taken_just_before_a_step_scheduled_upcycling_resumes_exactly() -> None:
+def test_a_state_taken_just_before_a_step_scheduled_upcycling_resumes_exactly(state_saver: Any) -> None:
     """The state after step 2 holds global_step 3; enable_moe_at_step 3 must fire before step 3 of the
     resumed run, after the dense weights are loaded, not while the state is being restored."""
-    import copy
 
-    from apt.plugins import Plugin
     from apt.testing import RecordingPlugin
     from apt.testing import run_tiny_training
 
     overrides = [*FAST, "training.steps_per_epoch=3", "schedules.enable_moe_at_step=3"]
-    captured: dict[str, Any] = {}
-
-    class Saver(Plugin):
-        name = "saver"
-
-        def on_step_end(self, trainer: Any, step: int) -> None:
-            if step == 2:
-                captured["state"] = copy.deepcopy(trainer.state_dict())
+    Saver, captured = state_saver("on_step_end", 2)
 
     full = run_tiny_training(MoEPlugin, Saver, overrides=overrides, round_trip=False)
 

@@ -1,6 +1,6 @@
 """The ``checkpoint`` plugin: when to save, what to keep, and how a run resumes.
 
-It saves the whole ``trainer.state_dict()`` (model, optimizer, scheduler, scaler, RNG,
+It saves the whole ``trainer.state_dict()`` (model, optimizer, scheduler, RNG,
 data position, counters, config, every plugin's state, the plugin fingerprint) through
 :class:`~apt_plugin_checkpoint.CheckpointStore`: crash-safe, hash-verified, pickle-free.
 

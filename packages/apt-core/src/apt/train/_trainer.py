@@ -32,6 +32,7 @@ from apt.errors import PluginError
 from apt.errors import UsageError
 from apt.model import GPT
 from apt.model import ModelOutput
+from apt.plugins._config import read_only
 from apt.train._distributed import DistInfo
 from apt.train._distributed import all_reduce_sum
 from apt.train._distributed import broadcast_object
@@ -108,7 +109,8 @@ class Trainer:
 
             plugin_manager = PluginManager()
             plugin_manager.load_from_config(config)
-        self.config = config
+        #: the validated run config; read-only (plugins get it through ``trainer.config``)
+        self.config: APTConfig = read_only(config)
         self.plugin_manager = plugin_manager
         tc = config.training
 
@@ -126,7 +128,6 @@ class Trainer:
         use_bf16 = tc.precision == "bf16" or (tc.precision == "auto" and self.device.type == "cuda")
         #: the autocast dtype of forward passes (parameters stay fp32)
         self.dtype = torch.bfloat16 if use_bf16 else torch.float32
-        self.grad_scaler: torch.amp.GradScaler | None = None  # bf16 needs no loss scaling
         # every rank uses rank 0's folder (a time-stamped default name could differ by a second)
         agreed = broadcast_object(str(run_dir) if run_dir is not None else None, self.dist)
         self.run_dir: Path | None = Path(agreed) if agreed is not None else None
@@ -185,6 +186,24 @@ class Trainer:
     def val_batches(self) -> list[tuple[Tensor, Tensor]]:
         """This process's fixed validation batches (what :meth:`validate` uses)."""
         return self._val_batches
+
+    @property
+    def tokenizer(self) -> Any:
+        """The run's tokenizer (``encode``, ``decode``, ``vocab_size``)."""
+        return self.data.tokenizer
+
+    @property
+    def is_distributed(self) -> bool:
+        """Whether a process group is running (collectives needed)."""
+        return self.dist.enabled
+
+    def all_reduce_sum(self, t: Tensor) -> Tensor:
+        """``t`` summed over all processes, in place (identity with one process)."""
+        return all_reduce_sum(t, self.dist)
+
+    def all_reduce_mean(self, t: Tensor) -> Tensor:
+        """``t`` averaged over all processes, in place (identity with one process)."""
+        return all_reduce_sum(t, self.dist).div_(self.world_size)
 
     @property
     def tokens_per_step(self) -> int:
@@ -580,7 +599,7 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         """Everything an exact resume needs; plugin states come through ``on_save_checkpoint``.
 
-        Keys: ``model``, ``optimizer``, ``lr_scheduler``, ``grad_scaler``, ``rng``, ``data``
+        Keys: ``model``, ``optimizer``, ``lr_scheduler``, ``rng``, ``data``
         (sampler), ``counters`` (``epoch``, ``global_step``, ``step_in_epoch``),
         ``epoch_losses`` (the current epoch's step losses so far), ``config``,
         ``plugin_manager`` (enabled flags, schedule), ``fingerprint`` and ``plugins``.
@@ -596,7 +615,6 @@ class Trainer:
             "model": full_model_state(self.model) if sharded else self.model.state_dict(),
             "optimizer": full_optimizer_state(self.model, self.optimizer) if sharded else self.optimizer.state_dict(),
             "lr_scheduler": self.lr_scheduler.state_dict(),
-            "grad_scaler": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
             "rng": rng_state(),
             "data": self.batches.state_dict(),
             "counters": {"epoch": self.epoch, "global_step": self.global_step, "step_in_epoch": self.step_in_epoch},
@@ -646,8 +664,6 @@ class Trainer:
             )
         load_optimizer_state(self.model, self.optimizer, state["optimizer"], self._sharded)
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
-        if self.grad_scaler is not None and state.get("grad_scaler") is not None:
-            self.grad_scaler.load_state_dict(state["grad_scaler"])
         set_rng_state(state["rng"])
         self.batches.load_state_dict(state["data"])
 

@@ -82,6 +82,9 @@ class InferenceHost:
     def all_reduce_mean(self, t: Any) -> Any:
         return t
 
+    def check_fingerprint(self, saved: dict[str, Any] | None, strict: bool = False) -> list[str]:
+        return list(self.plugin_manager.check_fingerprint(saved, strict=strict))
+
     def state_dict(self) -> dict[str, Any]:
         """The model's weights: there is no training state outside training."""
         return {"model": self.model.state_dict() if self.model is not None else {}}

@@ -114,5 +114,8 @@ class TrainerView(Protocol):
     def all_reduce_mean(self, t: Tensor) -> Tensor:
         """``t`` averaged over all processes, in place (identity with one process)."""
 
+    def check_fingerprint(self, saved: dict[str, Any] | None, strict: bool = False) -> list[str]:
+        """How the plugin set differs from ``saved`` (a state's ``fingerprint``); raises when strict."""
+
     def state_dict(self) -> dict[str, Any]:
         """Everything an exact resume needs (a collective under FSDP: every rank calls it)."""

@@ -205,6 +205,10 @@ class Trainer:
         """``t`` averaged over all processes, in place (identity with one process)."""
         return all_reduce_sum(t, self.dist).div_(self.world_size)
 
+    def check_fingerprint(self, saved: dict[str, Any] | None, strict: bool = False) -> list[str]:
+        """How the loaded plugin set differs from ``saved`` (a state's ``fingerprint``); raises when strict."""
+        return self.plugin_manager.check_fingerprint(saved, strict=strict)
+
     @property
     def tokens_per_step(self) -> int:
         """Tokens in one optimizer step over all processes."""

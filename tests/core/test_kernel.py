@@ -230,7 +230,7 @@ def test_the_trainer_satisfies_the_view(tmp_path: Path) -> None:
 
 
 def _view_members() -> set[str]:
-    return {n for n in dir(TrainerView) if not n.startswith("_")}
+    return {n for n in [*dir(TrainerView), *TrainerView.__annotations__] if not n.startswith("_")}
 
 
 def test_the_plugins_read_only_what_the_view_declares() -> None:

@@ -1,21 +1,18 @@
 """The HookManager: register handlers for events and trigger them.
 
-Every handler (a plugin's lifecycle method, or any function given to
-:meth:`HookManager.register`) is registered with pluggy as one hook implementation of
-the event's hookspec (see :mod:`apt.plugins.hookspecs`): pluggy holds the
-implementations and checks their argument names against the spec. Registering or
+Every handler (a plugin's lifecycle method, or a function given to
+:meth:`HookManager.register`) is one pluggy hook implementation of the event's hookspec:
+pluggy holds them and checks their argument names against the spec. Registering or
 removing a handler is one pluggy call.
 
-:meth:`HookManager.trigger` runs the event's implementations through one loop, the
-shape of pluggy's own ``_multicall`` plus what APT promises on top of it: each
-handler gets the arguments it names (or all, with ``**kwargs``), its condition is
-checked, its time and errors are counted, and an error does not stop the other
-handlers; the error policy applies once the loop is over.
+:meth:`HookManager.trigger` runs the implementations in one loop, the shape of pluggy's
+own call loop plus what APT adds: each handler gets the arguments it names (or all, with
+``**kwargs``), its condition is checked, its time and errors are counted, and an error
+does not stop the other handlers; the error policy applies once the loop is over.
 
 Order: higher ``priority`` first; ties by the owning plugin's resolved position (its
-``requires`` and ``after`` come first), then plugin name, then registration order.
-The sorted list of enabled handlers is built on the first trigger after a change
-(register, unregister, enable, disable, new plugin order) and kept until the next.
+``requires`` and ``after`` first), then plugin name, then registration order. The sorted
+table of enabled handlers is built on the first trigger after a change and kept.
 """
 
 from __future__ import annotations
@@ -48,16 +45,18 @@ from apt.plugins.hookspecs import Hookspecs
 from apt.plugins.hookspecs import resolve_event
 
 
-__all__ = ["HOOK_MARK", "Handler", "HandlerStats", "HookManager", "hook", "hook_manager", "resolve_event"]
+__all__ = ["Handler", "HandlerStats", "HookManager", "hook", "hook_manager"]
 
 log = logging.getLogger("apt.hooks")
 
 F = TypeVar("F", bound=Callable[..., Any])
+Middleware = Callable[[str, dict[str, Any]], dict[str, Any] | None]
 
 # Arguments that carry a {plugin name: value} map; each handler receives its own value.
 PER_PLUGIN_ARGS: Final[dict[str, str]] = {"on_load_checkpoint": "state"}
 
-# How a handler takes its arguments (see Handler.mode).
+# How a handler takes its arguments: fn(*values), fn(**some), fn(**all), or by keyword
+# with the per-plugin argument narrowed to its own value.
 POSITIONAL, KEYWORD, ALL, OWN_SHARE = 0, 1, 2, 3
 
 _now = time.perf_counter
@@ -75,26 +74,14 @@ class HandlerStats:
     last_error: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "calls": self.calls,
-            "skipped": self.skipped,
-            "errors": self.errors,
-            "total_s": self.total,
-            "mean_s": self.total / self.calls if self.calls else 0.0,
-            "max_s": self.max,
-            "last_error": self.last_error,
-        }
+        mean = self.total / self.calls if self.calls else 0.0
+        return {"calls": self.calls, "skipped": self.skipped, "errors": self.errors, "total_s": self.total,
+                "mean_s": mean, "max_s": self.max, "last_error": self.last_error}  # fmt: skip
 
 
 @dataclass(eq=False)
 class Handler:
-    """One registered handler of one event; also the object pluggy registers for it.
-
-    ``params`` are the hook arguments ``fn`` takes; ``mode`` says how it takes them:
-    ``POSITIONAL`` (``fn(*values)``, the fast path), ``KEYWORD`` (``fn(**subset)``, for
-    keyword-only parameters), ``ALL`` (``fn(**kwargs)``, for a ``**kwargs`` handler) or
-    ``OWN_SHARE`` (by keyword, with a per-plugin argument narrowed to its own value).
-    """
+    """One registered handler of one event: what pluggy registers, and how to call ``fn``."""
 
     event: str
     fn: Callable[..., Any]
@@ -102,8 +89,8 @@ class Handler:
     priority: int | None
     condition: Condition | None
     seq: int
-    params: tuple[str, ...]
-    mode: int
+    params: tuple[str, ...]  # the hook arguments fn takes
+    mode: int  # POSITIONAL, KEYWORD, ALL or OWN_SHARE
     stats: HandlerStats = field(default_factory=HandlerStats)
 
     @property
@@ -118,29 +105,15 @@ class Handler:
     def enabled(self) -> bool:
         return self.owner is None or self.owner.is_enabled()
 
-    @property
-    def pluggy_name(self) -> str:
-        return f"apt-handler-{self.seq}"
-
-    def same_function(self, fn: Callable[..., Any]) -> bool:
-        """Whether ``fn`` is this handler's function (bound methods compare by function and instance)."""
-        return self.fn == fn
-
 
 class _Pluggy(pluggy.PluginManager):
-    """pluggy's manager, where each :class:`Handler` implements its event with its ``fn``."""
+    """pluggy's manager, where a :class:`Handler` implements its event with its ``fn``."""
 
     def parse_hookimpl_opts(self, plugin: object, name: str) -> pluggy.HookimplOpts | None:
-        if isinstance(plugin, Handler) and name == "fn":
-            return pluggy.HookimplOpts(
-                wrapper=False,
-                hookwrapper=False,
-                optionalhook=False,
-                tryfirst=False,
-                trylast=False,
-                specname=plugin.event,
-            )
-        return None
+        if not (isinstance(plugin, Handler) and name == "fn"):
+            return None
+        return pluggy.HookimplOpts(wrapper=False, hookwrapper=False, optionalhook=False, tryfirst=False,
+                                   trylast=False, specname=plugin.event)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,27 +140,19 @@ class HookManager:
     def __init__(self, error_policy: str = "isolate") -> None:
         self._pm = _Pluggy(PROJECT)
         self._pm.add_hookspecs(Hookspecs)
-        self._handlers: dict[str, list[Handler]] = {e: [] for e in HOOK_NAMES}
         self._tables: dict[str, _Table] = {}  # event name as triggered -> its table, until a change
-        self._middleware: list[Callable[[str, dict[str, Any]], dict[str, Any] | None]] = []
+        self._middleware: list[Middleware] = []
         self._seq = itertools.count()
-        # plugin name -> (effective priority, resolved position), set by the PluginManager
-        self._order: dict[str, tuple[int, int]] = {}
-        # the plugin whose setup() is running: plain functions it registers belong to it
-        self._setup_owner: Plugin | None = None
+        self._order: dict[str, tuple[int, int]] = {}  # plugin -> (effective priority, position)
+        self._setup_owner: Plugin | None = None  # plain functions registered now belong to it
         self.error_policy = error_policy
 
     # --- registration -----------------------------------------------------------------
 
     def register(
-        self,
-        event: str,
-        fn: Callable[..., Any],
-        priority: int | None = None,
-        condition: Any = None,
-        *,
+        self, event: str, fn: Callable[..., Any], priority: int | None = None, condition: Any = None, *,
         owner: Plugin | None = None,
-    ) -> Handler:
+    ) -> Handler:  # fmt: skip
         """Register ``fn`` for ``event``; returns its :class:`Handler`.
 
         ``fn`` is called with the hook arguments it names (or all, with ``**kwargs``).
@@ -198,21 +163,19 @@ class HookManager:
         event = resolve_event(event)
         if not callable(fn):
             raise HookError(f"handler for {event!r} must be callable, got {fn!r}")
-        for existing in self._handlers[event]:
-            if existing.same_function(fn):
-                return existing
-        if owner is None:
-            owner = _plugin_of(fn) or self._setup_owner
+        existing = next((h for h in self._registered(event) if h.fn == fn), None)
+        if existing is not None:
+            return existing
+        owner = owner or _plugin_of(fn) or self._setup_owner
         if owner is not None and owner.hook_manager is None:
             owner.hook_manager = self  # so that its enable()/disable() reach this manager
-        spec_args = self._spec_args(event)
+        spec_args = self._argnames(event)
         cond = as_condition(condition) if condition is not None else None
         if cond is not None:
             _check_args(f"condition {cond.description}", event, sorted(cond.requires - set(spec_args)), spec_args)
         params, mode = _call_plan(fn, event, spec_args)
         handler = Handler(event, fn, owner, priority, cond, next(self._seq), params, mode)
-        self._pm.register(handler, name=handler.pluggy_name)
-        self._handlers[event].append(handler)
+        self._pm.register(handler, name=f"apt-handler-{handler.seq}")
         self._tables.clear()
         return handler
 
@@ -227,35 +190,29 @@ class HookManager:
 
     def unregister(self, event: str, fn: Callable[..., Any] | Handler | None = None) -> int:
         """Remove ``fn`` (or every handler, when ``fn`` is None) from ``event``; returns how many."""
-        handlers = self._handlers[resolve_event(event)]
-        gone = [h for h in handlers if fn is None or h is fn or (not isinstance(fn, Handler) and h.same_function(fn))]
-        self._remove(gone)
-        return len(gone)
+        return self._remove([h for h in self._registered(resolve_event(event)) if fn is None or fn in (h, h.fn)])
 
     def unregister_owner(self, owner: Plugin) -> int:
         """Remove every handler that belongs to ``owner``."""
-        gone = [h for handlers in self._handlers.values() for h in handlers if h.owner is owner]
-        self._remove(gone)
-        return len(gone)
-
-    def _remove(self, gone: list[Handler]) -> None:
-        for h in gone:
-            self._handlers[h.event].remove(h)
-            self._pm.unregister(name=h.pluggy_name)
-        if gone:
-            self._tables.clear()
-
-    def add_middleware(self, fn: Callable[[str, dict[str, Any]], dict[str, Any] | None]) -> None:
-        """``fn(event, kwargs)`` runs before every dispatch and may return rewritten kwargs."""
-        self._middleware.append(fn)
-
-    def remove_middleware(self, fn: Callable[[str, dict[str, Any]], dict[str, Any] | None]) -> None:
-        self._middleware.remove(fn)
+        return self._remove([h for e in HOOK_NAMES for h in self._registered(e) if h.owner is owner])
 
     def clear(self) -> None:
         """Remove every handler and middleware (statistics go with them)."""
-        self._remove([h for handlers in self._handlers.values() for h in handlers])
+        self._remove([h for e in HOOK_NAMES for h in self._registered(e)])
         self._middleware.clear()
+
+    def _remove(self, gone: list[Handler]) -> int:
+        for h in gone:
+            self._pm.unregister(h)
+        self._tables.clear()
+        return len(gone)
+
+    def add_middleware(self, fn: Middleware) -> None:
+        """``fn(event, kwargs)`` runs before every dispatch and may return rewritten kwargs."""
+        self._middleware.append(fn)
+
+    def remove_middleware(self, fn: Middleware) -> None:
+        self._middleware.remove(fn)
 
     def begin_setup(self, owner: Plugin | None) -> None:
         """Attribute plain functions registered from now on to ``owner`` (None: stop)."""
@@ -281,16 +238,12 @@ class HookManager:
         non-critical plugin is disabled with a warning.
         """
         table = self._tables.get(event) or self._table(event)
-        if not table.handlers:
-            return []
-        return [r for _, r in self._run(table, kwargs)]
+        return [r for _, r in self._run(table, kwargs)] if table.handlers else []
 
     def trigger_by_plugin(self, event: str, /, **kwargs: Any) -> list[tuple[str | None, Any]]:
         """Like :meth:`trigger`, with each result paired with its plugin's name (None for functions)."""
         table = self._tables.get(event) or self._table(event)
-        if not table.handlers:
-            return []
-        return self._run(table, kwargs)
+        return self._run(table, kwargs) if table.handlers else []
 
     def has_handlers(self, event: str) -> bool:
         """Whether ``event`` has at least one enabled handler (cheap)."""
@@ -300,23 +253,17 @@ class HookManager:
         """The dispatch loop: every handler of ``table`` once, isolated and timed."""
         if self._middleware:
             kwargs = self._apply_middleware(table.event, kwargs)
-        argnames = table.argnames
-        if len(kwargs) != len(argnames) or tuple(kwargs) != argnames:
-            kwargs = _complete_args(table.event, kwargs, argnames)  # raises on a misspelt argument
+        if len(kwargs) != len(table.argnames) or tuple(kwargs) != table.argnames:
+            kwargs = _complete_args(table.event, kwargs, table.argnames)  # raises on a misspelt argument
         results: list[tuple[str | None, Any]] = []
         failures: list[tuple[Handler, Exception]] = []
         start = _now()
         for h in table.handlers:
-            if h.condition is not None:
-                try:
-                    if not h.condition(kwargs):
-                        h.stats.skipped += 1
-                        continue
-                except Exception as exc:
-                    failures.append((h, exc))
-                    continue
-            mode = h.mode
             try:
+                if h.condition is not None and not h.condition(kwargs):
+                    h.stats.skipped += 1
+                    continue
+                mode = h.mode
                 if mode == POSITIONAL:
                     result = h.fn(*[kwargs[a] for a in h.params])
                 elif mode == ALL:
@@ -330,8 +277,7 @@ class HookManager:
             except Exception as exc:
                 failures.append((h, exc))
                 result = None
-            # one clock read per handler: its time includes its share of this loop
-            end = _now()
+            end = _now()  # one clock read per handler: its time includes its share of this loop
             stats, took, start = h.stats, end - start, end
             stats.calls += 1
             stats.total += took
@@ -342,16 +288,15 @@ class HookManager:
                 if table.firstresult:
                     break
         if failures:
-            self._settle(failures, kwargs)
+            self._settle(failures, kwargs.get("step"))
         return results
 
     def _table(self, event: str) -> _Table:
-        """Build (and keep) the dispatch table of ``event``: pluggy's implementations, sorted."""
+        """Build and keep the dispatch table of ``event``: pluggy's implementations, enabled, sorted."""
         canonical = resolve_event(event)
         spec = getattr(self._pm.hook, canonical).spec
-        impls = [impl.plugin for impl in getattr(self._pm.hook, canonical).get_hookimpls()]
-        handlers = sorted((h for h in impls if isinstance(h, Handler) and h.enabled), key=self._sort_key)
-        table = _Table(canonical, tuple(handlers), tuple(spec.argnames), bool(spec.opts.get("firstresult")))
+        handlers = tuple(h for h in self.ordered(canonical) if h.enabled)
+        table = _Table(canonical, handlers, tuple(spec.argnames), bool(spec.opts.get("firstresult")))
         self._tables[event] = table
         return table
 
@@ -362,27 +307,26 @@ class HookManager:
                 out = mw(event, dict(kwargs))
             except Exception as exc:
                 raise HookError(f"middleware {name!r} raised on hook {event!r}: {type(exc).__name__}: {exc}") from exc
-            if out is not None:
-                if not isinstance(out, dict):
-                    raise HookError(
-                        f"middleware {name!r} returned {type(out).__name__} on hook {event!r}; "
-                        "return the rewritten keyword arguments as a dict, or None to keep them"
-                    )
-                kwargs = out
+            if out is not None and not isinstance(out, dict):
+                raise HookError(
+                    f"middleware {name!r} returned {type(out).__name__} on hook {event!r}; "
+                    "return the rewritten keyword arguments as a dict, or None to keep them"
+                )
+            kwargs = kwargs if out is None else out
         return kwargs
 
-    def _settle(self, failures: list[tuple[Handler, Exception]], kwargs: dict[str, Any]) -> None:
-        """Apply the error policy to this dispatch's handler errors."""
-        step = kwargs.get("step")
+    def _settle(self, failures: list[tuple[Handler, Exception]], step: Any) -> None:
+        """Apply the error policy to one dispatch's handler errors."""
         fatal: list[tuple[Handler, Exception, str]] = []
         for handler, exc in failures:
             handler.stats.errors += 1
             who = f"plugin {handler.plugin!r}" if handler.owner is not None else f"handler {handler.name!r}"
             where = f" at step {step}" if step is not None else ""
-            message = f"{who} raised in hook {handler.event!r}{where}: {type(exc).__name__}: {exc}"
-            handler.stats.last_error = message
+            message = handler.stats.last_error = (
+                f"{who} raised in hook {handler.event!r}{where}: {type(exc).__name__}: {exc}"
+            )
             owner = handler.owner
-            # writing to a read-only config is a bug in the plugin, never isolated
+            # writing to a read-only config is a bug in the plugin: never isolated
             if (
                 owner is None
                 or self.error_policy == "raise"
@@ -393,41 +337,39 @@ class HookManager:
             elif owner.is_enabled():
                 log.warning(
                     "%s; the plugin is not critical, so it is disabled for the rest of the run "
-                    "(set plugin_errors: raise to stop instead)",
-                    message,
-                    exc_info=exc,
-                )
+                    "(set plugin_errors: raise to stop instead)", message, exc_info=exc,
+                )  # fmt: skip
                 owner.disable_for_error(message)
         if fatal:
             handler, exc, message = fatal[0]
             more = f" (and {len(fatal) - 1} more: {'; '.join(m for *_, m in fatal[1:])})" if len(fatal) > 1 else ""
             raise PluginHookError(message + more, plugin=handler.plugin, hook=handler.event, step=step) from exc
 
-    # --- ordering and introspection ---------------------------------------------------
+    # --- order and introspection ------------------------------------------------------
+
+    def _registered(self, event: str) -> list[Handler]:
+        impls = getattr(self._pm.hook, event).get_hookimpls()
+        return [impl.plugin for impl in impls if isinstance(impl.plugin, Handler)]
+
+    def _argnames(self, event: str) -> tuple[str, ...]:
+        return tuple(getattr(self._pm.hook, event).spec.argnames)
 
     def _sort_key(self, h: Handler) -> tuple[Any, ...]:
-        plugin = h.plugin
-        effective, position = self._order.get(plugin, (None, 1 << 30)) if plugin is not None else (None, 1 << 30)
-        if h.priority is not None:
-            priority = h.priority
-        elif effective is not None:
-            priority = effective
-        else:
+        effective, position = self._order.get(h.plugin or "", (None, 1 << 30))
+        priority = h.priority if h.priority is not None else effective
+        if priority is None:
             priority = h.owner.priority if h.owner is not None else 0
-        return (-priority, position, plugin or "", h.seq)
-
-    def _spec_args(self, event: str) -> tuple[str, ...]:
-        return tuple(getattr(self._pm.hook, event).spec.argnames)
+        return (-priority, position, h.plugin or "", h.seq)
 
     def ordered(self, event: str) -> list[Handler]:
         """Every handler of ``event`` (enabled or not) in the order it runs."""
-        return sorted(self._handlers[resolve_event(event)], key=self._sort_key)
+        return sorted(self._registered(resolve_event(event)), key=self._sort_key)
 
     def list_hooks(self, event: str | None = None) -> list[str] | dict[str, list[str]]:
         """Handler names of ``event`` in run order, or ``{event: names}`` for every event."""
         if event is not None:
             return [_label(h) for h in self.ordered(event)]
-        return {e: [_label(h) for h in self.ordered(e)] for e in HOOK_NAMES if self._handlers[e]}
+        return {e: labels for e in HOOK_NAMES if (labels := [_label(h) for h in self.ordered(e)])}
 
     def handlers(self, event: str | None = None) -> Iterator[Handler]:
         """Every handler (of ``event``, or of all events) in run order."""
@@ -436,19 +378,16 @@ class HookManager:
 
     def get_stats(self, event: str | None = None) -> dict[str, Any]:
         """Per event: totals and per-handler statistics (calls, skipped, errors, seconds)."""
-        events = [resolve_event(event)] if event is not None else [e for e in HOOK_NAMES if self._handlers[e]]
         out: dict[str, Any] = {}
-        for e in events:
+        for e in [resolve_event(event)] if event is not None else HOOK_NAMES:
             handlers = self.ordered(e)
-            out[e] = {
-                "calls": sum(h.stats.calls for h in handlers),
-                "skipped": sum(h.stats.skipped for h in handlers),
-                "errors": sum(h.stats.errors for h in handlers),
-                "total_s": sum(h.stats.total for h in handlers),
-                "handlers": [
-                    {"handler": h.name, "plugin": h.plugin, "enabled": h.enabled, **h.stats.as_dict()} for h in handlers
-                ],
-            }
+            if handlers or event is not None:
+                out[e] = {
+                    **{k: sum(getattr(h.stats, k) for h in handlers) for k in ("calls", "skipped", "errors")},
+                    "total_s": sum(h.stats.total for h in handlers),
+                    "handlers": [{"handler": h.name, "plugin": h.plugin, "enabled": h.enabled, **h.stats.as_dict()}
+                                 for h in handlers],
+                }  # fmt: skip
         return out
 
     def __repr__(self) -> str:
@@ -468,8 +407,7 @@ def _complete_args(event: str, kwargs: dict[str, Any], argnames: tuple[str, ...]
 
 def _own_share(h: Handler, kwargs: dict[str, Any]) -> dict[str, Any]:
     """``h``'s arguments, with the per-plugin one (``{plugin: value}``) narrowed to ``h``'s value."""
-    arg = PER_PLUGIN_ARGS[h.event]
-    shares = kwargs[arg]
+    arg, shares = PER_PLUGIN_ARGS[h.event], kwargs[PER_PLUGIN_ARGS[h.event]]
     return {a: (shares.get(h.plugin) if shares is not None else None) if a == arg else kwargs[a] for a in h.params}
 
 
@@ -510,15 +448,12 @@ def _plugin_of(fn: Callable[..., Any]) -> Plugin | None:
     return owner if isinstance(owner, Plugin) else None
 
 
-# --- the @hook decorator ----------------------------------------------------------------
-
-
 def hook(event: str, priority: int | None = None, condition: Any = None) -> Callable[[F], F]:
     """Mark a function as a handler of ``event``.
 
     On a :class:`~apt.plugins.Plugin` method the plugin manager registers it (the method
-    may have any name). On a plain module-level function it is registered with the
-    global ``hook_manager`` right away.
+    may have any name). A plain module-level function is registered with the global
+    ``hook_manager`` right away.
     """
     event = resolve_event(event)
 

@@ -1,9 +1,8 @@
 """``TrainerView``: the typed ``trainer`` every hook receives.
 
 It lists what a plugin may read or call on the trainer; nothing else is part of the
-contract. :class:`apt.train.Trainer` satisfies it (checked by mypy and a test), and so
-may any other host that fires hooks (``apt generate`` builds models through one).
-Annotate handlers with it so that mypy checks a plugin against it::
+contract. :class:`apt.train.Trainer` satisfies it (checked by mypy and a test), and so does
+``apt generate``'s host. Annotate handlers with it and mypy checks a plugin against it::
 
     def on_step_end(self, trainer: TrainerView, step: int, **kwargs: Any) -> None:
         if trainer.is_global_zero:
@@ -32,67 +31,29 @@ __all__ = ["TrainerView"]
 
 @runtime_checkable
 class TrainerView(Protocol):
-    """What plugins may use of the trainer. Read-only unless a method says otherwise."""
+    """What plugins may use of the trainer. Plugins read the attributes; they change nothing but the model."""
 
-    @property
-    def global_step(self) -> int:
-        """Optimizer steps taken so far (in ``on_step_end``: including the step just finished)."""
-
-    @property
-    def epoch(self) -> int:
-        """The 0-based index of the current epoch."""
-
-    @property
-    def step_in_epoch(self) -> int:
-        """Optimizer steps taken in the current epoch."""
-
-    @property
-    def rank(self) -> int:
-        """This process's rank (0 without torchrun)."""
-
-    @property
-    def world_size(self) -> int:
-        """How many processes train together (1 without torchrun)."""
-
-    @property
-    def is_global_zero(self) -> bool:
-        """Whether this is the process that writes files and reports progress."""
+    global_step: int  #: optimizer steps taken (in ``on_step_end``: including the step just finished)
+    epoch: int  #: the 0-based index of the current epoch
+    step_in_epoch: int  #: optimizer steps taken in the current epoch
+    rank: int  #: this process's rank (0 without torchrun)
+    world_size: int  #: processes training together (1 without torchrun)
+    is_global_zero: bool  #: whether this process writes files and reports progress
+    parallelism: str  #: ``"single"``, ``"ddp"`` (replicated model) or ``"fsdp"`` (sharded model)
+    run_dir: Path | None  #: the run folder (None for a run that writes nothing)
+    config: APTConfig  #: the validated run config; a write raises ReadOnlyConfigError
+    model: torch.nn.Module | None  #: the model, never the DDP wrapper (None before it is built)
+    optimizer: torch.optim.Optimizer | None  #: the optimizer (None before it is built)
+    device: torch.device  #: where the model runs
+    dtype: torch.dtype  #: the autocast dtype of forward passes (parameters stay fp32)
 
     @property
     def is_distributed(self) -> bool:
-        """Whether a process group is running (several processes; collectives needed)."""
-
-    @property
-    def parallelism(self) -> str:
-        """``"single"``, ``"ddp"`` (replicated model) or ``"fsdp"`` (sharded model)."""
-
-    @property
-    def run_dir(self) -> Path | None:
-        """The run folder (None for a run that writes nothing)."""
-
-    @property
-    def config(self) -> APTConfig:
-        """The validated run configuration; writing to it raises :class:`~apt.errors.ReadOnlyConfigError`."""
-
-    @property
-    def model(self) -> torch.nn.Module | None:
-        """The model (unwrapped: never the DDP wrapper); None before it is built."""
-
-    @property
-    def optimizer(self) -> torch.optim.Optimizer | None:
-        """The optimizer; None before it is built."""
-
-    @property
-    def device(self) -> torch.device:
-        """Where the model runs."""
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """The autocast dtype of forward passes (parameters stay fp32)."""
+        """Whether a process group is running (collectives needed)."""
 
     @property
     def schedule(self) -> Schedule:
-        """The run's schedule: ``schedule.get_param(name, epoch=, step=)`` reads an annealed value."""
+        """The run's schedule; ``schedule.get_param(name, epoch=, step=)`` reads an annealed value."""
 
     @property
     def val_batches(self) -> list[tuple[Tensor, Tensor]]:

@@ -1,10 +1,10 @@
 """Read-only configs: what plugins see of their own section and of the run's config.
 
-A pydantic model comes back as an instance of a subclass of its own class (so
-``isinstance`` checks, ``model_dump`` and field access work as before) whose
-``__setattr__`` raises :class:`~apt.errors.ReadOnlyConfigError` naming the owner and the
-key; nested models are frozen too, and a plain mapping becomes a read-only ``dict``.
-Values are not validated again: the instance was validated once, by the plugin manager.
+A pydantic model comes back as an instance of a subclass of its own class (``isinstance``,
+``model_dump`` and field access work as before) whose ``__setattr__`` raises
+:class:`~apt.errors.ReadOnlyConfigError` naming the plugin and the key; nested models are
+frozen too, and a mapping becomes a read-only ``dict``. Nothing is
+validated again: the manager validated the section once.
 """
 
 from __future__ import annotations
@@ -19,24 +19,16 @@ from pydantic import BaseModel
 from apt.errors import ReadOnlyConfigError
 
 
-__all__ = ["read_only"]
+__all__ = ["ReadOnlyDict", "read_only"]
 
 
 def read_only(config: Any, plugin: str | None = None, path: str = "") -> Any:
-    """A copy of ``config`` that refuses writes.
-
-    :param plugin: the plugin whose section this is (None for the run config).
-    :param path: the dotted key of ``config`` itself (``"moe"``, ``"training"``).
-    """
-    if isinstance(config, BaseModel):
-        if getattr(type(config), "_apt_read_only", False):
-            return config
-        frozen = _frozen_class(type(config), plugin, path)
+    """A copy of ``config`` that refuses writes; ``plugin`` owns it (None: the run config), ``path`` is its key."""
+    if isinstance(config, BaseModel) and not getattr(config, "_apt_read_only", False):
         values = {k: read_only(v, plugin, _join(path, k)) for k, v in config}
-        return frozen.model_construct(_fields_set=set(config.model_fields_set), **values)
+        return _frozen_class(type(config), plugin, path).model_construct(set(config.model_fields_set), **values)
     if isinstance(config, Mapping) and not isinstance(config, ReadOnlyDict):
-        items = {k: read_only(v, plugin, _join(path, str(k))) for k, v in config.items()}
-        return ReadOnlyDict(items, plugin, path)
+        return ReadOnlyDict({k: read_only(v, plugin, _join(path, str(k))) for k, v in config.items()}, plugin, path)
     return config
 
 
@@ -56,27 +48,16 @@ def _refuse(plugin: str | None, key: str) -> NoReturn:
 
 @functools.cache
 def _frozen_class(cls: type[BaseModel], plugin: str | None, path: str) -> type[BaseModel]:
-    """``cls`` with writes refused (one class per model, owner and key path; kept for reuse)."""
+    """``cls`` with writes refused (one class per model, owner and key path, kept for reuse)."""
 
-    def __setattr__(self: BaseModel, name: str, value: Any) -> None:
+    def refuse(self: BaseModel, name: str, *value: Any) -> NoReturn:
         _refuse(plugin, _join(path, name))
 
-    def __delattr__(self: BaseModel, name: str) -> None:
-        _refuse(plugin, _join(path, name))
+    def reduce(self: BaseModel) -> tuple[Any, ...]:
+        return (cls.model_validate, (self.model_dump(),))  # a pickled copy is the plain model
 
-    def __reduce__(self: BaseModel) -> tuple[Any, ...]:
-        return (cls.model_validate, (self.model_dump(),))  # a pickled copy is the plain, writable model
-
-    namespace = {
-        "__setattr__": __setattr__,
-        "__delattr__": __delattr__,
-        "__reduce__": __reduce__,
-        "_apt_read_only": True,
-        "__module__": cls.__module__,
-        "__qualname__": cls.__qualname__,
-        "__doc__": cls.__doc__,
-    }
-    return type(cls.__name__, (cls,), namespace)
+    namespace = {"__setattr__": refuse, "__delattr__": refuse, "__reduce__": reduce, "_apt_read_only": True}
+    return type(cls.__name__, (cls,), {**namespace, "__module__": cls.__module__, "__qualname__": cls.__qualname__})
 
 
 class ReadOnlyDict(dict[Any, Any]):
@@ -89,9 +70,8 @@ class ReadOnlyDict(dict[Any, Any]):
     def __reduce__(self) -> tuple[Any, ...]:
         return (dict, (dict(self),))  # copies and pickles are plain dicts
 
-    def _refuse(self, key: Any = "") -> NoReturn:
-        plugin, path = self._where
-        _refuse(plugin, _join(path, str(key)) if key != "" else path)
+    def _refuse(self, key: Any = None) -> NoReturn:
+        _refuse(self._where[0], _join(self._where[1], str(key)) if key is not None else self._where[1])
 
     def __setitem__(self, key: Any, value: Any) -> None:
         self._refuse(key)
@@ -102,13 +82,10 @@ class ReadOnlyDict(dict[Any, Any]):
     def setdefault(self, key: Any, default: Any = None) -> Any:
         self._refuse(key)
 
-    def update(self, *args: Any, **kwargs: Any) -> None:
-        self._refuse()
-
     def pop(self, key: Any, *default: Any) -> Any:
         self._refuse(key)
 
-    def popitem(self) -> tuple[Any, Any]:
+    def update(self, *args: Any, **kwargs: Any) -> None:
         self._refuse()
 
     def clear(self) -> None:

@@ -1,23 +1,15 @@
 """The PluginManager: find, load, order, set up and tear down plugins; dispatch to them.
 
-Lifecycle::
-
-    Registration → Loading → Setup → Execution → Teardown → Unloading
-    register_plugin / discover   load / load_from_config   setup_all   trigger_event   teardown_all   unload
-
-Selection (``load_from_config``): ``plugins:`` absent → every installed plugin;
-``plugins: [a, b]`` → exactly those; ``disable_plugins: [c]`` turns one off;
-``APT_DISABLE_PLUGIN_AUTOLOAD=1`` → only those named in ``plugins:``. Names are checked
-against installed metadata before any plugin code is imported.
+Lifecycle: register_plugin / discover → load / load_from_config → setup_all →
+trigger_event → teardown_all → unload. The rules live in :mod:`apt.plugins._loading`
+(selection, contract, requirements, conflicts), :mod:`apt.plugins._ordering` (order) and
+:mod:`apt.plugins._state` (schedules, checkpoint state, fingerprints).
 
 Failures: a plugin that fails to import, validate or set up is reported (name,
 distribution, version, cause) in :attr:`PluginManager.failures` and the others still
-load, except those that require it. A plugin the config names explicitly, or any
-plugin under ``training.plugin_errors: raise``, makes the failure an error. Config
-values, conflicts and requirement cycles are always errors.
-
-The rules themselves live in :mod:`apt.plugins._loading` (loading),
-:mod:`apt.plugins._ordering` (order) and :mod:`apt.plugins._state` (run state).
+load, except those that require it. A plugin the config names explicitly, or any plugin
+under ``training.plugin_errors: raise``, makes the failure an error. Config values,
+conflicts and requirement cycles are always errors.
 """
 
 from __future__ import annotations
@@ -84,18 +76,14 @@ class PluginFailure:
         return str(self.error)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "stage": self.stage,
-            "distribution": self.distribution,
-            "version": self.version,
-            "error": str(self.error),
-            "chain": self.chain,
-        }
+        return {**{k: getattr(self, k) for k in ("name", "stage", "distribution", "version", "chain")},
+                "error": str(self.error)}  # fmt: skip
 
 
 @dataclass
 class _Candidate:
+    """A plugin that could load: a class registered in code or found in a directory, or an entry point."""
+
     name: str
     source: str  # "registered" | "entry-point" | "directory"
     cls: type[Plugin] | None = None
@@ -110,9 +98,7 @@ class _Candidate:
         return self.entry_point.version if self.entry_point else None
 
     def where(self) -> str:
-        if self.entry_point and self.entry_point.distribution:
-            return f" ({self.entry_point.distribution} {self.entry_point.version})"
-        return ""
+        return f" ({self.distribution} {self.dist_version})" if self.distribution else ""
 
 
 class PluginManager:
@@ -166,10 +152,8 @@ class PluginManager:
         self._candidates[name] = _Candidate(name, "registered", cls=plugin_class)
 
     def discover(self, path: str | Path | None = None) -> list[str]:
-        """Find installed plugins (entry points, metadata only) and, with ``path``, a plugin directory.
-
-        Returns the names found. A directory's modules are imported (the user named it).
-        """
+        """Names of the installed plugins (entry points, metadata only), or with ``path`` of the
+        plugins in a directory (its modules are imported: the user named it)."""
         if path is not None:
             names = []
             for cls in load_directory(path):
@@ -213,15 +197,12 @@ class PluginManager:
     # --- loading ----------------------------------------------------------------------
 
     def load(self, name: str, config: Any = None) -> Plugin:
-        """Import (if needed), validate and instantiate plugin ``name`` with its config section.
+        """Import (if needed), validate and instantiate plugin ``name`` with its config section
+        (a mapping, a pydantic model instance, or None).
 
-        :param config: the plugin's section: a mapping, a pydantic model instance, or None.
-        :raises PluginNotFoundError: unknown name (the message lists the installed ones).
-        :raises ConfigError: the section fails the plugin's ``config_model`` (with the key path).
-        :raises PluginLoadError, PluginValidationError: import or contract failures.
-
-        A plugin loaded by name is explicit: :meth:`setup_all` raises if its requirements
-        are not loaded (instead of leaving it out with a warning).
+        Raises PluginNotFoundError, ConfigError (with the key path), PluginLoadError or
+        PluginValidationError. A plugin loaded by name is explicit: :meth:`setup_all` raises
+        if its requirements are not loaded (instead of leaving it out with a warning).
         """
         plugin = self._load(name, config)
         self._explicit.add(name)
@@ -314,11 +295,8 @@ class PluginManager:
     # --- setup, dispatch, teardown -------------------------------------------------------
 
     def setup_all(self) -> None:
-        """Set up every loaded plugin in resolved order and register its hooks.
-
-        Requirements are checked (and the order computed) again first: plugins may have
-        been loaded or unloaded one by one since :meth:`load_from_config`.
-        """
+        """Set up every loaded plugin in resolved order and register its hooks. Requirements are
+        checked again first: plugins may have been loaded or unloaded one by one since."""
         errors: list[BaseException] = self._resolve()
         for name, plugin in list(self._plugins.items()):
             if plugin.is_setup() or name not in self._plugins:
@@ -467,7 +445,7 @@ class PluginManager:
         return _state.apply_schedule(self._plugins, self.schedule, trainer, epoch, step)
 
     def state_dict(self) -> dict[str, Any]:
-        """Which plugins are enabled (schedules, errors), why any was disabled by an error, and the hook statistics."""
+        """Enabled flags, why any plugin was disabled by an error, the schedule and the hook statistics."""
         return {
             "enabled": {n: p.is_enabled() for n, p in self._plugins.items()},
             "failed": {n: p.failure for n, p in self._plugins.items() if p.failure is not None},
@@ -476,11 +454,8 @@ class PluginManager:
         }
 
     def load_state_dict(self, state: dict[str, Any], trainer: TrainerView | None = None) -> bool:
-        """Restore enabled flags (``on_enable``/``on_disable`` where they differ); True if any changed.
-
-        A plugin that a hook error had disabled stays disabled, and its schedule no longer
-        enables it. When True the model may have changed: the trainer syncs its optimizer.
-        """
+        """Restore enabled flags (``on_enable``/``on_disable`` where they differ); True if any changed
+        (the model may have changed: the trainer syncs its optimizer). Error-disabled plugins stay off."""
         return _state.load_state(self._plugins, state, trainer)
 
     def collect_states(self, trainer: TrainerView | None, checkpoint: dict[str, Any]) -> dict[str, Any]:

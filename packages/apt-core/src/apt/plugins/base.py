@@ -1,9 +1,8 @@
 """The :class:`Plugin` base class.
 
-A plugin is a class. The manager validates its config section with ``config_model``,
-instantiates it with that instance, calls :meth:`Plugin.setup`, and registers every
-lifecycle method the subclass defines (``on_step_end`` ...) as a handler of the event
-of the same name. Metadata is plain class attributes::
+The manager validates a plugin's config section with ``config_model``, instantiates the
+class with it, calls :meth:`Plugin.setup` and registers every lifecycle method the
+subclass defines as a handler of the event of that name. Metadata is class attributes::
 
     class MyPlugin(Plugin):
         name = "my_plugin"
@@ -49,38 +48,21 @@ PLUGIN_API_VERSION = "1.0"
 
 
 class Plugin:
-    """Base class of every APT plugin.
+    """Base class of every APT plugin. Class attributes (all optional but a name):
 
-    Class attributes (all optional except a name, given as ``name`` or by overriding
-    :meth:`get_name`):
-
-    ``name``, ``version``, ``description``
-        identity; the entry-point name must equal ``name``.
-    ``requires``
-        other plugins that must load first, with optional version specifiers
-        (``"moe>=1.0"``); they run before this plugin on every event.
-    ``after``, ``before``
-        plugins this one runs after / before on every event when they are loaded
-        (no error when they are not).
-    ``conflicts``
-        plugins that cannot load together with this one.
-    ``priority``
-        higher runs earlier among plugins not ordered by ``requires``/``after``/``before`` (default 0).
-    ``critical``
-        if a handler raises, stop the run (``True``) or disable this plugin and go on
-        (``False``). ``None`` (default) means critical when the plugin changes the loss,
-        the gradients or the model (handles ``on_compute_loss``, ``on_after_backward`` or
-        ``on_model_built``).
-    ``providers``
-        ``"kind:name"`` strings of the providers :meth:`setup` registers (informative).
-    ``config_model``
-        a pydantic model for the plugin's config section. The manager validates the
-        section with it once and passes the instance to ``__init__``; without one the
-        plugin gets the plain mapping. Either way ``self.config`` is read-only.
-    ``state_version``
-        version of what ``on_save_checkpoint`` returns; see :meth:`migrate_state`.
-    ``api_version``
-        the plugin-API versions this plugin supports, as a specifier (``">=1,<2"``).
+    ``name``, ``version``, ``description``: identity (the entry-point name must equal ``name``).
+    ``requires``: plugins that must load first (``"moe>=1.0"``); they run before this one.
+    ``after``, ``before``: plugins this one runs after / before when they are loaded (no error
+    when not). ``conflicts``: plugins that cannot load with this one. ``priority``: higher
+    runs earlier among plugins not ordered otherwise (default 0). ``critical``: whether a
+    handler error stops the run (True) or disables this plugin (False); None (default)
+    means True for a plugin that changes the loss, the gradients or the model (handles one
+    of :data:`~apt.plugins.hookspecs.CRITICAL_EVENTS`). ``providers``: the ``"kind:name"``
+    providers :meth:`setup` registers (informative). ``config_model``: the pydantic model of
+    the plugin's config section, validated once by the manager; ``self.config`` is that
+    instance (a mapping without a model), read-only. ``state_version``: version of what
+    ``on_save_checkpoint`` returns (see :meth:`migrate_state`). ``api_version``: the plugin
+    API versions supported, as a specifier (``">=1,<2"``).
     """
 
     name: ClassVar[str | None] = None
@@ -105,17 +87,14 @@ class Plugin:
     hook_manager: HookManager | None = None
 
     def __init__(self, config: Any = None) -> None:
-        """:param config: the validated ``config_model`` instance (a mapping is validated here)."""
+        """:param config: the validated ``config_model`` instance (a mapping is validated here, once)."""
         name = type(self).name or type(self).__name__.lower()
         self.config: Any = read_only(type(self).validate_config(config, name), name, name)
 
     @classmethod
     def validate_config(cls, section: Any, name: str | None = None) -> Any:
-        """``section`` as this plugin's config: a ``config_model`` instance (validated here
-        unless it is one already) or, without a model, a mapping.
-
-        :raises ConfigError: naming the key's dotted path (``moe.num_experts``).
-        """
+        """``section`` as a ``config_model`` instance (validated unless it is one) or, without a
+        model, a mapping. A ConfigError names the key's dotted path (``moe.num_experts``)."""
         model = cls.config_model
         if isinstance(section, BaseModel) and (model is None or isinstance(section, model)):
             return section
@@ -163,12 +142,8 @@ class Plugin:
         }
 
     def is_critical(self) -> bool:
-        """Whether an error in one of this plugin's handlers stops the run.
-
-        Unless ``critical`` says otherwise: a plugin that handles one of
-        :data:`~apt.plugins.hookspecs.CRITICAL_EVENTS` (by a method of that name or an
-        ``@hook`` one), since the run would silently change without it.
-        """
+        """Whether a handler error stops the run: ``critical``, else whether the plugin handles
+        one of :data:`~apt.plugins.hookspecs.CRITICAL_EVENTS` (the run would silently change without it)."""
         if self.critical is not None:
             return self.critical
         return not handled_events(type(self)).isdisjoint(CRITICAL_EVENTS)
@@ -176,11 +151,8 @@ class Plugin:
     # --- lifecycle --------------------------------------------------------------------
 
     def setup(self, registry: ProviderRegistry, hook_manager: HookManager) -> None:
-        """Register providers and extra hooks. Lifecycle methods need no registration.
-
-        Overrides need not call ``super().setup``; the manager records the registry and
-        hook manager itself.
-        """
+        """Register providers and extra hooks; lifecycle methods need no registration.
+        Overrides need not call ``super().setup``."""
         self.registry = registry
         self.hook_manager = hook_manager
 
@@ -217,11 +189,8 @@ class Plugin:
 
     @property
     def failure(self) -> str | None:
-        """Why a hook error disabled this plugin (the error message), or None.
-
-        A plugin disabled by an error stays disabled for the rest of the run, across resumes:
-        its schedule no longer enables it. Only an explicit :meth:`enable` re-arms it.
-        """
+        """Why a hook error disabled this plugin, or None. It stays disabled for the rest of
+        the run, across resumes and whatever its schedule says; only :meth:`enable` re-arms it."""
         return self._failure
 
     def on_enable(self, trainer: TrainerView | None = None, epoch: int | None = None, step: int | None = None) -> None:
@@ -231,10 +200,7 @@ class Plugin:
         """Called when a schedule disables this plugin during a run."""
 
     def migrate_state(self, state: Any, from_version: int) -> Any:
-        """Convert checkpointed state written with an older ``state_version``.
-
-        The default refuses, so that old state is never misread silently.
-        """
+        """Convert checkpointed state of an older ``state_version``; the default refuses (never misread silently)."""
         raise CheckpointError(
             f"plugin {self.get_name()!r} cannot read its checkpoint state of state_version {from_version} "
             f"(it writes version {self.state_version}); implement {type(self).__qualname__}.migrate_state() "
@@ -261,11 +227,8 @@ del _event
 
 
 def handler_specs(cls: type[Plugin]) -> Iterator[tuple[str, str, int | None, Any]]:
-    """``(event, attribute, priority, condition)`` for each handler of a plugin class.
-
-    A handler is a method named after an event (or an alias) that overrides the base
-    class's, or a method marked with ``@hook``.
-    """
+    """``(event, attribute, priority, condition)`` of each handler of a plugin class: a method
+    named after an event (or an alias) that overrides the base class's, or one marked ``@hook``."""
     for event in [*HOOK_NAMES, *ALIASES]:
         method = getattr(cls, event, None)
         if method is None or method is getattr(Plugin, event, None):

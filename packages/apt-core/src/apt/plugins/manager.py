@@ -35,15 +35,14 @@ from apt.errors import PluginLoadError
 from apt.errors import PluginNotFoundError
 from apt.errors import PluginValidationError
 from apt.plugins import _loading
-from apt.plugins import _state
 from apt.plugins._discovery import PluginEntryPoint
 from apt.plugins._discovery import discover_entry_points
 from apt.plugins._discovery import load_directory
 from apt.plugins._ordering import resolve_order
+from apt.plugins._state import RunState
 from apt.plugins.base import Plugin
 from apt.plugins.base import handler_specs
 from apt.plugins.hooks import HookManager
-from apt.plugins.view import TrainerView
 
 
 __all__ = ["PluginFailure", "PluginManager", "PluginTeardownError"]
@@ -101,7 +100,7 @@ class _Candidate:
         return f" ({self.distribution} {self.dist_version})" if self.distribution else ""
 
 
-class PluginManager:
+class PluginManager(RunState):
     """Manages plugin discovery, ordering and lifecycle.
 
     >>> plugin_manager.register_plugin('my_plugin', MyPlugin)
@@ -436,44 +435,8 @@ class PluginManager:
         """Hook statistics per event and handler (for summary.json)."""
         return self.hook_manager.get_stats()
 
-    # --- run state (apt.plugins._state) -------------------------------------------------
-
-    def apply_schedule(
-        self, trainer: TrainerView | None = None, epoch: int | None = None, step: int | None = None
-    ) -> bool:
-        """Enable / disable scheduled plugins at this boundary; True if anything changed."""
-        return _state.apply_schedule(self._plugins, self.schedule, trainer, epoch, step)
-
-    def state_dict(self) -> dict[str, Any]:
-        """Enabled flags, why any plugin was disabled by an error, the schedule and the hook statistics."""
-        return {
-            "enabled": {n: p.is_enabled() for n, p in self._plugins.items()},
-            "failed": {n: p.failure for n, p in self._plugins.items() if p.failure is not None},
-            "schedule": self.schedule.to_dict(),
-            "stats": self.statistics(),
-        }
-
-    def load_state_dict(self, state: dict[str, Any], trainer: TrainerView | None = None) -> bool:
-        """Restore enabled flags (``on_enable``/``on_disable`` where they differ); True if any changed
-        (the model may have changed: the trainer syncs its optimizer). Error-disabled plugins stay off."""
-        return _state.load_state(self._plugins, state, trainer)
-
-    def collect_states(self, trainer: TrainerView | None, checkpoint: dict[str, Any]) -> dict[str, Any]:
-        """Fire ``on_save_checkpoint``; returns ``{plugin: {version, state_version, state}}``."""
-        return _state.collect_states(self._plugins, self.hook_manager, trainer, checkpoint)
-
-    def restore_states(self, trainer: TrainerView | None, checkpoint: dict[str, Any], states: dict[str, Any]) -> None:
-        """Fire ``on_load_checkpoint``, each plugin receiving its own (migrated) state."""
-        _state.restore_states(self._plugins, self.hook_manager, trainer, checkpoint, states)
-
-    def fingerprint(self) -> dict[str, Any]:
-        """The plugin set that produces a run: names, versions, distributions, per-event order."""
-        distributions = {n: c.distribution for n, c in self._candidates.items()}
-        return _state.fingerprint(self._plugins, distributions, self.hook_manager)
-
-    def check_fingerprint(self, saved: dict[str, Any] | None, strict: bool = False) -> list[str]:
-        """Differences between ``saved`` and the current fingerprint; warns, or raises when strict."""
-        return _state.check_fingerprint(saved, self.fingerprint(), strict)
+    def distributions(self) -> dict[str, str | None]:
+        return {n: c.distribution for n, c in self._candidates.items()}
 
     def __repr__(self) -> str:
         return f"PluginManager(loaded={self.list_loaded()}, available={sorted(self._candidates)})"

@@ -17,6 +17,7 @@ from apt.plugins import HookManager
 from apt.plugins import Plugin
 from apt.plugins import PluginManager
 from apt.plugins import TrainerView
+from plugin_helpers import manager
 from pydantic import BaseModel
 
 
@@ -139,11 +140,7 @@ def test_handlers_may_take_any_subset_and_callers_may_pass_one() -> None:
 
 
 def _plugins(*classes: type[Plugin]) -> PluginManager:
-    from apt.core import ProviderRegistry
-
-    pm = PluginManager(registry=ProviderRegistry(), hook_manager=HookManager())
-    for cls in classes:
-        pm.register_plugin(str(cls.name), cls)
+    pm = manager(*classes)
     pm.load_from_config(APTConfig(plugins=[str(c.name) for c in classes]))
     pm.setup_all()
     return pm

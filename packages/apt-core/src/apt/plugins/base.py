@@ -135,6 +135,8 @@ class Plugin:
             "version": self.get_version(),
             "description": self.description,
             "requires": list(self.requires),
+            "after": list(self.after),
+            "before": list(self.before),
             "conflicts": list(self.conflicts),
             "priority": self.priority,
             "critical": self.is_critical(),

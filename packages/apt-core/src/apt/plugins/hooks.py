@@ -27,7 +27,9 @@ from dataclasses import dataclass
 from dataclasses import field
 from typing import Any
 from typing import Final
+from typing import Protocol
 from typing import TypeVar
+from typing import runtime_checkable
 
 import pluggy
 
@@ -37,7 +39,6 @@ from apt.errors import PluginHookError
 from apt.errors import ReadOnlyConfigError
 from apt.plugins._conditions import Condition
 from apt.plugins._conditions import as_condition
-from apt.plugins.base import Plugin
 from apt.plugins.hookspecs import HOOK_MARK
 from apt.plugins.hookspecs import HOOK_NAMES
 from apt.plugins.hookspecs import PROJECT
@@ -60,6 +61,27 @@ PER_PLUGIN_ARGS: Final[dict[str, str]] = {"on_load_checkpoint": "state"}
 POSITIONAL, KEYWORD, ALL, OWN_SHARE = 0, 1, 2, 3
 
 _now = time.perf_counter
+
+
+@runtime_checkable
+class Owner(Protocol):
+    """What the hook manager uses of the plugin a handler belongs to (a :class:`~apt.plugins.Plugin`).
+
+    A Protocol: this module does not depend on the plugin base class.
+    """
+
+    hook_manager: HookManager | None
+
+    @property
+    def priority(self) -> int: ...
+
+    def get_name(self) -> str: ...
+
+    def is_enabled(self) -> bool: ...
+
+    def is_critical(self) -> bool: ...
+
+    def disable_for_error(self, message: str) -> None: ...
 
 
 @dataclass(slots=True)
@@ -85,7 +107,7 @@ class Handler:
 
     event: str
     fn: Callable[..., Any]
-    owner: Plugin | None
+    owner: Owner | None
     priority: int | None
     condition: Condition | None
     seq: int
@@ -144,14 +166,14 @@ class HookManager:
         self._middleware: list[Middleware] = []
         self._seq = itertools.count()
         self._order: dict[str, tuple[int, int]] = {}  # plugin -> (effective priority, position)
-        self._setup_owner: Plugin | None = None  # plain functions registered now belong to it
+        self._setup_owner: Owner | None = None  # plain functions registered now belong to it
         self.error_policy = error_policy
 
     # --- registration -----------------------------------------------------------------
 
     def register(
         self, event: str, fn: Callable[..., Any], priority: int | None = None, condition: Any = None, *,
-        owner: Plugin | None = None,
+        owner: Owner | None = None,
     ) -> Handler:  # fmt: skip
         """Register ``fn`` for ``event``; returns its :class:`Handler`.
 
@@ -192,7 +214,7 @@ class HookManager:
         """Remove ``fn`` (or every handler, when ``fn`` is None) from ``event``; returns how many."""
         return self._remove([h for h in self._registered(resolve_event(event)) if fn is None or fn in (h, h.fn)])
 
-    def unregister_owner(self, owner: Plugin) -> int:
+    def unregister_owner(self, owner: Owner) -> int:
         """Remove every handler that belongs to ``owner``."""
         return self._remove([h for e in HOOK_NAMES for h in self._registered(e) if h.owner is owner])
 
@@ -214,7 +236,7 @@ class HookManager:
     def remove_middleware(self, fn: Middleware) -> None:
         self._middleware.remove(fn)
 
-    def begin_setup(self, owner: Plugin | None) -> None:
+    def begin_setup(self, owner: Owner | None) -> None:
         """Attribute plain functions registered from now on to ``owner`` (None: stop)."""
         self._setup_owner = owner
 
@@ -223,7 +245,7 @@ class HookManager:
         self._order = dict(order)
         self._tables.clear()
 
-    def plugin_toggled(self, owner: Plugin) -> None:
+    def plugin_toggled(self, owner: Owner) -> None:
         """``owner`` was enabled or disabled: its handlers join or leave the dispatch."""
         self._tables.clear()
 
@@ -443,9 +465,9 @@ def _label(h: Handler) -> str:
     return f"{h.plugin}:{h.name}" if h.plugin else h.name
 
 
-def _plugin_of(fn: Callable[..., Any]) -> Plugin | None:
+def _plugin_of(fn: Callable[..., Any]) -> Owner | None:
     owner = getattr(fn, "__self__", None)
-    return owner if isinstance(owner, Plugin) else None
+    return owner if isinstance(owner, Owner) else None
 
 
 def hook(event: str, priority: int | None = None, condition: Any = None) -> Callable[[F], F]:

@@ -34,10 +34,16 @@ from apt.errors import PluginError
 from apt.errors import PluginLoadError
 from apt.errors import PluginNotFoundError
 from apt.errors import PluginValidationError
-from apt.plugins import _loading
 from apt.plugins._discovery import PluginEntryPoint
 from apt.plugins._discovery import discover_entry_points
 from apt.plugins._discovery import load_directory
+from apt.plugins._loading import class_name
+from apt.plugins._loading import find_conflict
+from apt.plugins._loading import instantiate
+from apt.plugins._loading import order_edges
+from apt.plugins._loading import requirement_problem
+from apt.plugins._loading import select
+from apt.plugins._loading import validate_plugin_class
 from apt.plugins._ordering import resolve_order
 from apt.plugins._state import RunState
 from apt.plugins.base import Plugin
@@ -156,7 +162,7 @@ class PluginManager(RunState):
         if path is not None:
             names = []
             for cls in load_directory(path):
-                name = _loading.class_name(cls)
+                name = class_name(cls)
                 self._candidates[name] = _Candidate(name, "directory", cls=cls)
                 names.append(name)
             return names
@@ -217,8 +223,8 @@ class PluginManager(RunState):
         if cand.cls is None:
             assert cand.entry_point is not None  # a candidate has a class or an entry point
             cand.cls = cand.entry_point.load()
-        _loading.validate_plugin_class(name, cand.cls, cand.where())
-        self._plugins[name] = _loading.instantiate(name, cand.cls, config, cand.where())
+        validate_plugin_class(name, cand.cls, cand.where())
+        self._plugins[name] = instantiate(name, cand.cls, config, cand.where())
         self.failures.pop(name, None)
         return self._plugins[name]
 
@@ -240,7 +246,7 @@ class PluginManager(RunState):
         if config.plugins is not None:
             self._explicit |= set(config.plugins)
         errors: list[BaseException] = []
-        for name in _loading.select(config, known, self.failures):
+        for name in select(config, known, self.failures):
             try:
                 self._load(name, config.section(name))
             except ConfigError:
@@ -274,19 +280,19 @@ class PluginManager(RunState):
         while changed:
             changed = False
             for name, plugin in list(self._plugins.items()):
-                problem = _loading.requirement_problem(name, plugin, self._plugins, self.failures, known)
+                problem = requirement_problem(name, plugin, self._plugins, self.failures, known)
                 if problem is not None:
                     exc = PluginDependencyError(problem[0], plugin=name)
                     self._fail(name, "requires", exc, problem[1])
                     if name in self._explicit or self._strict:
                         errors.append(exc)
                     changed = True
-        _loading.find_conflict(self._plugins)
+        find_conflict(self._plugins)
         self._order_plugins()
         return errors
 
     def _order_plugins(self) -> None:
-        edges = _loading.order_edges(self._plugins)
+        edges = order_edges(self._plugins)
         order, effective = resolve_order(edges, {n: p.priority for n, p in self._plugins.items()})
         self._plugins = {n: self._plugins[n] for n in order}
         self.hook_manager.set_plugin_order({n: (effective[n], i) for i, n in enumerate(order)})

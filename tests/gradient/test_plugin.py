@@ -71,6 +71,26 @@ def test_per_group_norms_add_up_to_the_global_norm_and_match_the_trainer() -> No
     assert not any(k.startswith("grad/norm/") for k in seen[0])  # step 0 is no logging step with every=2
 
 
+class GradIsWeight(Plugin):
+    """Sets every gradient to its weight right before the optimizer step."""
+
+    name = "grad_is_weight"
+
+    def on_before_optimizer_step(self, model: Any, **kw: Any) -> None:
+        for p in model.parameters():
+            p.grad = p.detach().clone()
+
+
+def test_update_ratio_of_plain_sgd_with_the_gradient_set_to_the_weight_is_the_lr() -> None:
+    """SGD lr 0.1 without momentum or decay, grad := W: |dW| / |W| = 0.1 in every group; param norms shrink 0.9x."""
+    over = ("training.optimizer=sgd", "training.betas=[0.0,0.999]", "training.weight_decay=0", "training.lr=0.1",
+            "training.warmup_steps=0", "training.lr_scheduler=constant", "training.grad_clip=null")  # fmt: skip
+    seen = _collect({"log": {"every": 1}}, GradIsWeight, overrides=over)
+    ratios = [v for r in seen for k, v in r.items() if k.startswith("grad/update_ratio/")]
+    assert len(ratios) == 8 * 11 and ratios == pytest.approx([0.1] * len(ratios), rel=1e-5)
+    assert seen[1]["grad/param_norm/wte"] == pytest.approx(0.9 * seen[0]["grad/param_norm/wte"], rel=1e-5)
+
+
 class NaNInjector(Plugin):
     """Puts a NaN into one parameter's gradient on the steps in ``at`` (after the last micro-batch)."""
 
@@ -215,7 +235,9 @@ def test_autoclip_and_agc_clip_in_training() -> None:
         assert r["grad/clip_threshold"] == pytest.approx(float(np.percentile(norms[: k + 1], 50)), rel=1e-12)
         assert r["grad/clipped"] == float(r["grad/norm"] > r["grad/clip_threshold"])
         assert r["grad_norm"] == pytest.approx(min(r["grad/norm"], r["grad/clip_threshold"]), rel=1e-5)
-    agc = _collect({"clip": {"mode": "agc", "agc_lambda": 1e-4}}, overrides=("training.grad_clip=null",))
+    agc = _collect(
+        {"log": {"every": 1}, "clip": {"mode": "agc", "agc_lambda": 1e-4}}, overrides=("training.grad_clip=null",)
+    )
     assert all(0 < r["grad/agc_clipped_units"] <= 1 for r in agc)
 
 

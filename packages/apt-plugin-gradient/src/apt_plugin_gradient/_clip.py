@@ -20,7 +20,9 @@ __all__ = ["AutoClip", "ZScoreClip", "agc_clip_", "scale_grads_"]
 
 
 @torch.no_grad()
-def agc_clip_(params: Iterable[tuple[Tensor, Tensor]], lam: float, eps: float) -> tuple[Tensor, int]:
+def agc_clip_(
+    params: Iterable[tuple[Tensor, Tensor]], lam: float, eps: float, count: bool = True
+) -> tuple[Tensor | None, int]:
     """Adaptive gradient clipping (Brock et al. 2021, arXiv 2102.06171), in place.
 
     For each unit i (a row of a weight of ``dim >= 2``, reduced over dims 1..; the whole
@@ -28,21 +30,26 @@ def agc_clip_(params: Iterable[tuple[Tensor, Tensor]], lam: float, eps: float) -
     ``G_i <- lam * max(|W_i|, eps) / |G_i| * G_i``.
 
     :param params: ``(weight, grad)`` pairs; ``grad`` is changed in place.
-    :returns: the number of clipped units (a 0-dim tensor, no host sync) and the number of units.
+    :param count: also count the clipped units (two more operations per tensor).
+    :returns: the number of clipped units (a 0-dim tensor, no host sync; ``None`` without
+        ``count``) and the number of units.
     """
-    clipped = torch.zeros((), dtype=torch.long)
+    clipped: list[Tensor] = []
     units = 0
     for w, g in params:
         dims = tuple(range(1, w.dim())) if w.dim() > 1 else None
-        w_norm = torch.linalg.vector_norm(w.float(), dim=dims, keepdim=w.dim() > 1).clamp_min(eps)  # (out, 1, ...)
-        g_norm = torch.linalg.vector_norm(g.float(), dim=dims, keepdim=w.dim() > 1)
-        max_norm = lam * w_norm
-        trigger = g_norm > max_norm
-        scale = torch.where(trigger, max_norm / g_norm.clamp_min(1e-6), torch.ones_like(g_norm))
+        keep = w.dim() > 1
+        w_norm = torch.linalg.vector_norm(w, dim=dims, keepdim=keep, dtype=torch.float32)  # (out, 1, ...) or ()
+        g_norm = torch.linalg.vector_norm(g, dim=dims, keepdim=keep, dtype=torch.float32)
+        # lam * max(|W_i|, eps) / |G_i|, capped at 1: below 1 exactly for the units to clip
+        scale = w_norm.clamp_min_(eps).mul_(lam).div_(g_norm.clamp_min_(1e-12)).clamp_(max=1.0)
         g.mul_(scale.to(g.dtype))
-        clipped = clipped.to(trigger.device) + trigger.sum()
-        units += trigger.numel()
-    return clipped, units
+        if count:
+            clipped.append((scale < 1.0).sum())
+        units += scale.numel()
+    if not count:
+        return None, units
+    return (torch.stack(clipped).sum() if clipped else torch.zeros((), dtype=torch.long)), units
 
 
 @torch.no_grad()

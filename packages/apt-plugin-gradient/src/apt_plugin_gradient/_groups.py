@@ -36,18 +36,24 @@ class ParamGroups:
         labels = [group_of(n, mode) for n in self.names] if mode != "none" else []
         self.groups: list[str] = list(dict.fromkeys(labels))
         index = {g: i for i, g in enumerate(self.groups)}
-        self.members: list[list[int]] = [[] for _ in self.groups]  # group -> parameter indices
-        for i, label in enumerate(labels):
-            self.members[index[label]].append(i)
+        self._labels = [index[label] for label in labels]  # parameter -> group index
+        self._index: Tensor | None = None
 
     def matches(self, model: nn.Module) -> bool:
         """Whether ``model`` still has exactly these parameters (a plugin may have changed it)."""
         return tuple(id(p) for p in model.parameters() if p.requires_grad) == self.ids
 
-    def group_norms(self, tensors: Sequence[Tensor | None]) -> Tensor:
-        """``(n_groups,)`` L2 norms of ``tensors`` (aligned with :attr:`params`; ``None`` counts as zero)."""
-        out = []
-        for members in self.members:
-            present = [tensors[i] for i in members if tensors[i] is not None]
-            out.append(torch.nn.utils.get_total_norm(present) if present else torch.zeros(()))  # type: ignore[arg-type]
-        return torch.stack([o.float().to(out[0].device) for o in out]) if out else torch.zeros(0)
+    def norms(self, tensors: Sequence[Tensor | None]) -> Tensor:
+        """``(n_params,)`` fp32 L2 norm of each tensor (aligned with :attr:`params`; ``None`` counts as zero)."""
+        device = self.params[0].device if self.params else torch.device("cpu")
+        zero = torch.zeros((), device=device)
+        return torch.stack(
+            [torch.linalg.vector_norm(t, dtype=torch.float32) if t is not None else zero for t in tensors]
+        )
+
+    def group_norms(self, norms: Tensor) -> Tensor:
+        """``(n_groups,)`` L2 norms of the groups, from :meth:`norms` (the root of each group's sum of squares)."""
+        if self._index is None or self._index.device != norms.device:
+            self._index = torch.tensor(self._labels, dtype=torch.long, device=norms.device)
+        sq = torch.zeros(len(self.groups), dtype=norms.dtype, device=norms.device)
+        return sq.index_add_(0, self._index, norms.square()).sqrt()

@@ -272,11 +272,11 @@ class GradientPlugin(Plugin):
         if not present:
             self._micro_sq = []
             return
-        total = torch.nn.utils.get_total_norm(present).float()
+        param_norms = groups.norms(grads)  # (n_params,) one pass over the gradients gives every norm below
+        total = param_norms.square().sum().sqrt()
         log_now = self._log_step(step)
         if log_now and groups.groups:
-            norms = groups.group_norms(grads)
-            for name, value in zip(groups.groups, norms, strict=True):
+            for name, value in zip(groups.groups, groups.group_norms(param_norms), strict=True):
                 self._pending[f"grad/norm/{name}"] = value
         micro_sum = torch.stack(self._micro_sq).sum() if self._micro_sq else torch.zeros(())
         self._micro_sq = []
@@ -301,8 +301,9 @@ class GradientPlugin(Plugin):
         if c.clip.mode == "agc":
             pairs = [(p, p.grad) for n, p in zip(groups.names, params, strict=True)
                      if p.grad is not None and not n.startswith(tuple(c.clip.agc_exclude))]  # fmt: skip
-            n_clipped, units = agc_clip_(pairs, c.clip.agc_lambda, c.clip.agc_eps)
-            self._pending["grad/agc_clipped_units"] = n_clipped.float() / max(units, 1)
+            n_clipped, units = agc_clip_(pairs, c.clip.agc_lambda, c.clip.agc_eps, count=log_now)
+            if n_clipped is not None:  # logging steps: the share of units (rows) clipped
+                self._pending["grad/agc_clipped_units"] = n_clipped.float() / max(units, 1)
             norm_after = math.nan
         elif c.clip.mode in ("autoclip", "zscore"):
             rule = self.autoclip if c.clip.mode == "autoclip" else self.zscore
@@ -366,16 +367,17 @@ class GradientPlugin(Plugin):
 
     @torch.no_grad()
     def on_optimizer_step(self, trainer: Any, model: nn.Module) -> None:
-        """Update-to-weight ratios and parameter norms per group (logging steps)."""
+        """Update-to-weight ratios ``|W_after - W_before| / |W_before|`` and parameter norms per group (logging steps)."""
         before, self._before = self._before, None
         if before is None or self._groups is None:
             return
         groups = self._groups
         after = [p.detach() for p in groups.params]
-        deltas = [a - b for a, b in zip(after, before, strict=True)]
-        w_before = groups.group_norms(before)
-        w_after = groups.group_norms(after)
-        ratio = groups.group_norms(deltas) / w_before.clamp_min(1e-12)
+        w_before = groups.group_norms(groups.norms(before))
+        for b, a in zip(before, after, strict=True):
+            b.sub_(a)  # the snapshot becomes the update (its sign does not matter for the norm)
+        ratio = groups.group_norms(groups.norms(before)) / w_before.clamp_min(1e-12)
+        w_after = groups.group_norms(groups.norms(after))
         for i, name in enumerate(groups.groups):
             self._pending[f"grad/update_ratio/{name}"] = ratio[i]
             self._pending[f"grad/param_norm/{name}"] = w_after[i]

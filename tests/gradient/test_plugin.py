@@ -252,3 +252,17 @@ def test_bad_config_and_unsupported_setups_are_one_line_errors() -> None:
     trainer.parallelism = "fsdp"
     with pytest.raises(UsageError, match="training.distributed=fsdp"):
         GradientPlugin().on_train_begin(trainer, torch.nn.Linear(2, 2))
+
+
+def test_the_plot_provider_draws_noise_scale_and_cosines(tmp_path: Path) -> None:
+    """plot:gradient (what `apt plot` calls) writes plots/gradient.png from a run's records; nothing without them."""
+    from apt_plugin_gradient import plot_gradient
+
+    cfg = {"noise_scale": {"enabled": True}, "surgery": {"cosine_every": 1}}
+    run = _run(cfg, Aux, overrides=("training.grad_accum=2",), round_trip=False, run_dir=tmp_path / "run")
+    assert run.plugin_manager.registry.list_providers("plot") == ["gradient"]
+    records = read_records(tmp_path / "run")
+    assert all("grad/noise_scale" in r and "grad/cos/lm|aux_z" in r for r in records)
+    paths = plot_gradient(records, tmp_path / "run")
+    assert paths == [tmp_path / "run" / "plots" / "gradient.png"] and paths[0].stat().st_size > 10_000
+    assert plot_gradient([{"step": 1, "loss": 2.0}], tmp_path / "other") == []

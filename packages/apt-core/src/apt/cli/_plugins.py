@@ -192,7 +192,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             label = {"value": "entry point", "dist_version": "dist. version", "critical": "critical"}.get(key, key)
             value = row[key]
             if key == "critical" and value is None:
-                value = "auto (critical if it defines on_compute_loss or on_model_built)"
+                value = "auto (critical if it defines on_compute_loss, on_model_built, on_backward or on_after_backward)"
             shown = "(not readable without importing; see --check)" if key in unknown else _cell(value)
             print(f"{label + ':':15} {shown}")
     return 0

@@ -205,8 +205,9 @@ class GradientPlugin(Plugin):
                 grads = torch.autograd.grad(terms[name], params, retain_graph=not last, allow_unused=True)
                 buf = self._term_grads.setdefault(name, [None] * len(params))
                 for j, g in enumerate(grads):
+                    prev = buf[j]
                     if g is not None:
-                        buf[j] = g if buf[j] is None else buf[j] + g  # type: ignore[operator]
+                        buf[j] = g if prev is None else prev + g
                 pieces.append(grads)
             if own and rest_names:
                 rest = torch.stack([terms[n] for n in rest_names]).sum()
@@ -222,9 +223,10 @@ class GradientPlugin(Plugin):
         self._took_over = True
         if self._noise_ok:
             for j in range(len(params)):
-                parts = [piece[j] for piece in pieces if piece[j] is not None]
-                if parts:
-                    self._micro_sq.append(torch.linalg.vector_norm(sum(parts), dtype=torch.float32).square())  # type: ignore[arg-type]
+                parts = [t for t in (piece[j] for piece in pieces) if t is not None]
+                if parts:  # this micro-batch's whole gradient of parameter j: the sum of its pieces
+                    whole = torch.stack(parts).sum(dim=0)
+                    self._micro_sq.append(torch.linalg.vector_norm(whole, dtype=torch.float32).square())
         return True
 
     def _apply_terms(self, trainer: Any, params: list[nn.Parameter], epoch: int) -> None:
@@ -390,11 +392,11 @@ class GradientPlugin(Plugin):
             self.clip_window = [0, 0]
         if not pending:
             return None
-        keys = [k for k, v in pending.items() if isinstance(v, Tensor)]
+        tensors = {k: v for k, v in pending.items() if isinstance(v, Tensor)}
         out = {k: float(v) for k, v in pending.items() if not isinstance(v, Tensor)}
-        if keys:
-            values = torch.stack([pending[k].detach().float().cpu().reshape(()) for k in keys]).tolist()  # type: ignore[union-attr]
-            out.update(zip(keys, values, strict=True))
+        if tensors:
+            values = torch.stack([v.detach().float().cpu().reshape(()) for v in tensors.values()]).tolist()
+            out.update(zip(tensors, values, strict=True))
         return out
 
     # --- state ------------------------------------------------------------------------

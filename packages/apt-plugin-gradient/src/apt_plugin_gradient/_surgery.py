@@ -25,7 +25,7 @@ def pcgrad(grads: Tensor, generator: torch.Generator | None = None) -> Tensor:
     :returns: ``(T, P)`` projected gradients.
     """
     n_terms = grads.shape[0]
-    sq = (grads * grads).sum(dim=1).clamp_min(1e-30)  # (T,) |g_j|^2
+    sq = (grads @ grads.T).diagonal().clamp_min(1e-30)  # (T,) |g_j|^2
     out = grads.clone()
     for t in range(n_terms):
         order = torch.randperm(n_terms, generator=generator).tolist()
@@ -33,7 +33,8 @@ def pcgrad(grads: Tensor, generator: torch.Generator | None = None) -> Tensor:
             if j == t:
                 continue
             dot = out[t] @ grads[j]  # ()
-            out[t] -= dot.clamp(max=0.0) / sq[j] * grads[j]  # only a conflict (dot < 0) moves it
+            # g'_t -= min(dot, 0) / |g_j|^2 * g_j: only a conflict (dot < 0) moves it; one fused op
+            out[t].addcmul_(grads[j], dot.clamp(max=0.0) / sq[j], value=-1.0)
     return out
 
 

@@ -266,3 +266,21 @@ def test_the_plot_provider_draws_noise_scale_and_cosines(tmp_path: Path) -> None
     paths = plot_gradient(records, tmp_path / "run")
     assert paths == [tmp_path / "run" / "plots" / "gradient.png"] and paths[0].stat().st_size > 10_000
     assert plot_gradient([{"step": 1, "loss": 2.0}], tmp_path / "other") == []
+
+
+def test_resume_through_the_checkpoint_plugin_is_bitwise_exact(tmp_path: Path) -> None:
+    """The plugin's state survives apt-plugin-checkpoint's on-disk format: the resumed records are identical."""
+    from apt_plugin_checkpoint import CheckpointPlugin
+
+    cfg = tiny_config(gradient={"log": {"every": 1}, "clip": {"mode": "autoclip"}, "noise_scale": {"enabled": True}})
+    over = ["training.grad_accum=2", "training.batch_size=2"]
+    run_tiny_training(GradientPlugin, CheckpointPlugin, config=cfg, overrides=over, run_dir=tmp_path / "full",
+                      round_trip=False, record=False)  # fmt: skip
+    saved = tmp_path / "full" / "checkpoints" / "step00000004"
+    assert saved.is_dir()
+    run_tiny_training(GradientPlugin, CheckpointPlugin, config=cfg, overrides=[*over, f"training.resume={saved}"],
+                      run_dir=tmp_path / "resumed", round_trip=False, record=False)  # fmt: skip
+    a = [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in read_records(tmp_path / "full")[4:]]
+    b = [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in read_records(tmp_path / "resumed")]
+    assert len(a) == len(b) == 4 and "grad/noise_scale" in a[0] and "grad/clip_threshold" in a[0]
+    assert a == b

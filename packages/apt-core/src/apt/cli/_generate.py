@@ -146,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from apt.data import ByteTokenizer
+    from apt.data import load_tokenizer
 
     if args.max_new_tokens < 0 or (args.top_k is not None and args.top_k <= 0):
         raise UsageError("--max-new-tokens must be >= 0 and --top-k > 0")
@@ -155,8 +156,13 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--seed must be in [0, 2**63), got {args.seed}")
     model, pm = load_run_model(args.run, args.weights)
     try:
-        tok = ByteTokenizer()
-        ids = tok.encode(args.prompt) or [ord("\n")]  # an empty prompt starts a new line
+        # the run's tokenizer (runs from before tokenizer.json existed are byte runs)
+        saved = args.run / "tokenizer.json"
+        tok = load_tokenizer(saved) if saved.is_file() else ByteTokenizer()
+        if isinstance(tok, ByteTokenizer):
+            ids = tok.encode(args.prompt) or [ord("\n")]  # an empty prompt starts a new line
+        else:  # an empty prompt starts a new document
+            ids = tok.encode(args.prompt) or ([tok.eos_id] if tok.eos_id is not None else tok.encode("\n"))
         idx = torch.tensor([ids], dtype=torch.long)  # (1, T)
         generator = torch.Generator().manual_seed(args.seed)
         out = model.generate(
@@ -165,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
             temperature=args.temperature,
             top_k=args.top_k,
             generator=generator,
-            vocab_limit=tok.vocab_size,  # a padded vocabulary's extra ids are no bytes
+            vocab_limit=tok.vocab_size,  # a padded vocabulary's extra ids are no tokens
         )
         print(tok.decode(out[0].tolist()))
     finally:

@@ -73,9 +73,10 @@ _worker_tokenizer: Any = None
 _worker_dtype: Any = None
 
 
-def _init_worker(tokenizer_json: str, dtype: str) -> None:
+def _init_worker(tokenizer_json: str, dtype: str, in_process: bool = False) -> None:
     global _worker_tokenizer, _worker_dtype
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # processes are the parallelism (transformers#5486)
+    if not in_process:  # worker processes are the parallelism (and rayon after fork deadlocks: transformers#5486)
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
     _worker_tokenizer = _tokenizer_from_json(tokenizer_json)
     _worker_dtype = np.dtype(dtype)
 
@@ -95,12 +96,16 @@ Task = list[tuple[int, str, bool]]  # (split index, text, ends a document)
 def _encode_task(task: Task) -> tuple[list[np.ndarray], list[int]]:
     """Token arrays per split (an end-of-text after each document end) and documents per split."""
     tok, dtype = _worker_tokenizer, _worker_dtype
-    ids = tok.encode_batch([text for _, text, _ in task])
+    texts = [text for _, text, _ in task]
+    if isinstance(tok, ByteTokenizer):  # the bytes are the ids
+        ids: list[Any] = [np.frombuffer(t.encode("utf-8", errors="surrogateescape"), np.uint8) for t in texts]
+    else:
+        ids = tok.encode_batch(texts)
     parts: list[list[np.ndarray]] = [[], []]
     docs = [0, 0]
     eos = np.array([tok.eos_id], dtype=dtype)
     for (split, _, last), piece_ids in zip(task, ids, strict=True):
-        parts[split].append(np.asarray(piece_ids, dtype=dtype))
+        parts[split].append(np.asarray(piece_ids).astype(dtype, copy=False))
         if last:
             parts[split].append(eos)
             docs[split] += 1
@@ -203,7 +208,7 @@ def _tasks(sources: list[SourceFile], field: str, seed: int, val_fraction: float
 def _ordered_results(tasks: Iterable[Task], workers: int, init_args: tuple[str, str]) -> Iterator[Any]:
     """Encode tasks in worker processes, yielding results in task order with at most 2 x workers in flight."""
     if workers <= 1:
-        _init_worker(*init_args)
+        _init_worker(*init_args, in_process=True)
         for task in tasks:
             yield _encode_task(task), task
         return

@@ -21,6 +21,7 @@ from apt.data import fingerprint
 from apt.data import load_tokenizer
 from apt.data import padded_vocab_size
 from apt.data import prepare
+from apt.data import val_tokens_per_byte
 from apt.data import validation_windows
 from apt.data._prepare import _ShardWriter
 from apt.data._prepare import token_dtype
@@ -249,9 +250,11 @@ def test_prepare_train_generate_end_to_end_with_bpe(
 
 def test_bpb_counts_bytes_not_tokens(prepared: Path) -> None:
     """With BPE, val_bpb is val_loss / ln 2 times tokens per byte of the validation targets (< 1 token/byte)."""
-    trainer = Trainer(tiny_config(data={"path": str(prepared)}, training={"max_epochs": 1}))
+    config = tiny_config(data={"path": str(prepared)}, training={"max_epochs": 1})
+    trainer = Trainer(config)
     summary = trainer.fit()
-    ratio = trainer._val_tokens_per_byte  # noqa: SLF001 (the test checks the scaling itself)
+    tc = config.training
+    ratio = val_tokens_per_byte(trainer.tokenizer, trainer.data.val, 32, tc.batch_size, tc.val_batches, 1)
     assert 0.2 < ratio < 1.0
     assert math.isclose(summary["val_bpb"], summary["val_loss"] / math.log(2) * ratio, rel_tol=1e-12)
 

@@ -471,26 +471,23 @@ def test_doctor_reports_failures_and_exits_1(
 
 
 def test_doctor_reports_dependents_of_a_failure_with_the_chain(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    modules: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A plugin whose requirement fails is reported too, with the requirement chain."""
-    (tmp_path / "cli_needs_broken.py").write_text(
-        "from apt.plugins import Plugin\nclass NeedsBroken(Plugin):\n    name = 'needs'\n    requires = ('broken',)\n",
-        encoding="utf-8",
+    _write(
+        modules,
+        {
+            "cli_needs_broken": "from apt.plugins import Plugin\nclass NeedsBroken(Plugin):\n"
+            "    name = 'needs'\n    requires = ('broken',)\n",
+            "cli_broken": MODULES["cli_broken"],
+        },
     )
-    (tmp_path / "cli_broken.py").write_text(textwrap.dedent(MODULES["cli_broken"]), encoding="utf-8")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delenv(AUTOLOAD_ENV, raising=False)
-    importlib.invalidate_caches()
     eps = [
         _source_entry_point("broken", "cli_broken:BrokenPlugin", distribution="apt-plugin-broken"),
         _source_entry_point("needs", "cli_needs_broken:NeedsBroken", distribution="apt-plugin-needs"),
     ]
-    try:
-        with fake_entry_points(*eps):
-            code, out, _ = _run(capsys, "plugins", "doctor", "--json")
-    finally:
-        sys.modules.pop("cli_needs_broken", None)
+    with fake_entry_points(*eps):
+        code, out, _ = _run(capsys, "plugins", "doctor", "--json")
     assert code == 1
     needs = next(p for p in json.loads(out)["plugins"] if p["name"] == "needs")
     assert needs["failure"]["stage"] == "requires"
@@ -508,35 +505,31 @@ def test_doctor_passes_when_every_plugin_loads(
 
 
 def test_doctor_bad_config_section_is_that_plugins_failure(
-    installed: dict[str, FakeEntryPoint], capsys: pytest.CaptureFixture[str], tmp_path: Path
+    installed: dict[str, FakeEntryPoint], capsys: pytest.CaptureFixture[str], modules: Path
 ) -> None:
     """A config error in one plugin's section fails that plugin, named with the key; the rest still load."""
-    (tmp_path / "cli_typed.py").write_text(
-        textwrap.dedent(
-            """
-            from pydantic import BaseModel, ConfigDict, Field
-            from apt.plugins import Plugin
+    _write(
+        modules,
+        {
+            "cli_typed": """
+                from pydantic import BaseModel, ConfigDict, Field
+                from apt.plugins import Plugin
 
-            class TypedConfig(BaseModel):
-                model_config = ConfigDict(extra="forbid")
-                rate: float = Field(0.5, gt=0)
+                class TypedConfig(BaseModel):
+                    model_config = ConfigDict(extra="forbid")
+                    rate: float = Field(0.5, gt=0)
 
-            class TypedPlugin(Plugin):
-                name = "typed"
-                config_model = TypedConfig
+                class TypedPlugin(Plugin):
+                    name = "typed"
+                    config_model = TypedConfig
             """
-        ),
-        encoding="utf-8",
+        },
     )
-    importlib.invalidate_caches()
-    config = tmp_path / "run.yaml"
+    config = modules / "run.yaml"
     config.write_text("typed: {rate: -1}\n", encoding="utf-8")
     typed = _source_entry_point("typed", "cli_typed:TypedPlugin", distribution="apt-plugin-typed")
-    try:
-        with fake_entry_points(installed["alpha"], typed):
-            code, out, _ = _run(capsys, "plugins", "doctor", "--json", "--config", str(config))
-    finally:
-        sys.modules.pop("cli_typed", None)
+    with fake_entry_points(installed["alpha"], typed):
+        code, out, _ = _run(capsys, "plugins", "doctor", "--json", "--config", str(config))
     assert code == 1
     report = json.loads(out)
     failure = next(p for p in report["plugins"] if p["name"] == "typed")["failure"]
@@ -572,26 +565,19 @@ def test_order_prints_each_event_with_the_reason(
     assert "on_train_begin" not in out
 
 
-def test_order_breaks_ties_by_name(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_order_breaks_ties_by_name(modules: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Equal priorities run in name order, whatever order the entry points were found in, and say so."""
-    for name in ("zulu", "mike", "alfa"):
-        (tmp_path / f"cli_tie_{name}.py").write_text(
-            f"from apt.plugins import Plugin\nclass P(Plugin):\n    name = {name!r}\n"
-            "    def on_step_end(self, **kwargs):\n        pass\n",
-            encoding="utf-8",
-        )
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delenv(AUTOLOAD_ENV, raising=False)
-    importlib.invalidate_caches()
+    _write(
+        modules,
+        {
+            f"cli_tie_{name}": f"from apt.plugins import Plugin\nclass P(Plugin):\n    name = {name!r}\n"
+            "    def on_step_end(self, **kwargs):\n        pass\n"
+            for name in ("zulu", "mike", "alfa")
+        },
+    )
     eps = [_source_entry_point(n, f"cli_tie_{n}:P") for n in ("zulu", "mike", "alfa")]
-    try:
-        with fake_entry_points(*eps):
-            report = json.loads(_run(capsys, "plugins", "order", "--json")[1])
-    finally:
-        for n in ("zulu", "mike", "alfa"):
-            sys.modules.pop(f"cli_tie_{n}", None)
+    with fake_entry_points(*eps):
+        report = json.loads(_run(capsys, "plugins", "order", "--json")[1])
     rows = report["order"]["on_step_end"]
     assert [r["plugin"] for r in rows] == ["alfa", "mike", "zulu"]
     assert rows[0]["reason"] == "priority 0"
@@ -610,12 +596,13 @@ def test_plugins_without_subcommand_prints_help(capsys: pytest.CaptureFixture[st
 
 
 def test_order_explains_a_tie_by_the_resolved_plugin_position(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    modules: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A tie broken by a requirement or by plugin priority is explained so, not as 'by name'."""
-    (tmp_path / "cli_ord.py").write_text(
-        textwrap.dedent(
-            """
+    _write(
+        modules,
+        {
+            "cli_ord": """
             from apt.plugins import Plugin, hook
 
             class Z(Plugin):
@@ -642,18 +629,11 @@ def test_order_explains_a_tie_by_the_resolved_plugin_position(
                 @hook("on_epoch_end", priority=5)
                 def h(self, **kw): pass
             """
-        ),
-        encoding="utf-8",
+        },
     )
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delenv(AUTOLOAD_ENV, raising=False)
-    importlib.invalidate_caches()
     eps = [_source_entry_point(n, f"cli_ord:{n.upper()}") for n in ("a", "m", "z", "hb", "ha", "hc")]
-    try:
-        with fake_entry_points(*eps):
-            report = json.loads(_run(capsys, "plugins", "order", "--json")[1])
-    finally:
-        sys.modules.pop("cli_ord", None)
+    with fake_entry_points(*eps):
+        report = json.loads(_run(capsys, "plugins", "order", "--json")[1])
     assert report["plugins"] == ["hb", "ha", "hc", "m", "z", "a"]
     step_end = report["order"]["on_step_end"]
     assert [r["plugin"] for r in step_end] == ["m", "a"]  # not name order: a waits for z

@@ -17,6 +17,10 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 from typing import Any
 
+from apt.errors import ConfigError
+from apt.errors import PluginConflictError
+from apt.errors import PluginError
+
 
 if TYPE_CHECKING:
     from apt.core import APTConfig
@@ -74,9 +78,6 @@ def load_all(config: APTConfig, *, every_installed: bool) -> tuple[PluginManager
         not load: stage (import / validate / config / conflict / requires / setup), error,
         distribution, version and requirement chain, as the manager recorded them.
     """
-    from apt.errors import ConfigError
-    from apt.errors import PluginConflictError
-    from apt.errors import PluginError
     from apt.plugins import PluginManager
 
     failures: dict[str, dict[str, Any]] = {}
@@ -96,42 +97,47 @@ def load_all(config: APTConfig, *, every_installed: bool) -> tuple[PluginManager
             else:
                 data["disable_plugins"] = [*config.disable_plugins, *excluded]
             try:
-                try:
-                    pm.load_from_config(type(config).from_dict(data))
-                except PluginError as exc:
-                    if not _recorded(pm, exc):
-                        raise
-                pm.setup_all()  # plugins the config names explicitly raise their failure: recorded
+                _load_and_set_up(pm, type(config).from_dict(data))
             except (ConfigError, PluginError) as exc:
-                if not _recorded(pm, exc):
-                    culprit = _culprit(exc)
-                    if culprit is None or culprit in excluded or culprit not in pm.available():
-                        raise
-                    stage = (
-                        "config"
-                        if isinstance(exc, ConfigError)
-                        else "conflict"
-                        if isinstance(exc, PluginConflictError)
-                        else "load"
-                    )
-                    failures[culprit] = _failure_dict(pm, culprit, stage, exc)
-                    excluded.append(culprit)
-                    continue
+                culprit = _culprit(exc)
+                if culprit is None or culprit in excluded or culprit not in pm.available():
+                    raise
+                stage = (
+                    "config"
+                    if isinstance(exc, ConfigError)
+                    else "conflict"
+                    if isinstance(exc, PluginConflictError)
+                    else "load"
+                )
+                failures[culprit] = _failure_dict(pm, culprit, stage, exc)
+                excluded.append(culprit)
+                continue
             break
         for name, failure in pm.failures.items():
             failures.setdefault(name, failure.as_dict())
     return pm, failures
 
 
-def _recorded(pm: PluginManager, exc: BaseException) -> bool:
+def _load_and_set_up(pm: PluginManager, config: APTConfig) -> None:
+    """Load and set up plugins as a run does, without raising a failure the manager recorded.
+
+    The manager tries every selected plugin and records each failure; for a plugin the
+    config names explicitly it raises afterwards (a run stops there), which these commands
+    do not: they report it.
+    """
+    for step in (lambda: pm.load_from_config(config), pm.setup_all):
+        try:
+            step()
+        except PluginError as exc:
+            if not _recorded(pm, exc):
+                raise
+
+
+def _recorded(pm: PluginManager, exc: PluginError) -> bool:
     """Whether ``exc`` reports failures the manager recorded after trying every plugin.
 
     That is a plugin error naming a recorded plugin, or (several at once) naming none.
     """
-    from apt.errors import PluginError
-
-    if not isinstance(exc, PluginError):
-        return False
     return exc.plugin in pm.failures if exc.plugin else bool(pm.failures)
 
 

@@ -213,7 +213,7 @@ def apply_check(rows: list[dict[str, Any]], config: APTConfig, *, every_installe
 def order_report(pm: PluginManager, event: str | None = None) -> dict[str, list[dict[str, Any]]]:
     """For each event with handlers: the handlers in dispatch order, each with the reason for its place.
 
-    The order is the kernel's (``HookManager._sort_key``): higher priority first; among
+    The order is the kernel's (``hook_manager.ordered(event)``): higher priority first; among
     equal priorities, the owning plugins' resolved position (requirements first, then
     higher effective plugin priority, then plugin name); then registration order. A
     requirement inherits the priority of what requires it, so it can never run later.

@@ -161,6 +161,18 @@ def test_prepare_is_byte_identical_whatever_the_workers(corpus: Path, tmp_path: 
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folders left
 
 
+def test_the_split_does_not_depend_on_where_the_data_lives(corpus: Path, tmp_path: Path) -> None:
+    """The same files in another folder give the same shards (the split hashes names inside the source)."""
+    import shutil
+
+    moved = tmp_path / "elsewhere" / "copy"
+    shutil.copytree(corpus, moved)
+    prepare([str(corpus)], tmp_path / "a", val_fraction=0.3)
+    prepare([str(moved)], tmp_path / "b", val_fraction=0.3)
+    for name in ("train-000000.bin", "val-000000.bin", "tokenizer.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
 def test_prepared_shards_hold_documents_and_separators(corpus: Path, tmp_path: Path) -> None:
     """Each document's tokens are followed by end-of-text; byte shards decode to the documents."""
     out = tmp_path / "bytes"

@@ -44,12 +44,15 @@ class Piece:
 
 @dataclass(frozen=True)
 class SourceFile:
-    """One input: ``path``, its ``kind`` (text, jsonl, parquet, hf-disk), and ``label`` (stable across machines)."""
+    """One input: ``path``, its ``kind`` (text, jsonl, parquet, hf-disk), ``label`` (as the user named it, for
+    messages), ``arg`` (the command-line source it came from) and ``key``: its name for the split, the file
+    name or its path inside the source folder, so that moving the data elsewhere does not change the split."""
 
     path: Path
     kind: str
     label: str
     arg: str
+    key: str
 
 
 def expand_sources(sources: list[str], glob: str | None = None) -> list[SourceFile]:
@@ -64,7 +67,7 @@ def expand_sources(sources: list[str], glob: str | None = None) -> list[SourceFi
     for arg in sources:
         p = Path(arg).expanduser()
         if p.is_dir() and (p / "state.json").is_file() and (p / "dataset_info.json").is_file():
-            files.append(SourceFile(p, "hf-disk", arg, arg))
+            files.append(SourceFile(p, "hf-disk", arg, arg, p.resolve().name))
         elif p.is_dir():
             found = sorted(
                 f
@@ -78,9 +81,9 @@ def expand_sources(sources: list[str], glob: str | None = None) -> list[SourceFi
                 )
             for f in found:
                 rel = f.relative_to(p).as_posix()
-                files.append(SourceFile(f, _kind(f), f"{arg.rstrip('/')}/{rel}", arg))
+                files.append(SourceFile(f, _kind(f), f"{arg.rstrip('/')}/{rel}", arg, rel))
         elif p.is_file():
-            files.append(SourceFile(p, _kind(p), arg, arg))
+            files.append(SourceFile(p, _kind(p), arg, arg, p.name))
         else:
             raise DataError(f"source {arg!r} does not exist; give text/JSONL/Parquet files or folders", path=arg)
     return files
@@ -145,13 +148,13 @@ def _text_pieces(source: SourceFile) -> Iterator[Piece]:
             offset += len(block)
             lines += block.count(b"\n")
             while (cut := _cut(buf)) > 0:
-                yield Piece(f"{source.label}#{n}", buf[:cut], last=False)
+                yield Piece(f"{source.key}#{n}", buf[:cut], last=False)
                 buf, n = buf[cut:], n + 1
             if not block:
                 break
     if not buf and n == 0:
         raise DataError(f"source {source.label!r} is empty; give a file with text or leave it out", path=source.label)
-    yield Piece(f"{source.label}#{n}", buf, last=True)
+    yield Piece(f"{source.key}#{n}", buf, last=True)
 
 
 def _jsonl_pieces(source: SourceFile, field: str) -> Iterator[Piece]:
@@ -177,7 +180,7 @@ def _jsonl_pieces(source: SourceFile, field: str) -> Iterator[Piece]:
                 ) from None
             text = _field(record, field, where, source, lineno)
             if text:
-                yield Piece(f"{source.label}:{n}", text, last=True)
+                yield Piece(f"{source.key}:{n}", text, last=True)
                 n += 1
     if n == 0:
         raise DataError(
@@ -227,7 +230,7 @@ def _parquet_pieces(source: SourceFile, field: str) -> Iterator[Piece]:
     for batch in pf.iter_batches(columns=[field], batch_size=1024):
         for text in batch.column(0).to_pylist():
             if text:
-                yield Piece(f"{source.label}:{n}", str(text), last=True)
+                yield Piece(f"{source.key}:{n}", str(text), last=True)
                 n += 1
     if n == 0:
         raise DataError(f"source {source.label!r} holds no text in column {field!r}", path=str(source.path))
@@ -258,7 +261,7 @@ def _hf_disk_pieces(source: SourceFile, field: str) -> Iterator[Piece]:
     for batch in ds.select_columns([field]).iter(batch_size=1024):
         for text in batch[field]:
             if text:
-                yield Piece(f"{source.label}:{n}", str(text), last=True)
+                yield Piece(f"{source.key}:{n}", str(text), last=True)
                 n += 1
     if n == 0:
         raise DataError(f"source {source.label!r} holds no text in column {field!r}", path=str(source.path))

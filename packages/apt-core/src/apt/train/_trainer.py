@@ -24,7 +24,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from apt.data import BatchSource
-from apt.data import TextDataset
+from apt.data import load_dataset
+from apt.data import padded_vocab_size
+from apt.data import save_tokenizer
+from apt.data import val_tokens_per_byte
 from apt.data import validation_windows
 from apt.errors import ConfigError
 from apt.errors import PluginConflictError
@@ -133,18 +136,24 @@ class Trainer:
         self.run_dir: Path | None = Path(agreed) if agreed is not None else None
 
         # --- data (the generator is seeded identically on every rank; each keeps its slice)
-        self.data = TextDataset.from_config(config)
-        if config.model.vocab_size < self.data.tokenizer.vocab_size:
+        # (a prepared folder's memory-mapped shards, or text tokenized here)
+        self.data = load_dataset(config, plugin_manager.registry)
+        #: the run's tokenizer (saved as ``tokenizer.json`` in the run folder, used by ``apt generate``)
+        self.tokenizer = self.data.tokenizer
+        if config.model.vocab_size is None:  # follows the tokenizer, padded for fast matmuls
+            config.model.vocab_size = padded_vocab_size(self.tokenizer.vocab_size)
+        if config.model.vocab_size < self.tokenizer.vocab_size:
             raise ConfigError(
-                f"model.vocab_size is {config.model.vocab_size}, but the tokenizer ({self.data.tokenizer}) makes "
-                f"token ids up to {self.data.tokenizer.vocab_size - 1}; set model.vocab_size to at least "
-                f"{self.data.tokenizer.vocab_size}",
+                f"model.vocab_size is {config.model.vocab_size}, but the tokenizer ({self.tokenizer}) makes "
+                f"token ids up to {self.tokenizer.vocab_size - 1}; set model.vocab_size to at least "
+                f"{self.tokenizer.vocab_size} (or leave it unset to follow the tokenizer)",
                 key="model.vocab_size",
             )
         self.batches = BatchSource(
             self.data.train, config.model.block_size, tc.batch_size, tc.grad_accum,
-            seed=tc.seed, rank=self.rank, world_size=self.world_size,
+            seed=tc.seed, rank=self.rank, world_size=self.world_size, fingerprint=self.data.fingerprint,
         )  # fmt: skip
+        self._val_tokens_per_byte = 1.0  # set with the validation windows (exactly 1 for the byte tokenizer)
 
         # --- built by setup()
         self.model: nn.Module | None = None
@@ -250,6 +259,9 @@ class Trainer:
         self._val_batches = validation_windows(
             self.data.val, self.config.model.block_size, tc.batch_size, tc.val_batches, self.rank, self.world_size
         )
+        self._val_tokens_per_byte = val_tokens_per_byte(
+            self.tokenizer, self.data.val, self.config.model.block_size, tc.batch_size, tc.val_batches, self.world_size
+        )
         self._is_setup = True
         n_params = sum(p.numel() for p in self.model.parameters())
         log.info(
@@ -277,6 +289,7 @@ class Trainer:
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self.config.to_yaml(self.run_dir / "config.yaml")
+            save_tokenizer(self.tokenizer, self.run_dir / "tokenizer.json")
             if self.global_step > 0:  # resumed: records past the checkpoint belong to the abandoned run
                 set_aside_records_after(self.run_dir / "metrics.jsonl", self.global_step)
             self._metrics = MetricsWriter(self.run_dir / "metrics.jsonl")
@@ -549,7 +562,8 @@ class Trainer:
             total[1] += 1
         all_reduce_sum(total, self.dist)
         val_loss = float(total[0] / total[1])
-        metrics = {"val_loss": val_loss, "val_bpb": bits_per_byte(val_loss)}
+        # loss summed over target tokens / the bytes they cover: comparable across tokenizers
+        metrics = {"val_loss": val_loss, "val_bpb": bits_per_byte(val_loss) * self._val_tokens_per_byte}
         for plugin, extra in self._collect(
             _VAL_END, model=model, epoch=self.epoch, step=self.global_step, metrics=dict(metrics)
         ):

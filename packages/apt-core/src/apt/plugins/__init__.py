@@ -19,6 +19,8 @@ from apt.plugins._discovery import ENTRY_POINT_GROUP
 from apt.plugins._discovery import PluginEntryPoint
 from apt.plugins._discovery import discover_entry_points
 from apt.plugins._loading import AUTOLOAD_ENV
+from apt.plugins._loading import autoload_disabled
+from apt.plugins._loading import unselected_reason
 from apt.plugins.base import PLUGIN_API_VERSION
 from apt.plugins.base import Plugin
 from apt.plugins.hooks import Handler
@@ -55,6 +57,7 @@ __all__ = [
     "PluginTeardownError",
     "TrainerView",
     "after_epoch",
+    "autoload_disabled",
     "before_epoch",
     "discover_entry_points",
     "every_n_epochs",
@@ -65,6 +68,7 @@ __all__ = [
     "hookspec",
     "plugin_manager",
     "read_only",
+    "unselected_reason",
 ]
 
 #: The process-wide plugin manager (global registry, global hook manager).

@@ -30,12 +30,14 @@ from apt.plugins.hookspecs import HOOK_NAMES
 
 __all__ = [
     "AUTOLOAD_ENV",
+    "autoload_disabled",
     "class_name",
     "find_conflict",
     "instantiate",
     "order_edges",
     "requirement_problem",
     "select",
+    "unselected_reason",
     "validate_plugin_class",
 ]
 
@@ -132,17 +134,37 @@ def class_name(cls: type[Plugin]) -> str:
     return cls.__name__.lower()
 
 
-def select(config: APTConfig, known: Collection[str], failed: Collection[str]) -> list[str]:
-    """The plugins ``config`` selects: ``plugins:`` if given, else every installed one that did
-    not fail discovery (none under ``APT_DISABLE_PLUGIN_AUTOLOAD=1``), less ``disable_plugins:``."""
+# Selection: the one place the config and the autoload switch pick plugins (load_from_config
+# and `apt plugins list` both ask these, so the two never disagree).
+
+
+def autoload_disabled() -> bool:
+    """Whether ``APT_DISABLE_PLUGIN_AUTOLOAD`` is set to ``1``, ``true``, ``yes`` or ``on``."""
+    return os.environ.get(AUTOLOAD_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def unselected_reason(name: str, config: APTConfig) -> str | None:
+    """Why a run with ``config`` would not load the installed plugin ``name``; None if it would.
+    Reads the config and the environment only: no plugin code is imported."""
+    if name in config.disable_plugins:
+        return "listed in disable_plugins"
     if config.plugins is not None:
-        selected = list(dict.fromkeys(config.plugins))
-    elif os.environ.get(AUTOLOAD_ENV, "").strip().lower() in ("1", "true", "yes", "on"):
-        log.info("%s is set: loading no plugins unless the config names them", AUTOLOAD_ENV)
-        selected = []
+        return None if name in config.plugins else "not named in the config's plugins: list"
+    if autoload_disabled():
+        return f"{AUTOLOAD_ENV} is set and the config does not name it"
+    return None
+
+
+def select(config: APTConfig, known: Collection[str], failed: Collection[str]) -> list[str]:
+    """The plugins ``config`` selects, in the order to try them: ``plugins:`` if given, else
+    every installed one that did not fail discovery; then :func:`unselected_reason` filters."""
+    if config.plugins is not None:
+        candidates = list(dict.fromkeys(config.plugins))
     else:
-        selected = sorted(n for n in known if n not in failed)
-    return [n for n in selected if n not in set(config.disable_plugins)]
+        if autoload_disabled():
+            log.info("%s is set: loading no plugins unless the config names them", AUTOLOAD_ENV)
+        candidates = sorted(n for n in known if n not in failed)
+    return [n for n in candidates if unselected_reason(n, config) is None]
 
 
 def requirement_problem(

@@ -66,6 +66,9 @@ class TrainerView(Protocol):
     def request_stop(self, reason: str, source: str | None = None) -> None:
         """Ask the run to stop after the current step (requests from several plugins combine)."""
 
+    def skip_optimizer_step(self, reason: str) -> None:
+        """Veto the coming optimizer step (from ``on_after_backward`` or ``on_before_optimizer_step``)."""
+
     def sync_optimizer(self) -> None:
         """Make the optimizer match the model after a plugin added or removed parameters."""
 

@@ -18,6 +18,7 @@ from apt_plugin_retrieval._datastore import Datastore
 from apt_plugin_retrieval._datastore import IndexSpec
 from apt_plugin_retrieval._datastore import RetrievalError
 from apt_plugin_retrieval._datastore import build_datastore
+from apt_plugin_retrieval._datastore import make_index
 from apt_plugin_retrieval._datastore import plan_index
 from apt_plugin_retrieval._eval import ScoredBatches
 from apt_plugin_retrieval._eval import SweepRow
@@ -54,6 +55,7 @@ __all__ = [
     "build_datastore",
     "capture_keys",
     "knn_log_probs",
+    "make_index",
     "mix_log_probs",
     "plan_index",
     "score_batches",

@@ -64,7 +64,8 @@ class RetrievalConfig(BaseModel):
     pq_bits: int = Field(8, ge=1, le=16, description="Bits per PQ sub-quantiser code.")
     train_keys: int = Field(100_000, gt=0, description="At most this many keys (a seeded sample) train ivfpq.")
     recompute_distances: bool = Field(
-        True, description="ivfpq: recompute exact distances from the stored keys (the paper's default)."
+        True,
+        description="ivfpq: re-rank 4k candidates by exact distances from the stored keys (the paper recomputes too).",
     )
     stride: int | None = Field(
         None,

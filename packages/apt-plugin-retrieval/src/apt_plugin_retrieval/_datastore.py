@@ -48,6 +48,7 @@ __all__ = [
     "RetrievalError",
     "available_memory_bytes",
     "build_datastore",
+    "make_index",
     "plan_index",
 ]
 
@@ -259,12 +260,10 @@ class Datastore:
                 path=folder / KEYS_FILE,
             )
         check_memory(spec, count, mdim, memory_limit_mb, folder / (INDEX_FILE if spec.kind == "ivfpq" else KEYS_FILE))
-        faiss = _faiss()
         if spec.kind == "flat":
-            index = faiss.IndexFlatL2(mdim)
-            for i in range(0, count, _CHUNK):
-                index.add(np.ascontiguousarray(keys[i : i + _CHUNK], dtype=np.float32))
+            index = make_index(keys, spec)
         else:
+            faiss = _faiss()
             ipath = folder / INDEX_FILE
             try:
                 index = faiss.read_index(str(ipath))
@@ -286,19 +285,25 @@ class Datastore:
         """The ``k`` nearest stored keys of each query.
 
         :param queries: ``(N, d)`` keys (any float dtype; searched in float32).
-        :param recompute: for an approximate index, recompute exact squared distances from
-            the stored float16 keys (the paper's default) instead of the quantised ones.
+        :param recompute: for an approximate index, fetch ``4k`` candidates, recompute their
+            exact squared distances from the stored float16 keys (the paper's default) and keep
+            the ``k`` nearest, instead of returning the quantised distances.
         :returns: ``(dist, vals)``, each ``(N, k)``: squared L2 distances (float32, ``inf``
             for a missing neighbour) and the neighbours' next tokens (int64, ``-1`` if missing).
         """
         q = np.ascontiguousarray(queries.detach().float().cpu().numpy())  # (N, d)
         k = min(k, self.size)
-        dist, ids = self.index.search(q, k)  # (N, k) each
+        rerank = recompute and self.spec.kind != "flat"
+        # approximate search: over-fetch 4k candidates, then keep the k nearest by exact distance
+        fetch = min(4 * k, self.size) if rerank else k
+        dist, ids = self.index.search(q, fetch)  # (N, fetch) each
         missing = ids < 0
         safe = np.where(missing, 0, ids)
-        if recompute and self.spec.kind != "flat":
-            near = np.asarray(self.keys[safe.reshape(-1)], dtype=np.float32).reshape(*safe.shape, -1)  # (N, k, d)
-            dist = ((near - q[:, None, :]) ** 2).sum(-1)  # (N, k)
+        if rerank:
+            near = np.asarray(self.keys[safe.reshape(-1)], dtype=np.float32).reshape(*safe.shape, -1)  # (N, fetch, d)
+            dist = np.where(missing, np.inf, ((near - q[:, None, :]) ** 2).sum(-1))  # (N, fetch)
+            order = np.argsort(dist, axis=1, kind="stable")[:, :k]  # (N, k)
+            dist, safe, missing = (np.take_along_axis(a, order, axis=1) for a in (dist, safe, missing))
         vals = np.where(missing, -1, np.asarray(self.vals)[safe].astype(np.int64))
         dist = np.where(missing, np.inf, dist).astype(np.float32)
         return torch.from_numpy(dist), torch.from_numpy(vals)
@@ -351,7 +356,7 @@ def build_datastore(
     dim = _key_width(model, tokens, cfg.key, device, dtype)
     spec = plan_index(n, dim, cfg)
     check_memory(spec, n, dim, cfg.memory_limit_mb, folder / (INDEX_FILE if spec.kind == "ivfpq" else KEYS_FILE))
-    faiss = _faiss()
+    faiss = _faiss()  # before the pass: a missing faiss should not cost a forward over the corpus
     t0 = time.perf_counter()
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.build-", dir=folder.parent))
@@ -392,9 +397,7 @@ def build_datastore(
         vals.flush()
         files = [KEYS_FILE, VALS_FILE]
         if spec.kind == "ivfpq":
-            index = _train_ivfpq(faiss, keys, spec, cfg.seed)
-            for i in range(0, n, _CHUNK):
-                index.add(np.ascontiguousarray(keys[i : i + _CHUNK], dtype=np.float32))
+            index = make_index(keys, spec, cfg.seed)
             faiss.write_index(index, str(tmp / INDEX_FILE))
             files.append(INDEX_FILE)
         del keys, vals
@@ -440,17 +443,28 @@ def _key_width(model: nn.Module, tokens: Tensor, key: str, device: torch.device 
     return int(seen[-1].shape[-1])
 
 
-def _train_ivfpq(faiss: Any, keys: np.ndarray, spec: IndexSpec, seed: int) -> Any:
+def make_index(keys: np.ndarray, spec: IndexSpec, seed: int = 0) -> Any:
+    """A FAISS index over ``keys`` ``(N, d)`` (any float dtype; added 65536 at a time as float32).
+
+    ``flat``: exact L2 (``IndexFlatL2``). ``ivfpq``: ``IndexIVFPQ`` whose coarse and product
+    quantisers are trained (k-means seeded with ``seed``) on a seeded sample of
+    ``spec.train_keys`` keys; ``nprobe`` from ``spec``.
+    """
+    faiss = _faiss()
     n, dim = keys.shape
-    rng = np.random.default_rng(seed)
-    sample = np.sort(rng.choice(n, size=spec.train_keys, replace=False))
-    train = np.ascontiguousarray(keys[sample], dtype=np.float32)  # (train_keys, d)
-    quantizer = faiss.IndexFlatL2(dim)
-    index = faiss.IndexIVFPQ(quantizer, dim, spec.nlist, spec.pq_m, spec.pq_bits)
-    index.cp.seed = seed  # the coarse k-means
-    index.pq.cp.seed = seed  # the product quantiser's k-means
-    index.train(train)
-    index.nprobe = spec.nprobe
+    if spec.kind == "flat":
+        index = faiss.IndexFlatL2(dim)
+    else:
+        rng = np.random.default_rng(seed)
+        sample = np.sort(rng.choice(n, size=min(spec.train_keys, n), replace=False))
+        train = np.ascontiguousarray(keys[sample], dtype=np.float32)  # (train_keys, d)
+        index = faiss.IndexIVFPQ(faiss.IndexFlatL2(dim), dim, spec.nlist, spec.pq_m, spec.pq_bits)
+        index.cp.seed = seed  # the coarse k-means
+        index.pq.cp.seed = seed  # the product quantiser's k-means
+        index.train(train)
+        index.nprobe = spec.nprobe
+    for i in range(0, n, _CHUNK):
+        index.add(np.ascontiguousarray(keys[i : i + _CHUNK], dtype=np.float32))
     return index
 
 

@@ -35,8 +35,8 @@ from nox.command import CommandFailed
 
 
 ROOT = Path(__file__).resolve().parent
-PACKAGES = ("apt-core", "apt-plugin-moe", "apt-plugin-align", "apt-plugin-checkpoint")
-PLUGINS = ("align", "checkpoint", "moe")
+PACKAGES = ("apt-core", "apt-plugin-moe", "apt-plugin-align", "apt-plugin-checkpoint", "apt-plugin-retrieval")
+PLUGINS = ("align", "checkpoint", "moe", "retrieval")
 TORCH = "torch==2.13.0"
 
 # A run small enough to finish in seconds on a CPU: two optimizer steps of a 1-layer GPT.

@@ -10,7 +10,7 @@ On the run's own model and corpus (the default ``apt train`` run: the embedded c
    and the held-out bpb through IVF-PQ.
 
     apt train --no-plugins --run-dir runs/base                # the default run (about 2 min on 2 free cores)
-    python benchmarks/bench_retrieval.py --run runs/base
+    python -u benchmarks/bench_retrieval.py --run runs/base --store runs/base/bench-store
     python benchmarks/bench_retrieval.py --run runs/base --key final_hidden --k 256
 
 Prints tables and ratios; nothing is asserted.
@@ -34,6 +34,7 @@ from apt.train import bits_per_byte
 from apt.train import load_weights
 from apt_plugin_retrieval import Datastore
 from apt_plugin_retrieval import RetrievalConfig
+from apt_plugin_retrieval import RetrievalError
 from apt_plugin_retrieval import build_datastore
 from apt_plugin_retrieval import make_index
 from apt_plugin_retrieval import plan_index
@@ -71,6 +72,8 @@ def main() -> None:
     p.add_argument("--val-batches", type=int, default=None, help="validation batches (default: the run's)")
     p.add_argument("--latency-queries", type=int, default=2048)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--store", type=Path, help="keep the datastore here and reuse it when it matches the weights")
+    p.add_argument("--ivf-train-keys", type=int, default=100_000, help="IVF-PQ training sample (sets nlist <= N/39)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)
@@ -82,13 +85,15 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-retrieval-"))
     try:
         cfg = RetrievalConfig(key=args.key, k=args.k, progress=False, index="flat")
-        t0 = time.perf_counter()
-        store = build_datastore(
-            tmp / "flat", model, trainer.data.train, cfg, block_size=config.model.block_size,
-            tokenizer={"repr": repr(trainer.data.tokenizer), "vocab_size": trainer.data.tokenizer.vocab_size},
-            weights_sha256=weights_sha256(model),
-        )  # fmt: skip
-        build_s = time.perf_counter() - t0
+        folder = args.store or tmp / "flat"
+        store = _reuse(folder, weights_sha256(model), args.key)
+        if store is None:
+            store = build_datastore(
+                folder, model, trainer.data.train, cfg, block_size=config.model.block_size,
+                tokenizer={"repr": repr(trainer.data.tokenizer), "vocab_size": trainer.data.tokenizer.vocab_size},
+                weights_sha256=weights_sha256(model),
+            )  # fmt: skip
+        build_s = float(store.manifest["build_s"])
         spec = store.spec
         print(f"run {args.run} ({config.data.path or 'embedded corpus'}): {len(trainer.data.train)} train / "
               f"{len(trainer.data.val)} validation tokens; {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params")  # fmt: skip
@@ -133,7 +138,7 @@ def main() -> None:
 
         # query latency: flat vs IVF-PQ over the same keys (one query at a time and batched)
         keys = np.asarray(store.keys)
-        ivf_spec = plan_index(store.size, store.dim, RetrievalConfig(index="ivfpq"))
+        ivf_spec = plan_index(store.size, store.dim, RetrievalConfig(index="ivfpq", train_keys=args.ivf_train_keys))
         t0 = time.perf_counter()
         ivf_index = make_index(keys, ivf_spec, seed=0)
         ivf_build = time.perf_counter() - t0
@@ -160,6 +165,14 @@ def main() -> None:
               f"({100 * (1 - ivf_held / lm_held):.2f}% lower than the model alone)")  # fmt: skip
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _reuse(folder: Path, weights: str, key: str) -> Datastore | None:
+    try:
+        store = Datastore.open(folder)
+    except RetrievalError:
+        return None
+    return store if store.weights_sha256 == weights and store.manifest["key"] == key else None
 
 
 def _keys_of(model: torch.nn.Module, batches: list, key: str) -> list[torch.Tensor]:

@@ -154,7 +154,14 @@ class RetrievalPlugin(Plugin):
         """
         if not getattr(trainer, "is_global_zero", True):
             return None  # one process builds and scores (its own share of the windows)
-        store = self._store_for(trainer, model)
+        try:
+            store = self._store_for(trainer, model)
+        except (UsageError, OSError) as exc:
+            if not self._training:
+                raise  # apt eval: refuse bad input with one line
+            # during training the run's weights come first: report and go on without retrieval
+            log.error("retrieval: no datastore for this validation (%s)", exc)
+            return None
         if store is None:
             return None
         return self._evaluate(trainer, model, store)

@@ -72,9 +72,20 @@ def test_validation_without_training_builds_a_missing_datastore(tmp_path: Path, 
     assert "retrieval/val_bpb" in metrics and (run_dir / "retrieval" / MANIFEST_FILE).is_file()
 
 
-def test_generate_with_retrieval(trained_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """apt generate --retrieval samples through the kNN-LM; greedy output differs from the model alone's
-    only through the mixture (both run, both print text)."""
+def test_generate_with_retrieval(
+    trained_run: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """apt generate --retrieval mixes the kNN-LM into every sampling step (and only with the flag)."""
+    from apt_plugin_retrieval import KnnLogprobs
+
+    calls: list[int] = []
+    original = KnnLogprobs.__call__
+
+    def counting(self: KnnLogprobs, idx: torch.Tensor, logprobs: torch.Tensor) -> torch.Tensor:
+        calls.append(idx.size(1))
+        return original(self, idx, logprobs)
+
+    monkeypatch.setattr(KnnLogprobs, "__call__", counting)
     assert main(["generate", "--run", str(trained_run), "--prompt", "The ", "--max-new-tokens", "24",
                  "--temperature", "0", "--retrieval"]) == 0  # fmt: skip
     with_knn = capsys.readouterr().out
@@ -82,6 +93,7 @@ def test_generate_with_retrieval(trained_run: Path, capsys: pytest.CaptureFixtur
                  "--temperature", "0"]) == 0  # fmt: skip
     without = capsys.readouterr().out
     assert with_knn.startswith("The ") and without.startswith("The ")
+    assert len(calls) == 24 and calls[0] == len("The ")  # once per new token, none without --retrieval
 
 
 def test_knn_logprobs_provider_mixes_the_datastore(trained_run: Path) -> None:

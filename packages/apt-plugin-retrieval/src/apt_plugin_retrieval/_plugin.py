@@ -125,7 +125,7 @@ class RetrievalPlugin(Plugin):
         if data is None:  # a host without the trainer's data (apt eval's may have it; rebuild it otherwise)
             from apt.data import TextDataset
 
-            data = TextDataset.from_config(trainer.config)
+            data = TextDataset.from_config(trainer.config, getattr(trainer, "registry", None))
         return data
 
     @staticmethod
@@ -147,11 +147,13 @@ class RetrievalPlugin(Plugin):
             spec = plan_index(n, dim, self.config)
             check_memory(spec, n, dim, self.config.memory_limit_mb, self.folder(trainer))
 
-    def on_validation_end(self, trainer: Any, model: nn.Module) -> dict[str, float] | None:
+    def on_validation_end(self, trainer: Any, model: nn.Module, metrics: dict[str, float]) -> dict[str, float] | None:
         """``retrieval/val_bpb`` (all validation windows, tuned lmbda and T) and the held-out comparison.
 
         ``retrieval/heldout_val_bpb`` and ``retrieval/heldout_lm_bpb`` are the kNN-LM and the
-        model alone on the second half of the windows, which tuning never saw.
+        model alone on the second half of the windows, which tuning never saw. Bits per token
+        are scaled to bits per byte by the core's own ratio (``val_bpb / val_loss * ln 2``:
+        exactly 1 for the byte tokenizer).
         """
         if not getattr(trainer, "is_global_zero", True):
             return None  # one process builds and scores (its own share of the windows)
@@ -165,7 +167,7 @@ class RetrievalPlugin(Plugin):
             return None
         if store is None:
             return None
-        return self._evaluate(trainer, model, store)
+        return self._evaluate(trainer, model, store, _bytes_scale(metrics))
 
     def on_train_end(self, trainer: Any, model: nn.Module) -> None:
         """Make the datastore match the final weights (the last validation usually did already)."""
@@ -247,7 +249,7 @@ class RetrievalPlugin(Plugin):
 
     # --- evaluation ---------------------------------------------------------------------
 
-    def _evaluate(self, trainer: Any, model: nn.Module, store: Datastore) -> dict[str, float]:
+    def _evaluate(self, trainer: Any, model: nn.Module, store: Datastore, scale: float = 1.0) -> dict[str, float]:
         from apt.train import bits_per_byte
 
         cfg = self.config
@@ -267,9 +269,9 @@ class RetrievalPlugin(Plugin):
         lam, temp = self.tuned
         _, held = halves(len(scored.targets))
         return {
-            "retrieval/val_bpb": bits_per_byte(scored.batch_mean_nll(lam, temp)),
-            "retrieval/heldout_val_bpb": bits_per_byte(scored.batch_mean_nll(lam, temp, held)),
-            "retrieval/heldout_lm_bpb": bits_per_byte(scored.batch_mean_nll(0.0, temp, held)),
+            "retrieval/val_bpb": bits_per_byte(scored.batch_mean_nll(lam, temp)) * scale,
+            "retrieval/heldout_val_bpb": bits_per_byte(scored.batch_mean_nll(lam, temp, held)) * scale,
+            "retrieval/heldout_lm_bpb": bits_per_byte(scored.batch_mean_nll(0.0, temp, held)) * scale,
             "retrieval/lambda": lam,
             "retrieval/temperature": temp,
             "retrieval/hit_rate": scored.hit_rate(),
@@ -337,6 +339,17 @@ class RetrievalPlugin(Plugin):
                 "(it is rebuilt when due) or resume from the checkpoint saved with it",
                 path=manifest,
             )
+
+
+def _bytes_scale(metrics: dict[str, float] | None) -> float:
+    """Tokens per byte of the validation windows, as the core applied it to ``val_bpb``."""
+    from apt.train import bits_per_byte
+
+    try:
+        bits = bits_per_byte(float(metrics["val_loss"]))  # type: ignore[index]
+        return float(metrics["val_bpb"]) / bits if bits > 0 else 1.0  # type: ignore[index]
+    except (KeyError, TypeError, ValueError):
+        return 1.0
 
 
 def _manifest_weights(manifest: Path) -> str:

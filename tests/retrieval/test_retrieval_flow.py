@@ -147,3 +147,15 @@ def test_generate_retrieval_without_the_plugin_says_how(
     code = main(["generate", "--run", str(run_dir), "--max-new-tokens", "4", "--retrieval"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "apt-plugin-retrieval" in err and len(err.splitlines()) == 1
+
+
+def test_a_bpe_run_compares_in_bits_per_byte(tmp_path: Path, corpus_path: Path) -> None:
+    """Under a BPE tokenizer the datastore stores token ids and lambda=0 still gives the core's val_bpb."""
+    config = retrieval_config(corpus_path, tune=False, lmbda=0.0)
+    config.data.tokenizer = "bpe"
+    config.data.tokenizer_vocab_size = 320
+    make_trainer(config, tmp_path / "run").fit()
+    last = records(tmp_path / "run")[-1]
+    assert last["retrieval/val_bpb"] == pytest.approx(last["val_bpb"], rel=1e-6)
+    manifest = Datastore.open(tmp_path / "run" / "retrieval").manifest
+    assert manifest["tokenizer"]["vocab_size"] == 320 and "byte" not in manifest["tokenizer"]["repr"].lower()

@@ -345,11 +345,10 @@ def _bytes_scale(metrics: dict[str, float] | None) -> float:
     """Tokens per byte of the validation windows, as the core applied it to ``val_bpb``."""
     from apt.train import bits_per_byte
 
-    try:
-        bits = bits_per_byte(float(metrics["val_loss"]))  # type: ignore[index]
-        return float(metrics["val_bpb"]) / bits if bits > 0 else 1.0  # type: ignore[index]
-    except (KeyError, TypeError, ValueError):
+    if not metrics or "val_loss" not in metrics or "val_bpb" not in metrics:
         return 1.0
+    bits = bits_per_byte(float(metrics["val_loss"]))
+    return float(metrics["val_bpb"]) / bits if bits > 0 else 1.0
 
 
 def _manifest_weights(manifest: Path) -> str:

@@ -127,13 +127,42 @@ def render() -> str:
     lines += ["", "## Aliases", "", "The original project's spellings are accepted wherever an event name is:", ""]
     lines += ["| Alias | Event |", "|---|---|"]
     lines += [f"| `{alias}` | `{event}` |" for alias, event in sorted(hookspecs.ALIASES.items())]
+    lines += ["", *_trainer_view()]
     lines += ["", "## Specifications", "", *sections]
     return "\n".join(lines).rstrip() + "\n"
 
 
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _trainer_view() -> list[str]:
+    """The members of ``apt.plugins.TrainerView``: attributes (with their ``#:`` comment), then methods."""
+    from apt.plugins import TrainerView
+
+    source = inspect.getsource(TrainerView)
+    doc = inspect.cleandoc(TrainerView.__doc__ or "")
+    lines = ["## The trainer: `TrainerView`", "", f"Every hook's `trainer` is an `apt.plugins.TrainerView`. {doc}", ""]
+    lines += ["| Member | Type | Meaning |", "|---|---|---|"]
+    for name, annotation, comment in re.findall(r"^    (\w+): (.+?)  #: (.+)$", source, flags=re.M):
+        lines.append(f"| `{name}` | `{_cell(annotation)}` | {_cell(_rst_to_md(comment))} |")
+    for name, member in vars(TrainerView).items():
+        if name.startswith("_") or not (callable(member) or isinstance(member, property)):
+            continue
+        fn = member.fget if isinstance(member, property) else member
+        signature = inspect.signature(fn)
+        params = [
+            p.name + (f"={p.default!r}" if p.default is not p.empty else "") for p in signature.parameters.values()
+        ]
+        shown = name if isinstance(member, property) else f"{name}({', '.join(params[1:])})"
+        summary = _rst_to_md(inspect.cleandoc(fn.__doc__ or "").split("\n\n")[0].replace("\n", " "))
+        lines.append(f"| `{shown}` | `{_cell(str(signature.return_annotation))}` | {_cell(summary)} |")
+    return lines
+
+
 # Arguments that several hooks share and not every spec repeats in its docstring.
 _COMMON = {
-    "trainer": "the `Trainer` (`None` when the event is triggered outside a trainer).",
+    "trainer": "the trainer, as a [`TrainerView`](#the-trainer-trainerview) (`None` outside a trainer).",
     "model": "the model being trained (unwrapped, never the DDP wrapper).",
     "config": "the resolved `APTConfig`.",
     "epoch": "the 0-based epoch index.",

@@ -85,7 +85,7 @@ class ExamplePlugin(Plugin):
     critical = False  # an error in a hook disables this plugin instead of stopping the run
 
     def __init__(self, config: ExampleConfig | None = None) -> None:
-        super().__init__(config if config is not None else ExampleConfig.model_validate({}))
+        super().__init__(config)  # validated once, by the plugin manager (or here from None: the defaults)
         self.losses: list[float] = []
 
     def setup(self, registry: Any, hook_manager: Any) -> None:

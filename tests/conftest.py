@@ -59,6 +59,7 @@ def fresh_globals(monkeypatch: pytest.MonkeyPatch, no_installed_plugins: None) -
     manager = PluginManager(registry=registry, hook_manager=hm)
     monkeypatch.setattr(apt.core, "registry", registry)
     monkeypatch.setattr(apt.plugins, "hook_manager", hm)
+    monkeypatch.setattr(apt.plugins.hooks, "hook_manager", hm)  # the one @hook registers plain functions with
     monkeypatch.setattr(apt.plugins, "plugin_manager", manager)
     return manager
 

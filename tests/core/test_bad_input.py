@@ -20,20 +20,11 @@ from apt.plugins import PluginManager
 from apt.plugins import PluginTeardownError
 from apt.testing._entry_points import FakeEntryPoint
 from apt.testing._entry_points import fake_entry_points
+from plugin_helpers import make
+from plugin_helpers import manager
 from pydantic import BaseModel
 from pydantic import ConfigDict
 from pydantic import Field
-
-
-def make(name: str, version: str = "1.0.0", **attrs: object) -> type[Plugin]:
-    return type(f"P_{name}", (Plugin,), {"name": name, "version": version, **attrs})
-
-
-def manager(*classes: type[Plugin]) -> PluginManager:
-    pm = PluginManager(registry=ProviderRegistry(), hook_manager=HookManager())
-    for cls in classes:
-        pm.register_plugin(cls.name or "", cls)
-    return pm
 
 
 def test_unknown_plugin_name_lists_installed(pm: PluginManager) -> None:
@@ -48,7 +39,7 @@ def test_unknown_plugin_name_lists_installed(pm: PluginManager) -> None:
 def test_unknown_name_is_rejected_before_any_import() -> None:
     broken = FakeEntryPoint("broken", ImportError("boom"))
     with fake_entry_points(broken):
-        pm = PluginManager(registry=ProviderRegistry(), hook_manager=HookManager())
+        pm = manager()
         with pytest.raises(PluginNotFoundError):
             pm.load_from_config(APTConfig(plugins=["broken", "nope"]))
     assert broken.loads == 0
@@ -149,7 +140,7 @@ def test_entry_point_whose_import_fails_is_reported_and_others_load() -> None:
         ),
         FakeEntryPoint("good", good),
     ):
-        pm = PluginManager(registry=ProviderRegistry(), hook_manager=HookManager())
+        pm = manager()
         loaded = pm.load_from_config(APTConfig())  # autoload: failures are reported, not fatal
         assert [p.get_name() for p in loaded] == ["good"]
         failure = pm.failures["broken"]
@@ -157,7 +148,7 @@ def test_entry_point_whose_import_fails_is_reported_and_others_load() -> None:
         assert "plugin 'broken' (apt-plugin-broken 0.3.1): importing" in failure.message
         assert "No module named 'torch_scatter'" in failure.message
         # named explicitly, the same failure is an error
-        pm2 = PluginManager(registry=ProviderRegistry(), hook_manager=HookManager())
+        pm2 = manager()
         with pytest.raises(PluginLoadError, match=r"plugin 'broken' \(apt-plugin-broken 0.3.1\)"):
             pm2.load_from_config(APTConfig(plugins=["broken", "good"]))
 
@@ -169,7 +160,7 @@ def test_dependents_of_a_failed_plugin_are_reported_with_the_chain() -> None:
         FakeEntryPoint("top", make("top", requires=("mid",))),
         FakeEntryPoint("other", make("other")),
     ):
-        pm = PluginManager(registry=ProviderRegistry(), hook_manager=HookManager())
+        pm = manager()
         loaded = pm.load_from_config(APTConfig())
     assert [p.get_name() for p in loaded] == ["other"]
     assert pm.failures["top"].chain == ["top", "mid", "base"]
@@ -282,7 +273,7 @@ def test_plugin_named_twice_by_distributions_says_why_it_cannot_load() -> None:
         FakeEntryPoint("dup", make("dup"), distribution="apt-plugin-dup"),
         FakeEntryPoint("dup", make("dup"), distribution="apt-plugin-dup-fork"),
     ):
-        pm = PluginManager(registry=ProviderRegistry(), hook_manager=HookManager())
+        pm = manager()
         with pytest.raises(
             PluginNotFoundError, match=r"plugin 'dup' cannot load: .*several distributions .*uninstall all but one"
         ):

@@ -17,14 +17,8 @@ from apt.plugins import PluginManager
 from apt.plugins import PluginTeardownError
 from apt.testing._entry_points import FakeEntryPoint
 from apt.testing._entry_points import fake_entry_points
-
-
-def make(name: str, **attrs: Any) -> type[Plugin]:
-    return type(f"P_{name}", (Plugin,), {"name": name, "version": "1.0.0", **attrs})
-
-
-def fresh() -> PluginManager:
-    return PluginManager(registry=ProviderRegistry(), hook_manager=HookManager())
+from plugin_helpers import make
+from plugin_helpers import manager
 
 
 def test_discovery_reads_metadata_without_importing() -> None:
@@ -33,7 +27,7 @@ def test_discovery_reads_metadata_without_importing() -> None:
         FakeEntryPoint("align", make("align")),
     ]
     with fake_entry_points(*eps):
-        pm = fresh()
+        pm = manager()
         assert pm.discover() == ["align", "moe"]
         assert pm.entry_point("moe").version == "1.2.0"
         assert [ep.loads for ep in eps] == [0, 0]
@@ -44,12 +38,12 @@ def test_discovery_reads_metadata_without_importing() -> None:
 def test_selection_rules(monkeypatch: pytest.MonkeyPatch) -> None:
     eps = [FakeEntryPoint(n, make(n)) for n in ("a", "b", "c")]
     with fake_entry_points(*eps):
-        assert [p.get_name() for p in fresh().load_from_config(APTConfig())] == ["a", "b", "c"]
-        assert [p.get_name() for p in fresh().load_from_config(APTConfig(plugins=["c", "a"]))] == ["a", "c"]
-        assert [p.get_name() for p in fresh().load_from_config(APTConfig(disable_plugins=["b"]))] == ["a", "c"]
+        assert [p.get_name() for p in manager().load_from_config(APTConfig())] == ["a", "b", "c"]
+        assert [p.get_name() for p in manager().load_from_config(APTConfig(plugins=["c", "a"]))] == ["a", "c"]
+        assert [p.get_name() for p in manager().load_from_config(APTConfig(disable_plugins=["b"]))] == ["a", "c"]
         monkeypatch.setenv(AUTOLOAD_ENV, "1")
-        assert fresh().load_from_config(APTConfig()) == []
-        assert [p.get_name() for p in fresh().load_from_config(APTConfig(plugins=["b"]))] == ["b"]
+        assert manager().load_from_config(APTConfig()) == []
+        assert [p.get_name() for p in manager().load_from_config(APTConfig(plugins=["b"]))] == ["b"]
 
 
 def test_order_requires_then_priority_then_name_independent_of_discovery_order() -> None:
@@ -66,7 +60,7 @@ def test_order_requires_then_priority_then_name_independent_of_discovery_order()
         names = list(classes)
         random.Random(seed).shuffle(names)
         with fake_entry_points(*(FakeEntryPoint(n, classes[n]) for n in names)):
-            pm = fresh()
+            pm = manager()
             orders.add(tuple(pm.list_loaded() if pm.load_from_config(APTConfig()) else ()))
     # zeta is required by early (priority 10), so it is lifted before it
     assert orders == {("logger", "zeta", "early", "moe", "align", "checkpoint")}
@@ -116,7 +110,7 @@ def test_schedule_enables_at_boundary_and_state_round_trips(pm: PluginManager) -
     state = pm.state_dict()
     assert state["enabled"] == {"late": True}
 
-    other = fresh()
+    other = manager()
     other.register_plugin("late", make("late", on_enable=on_enable))
     with fake_entry_points():
         other.load_from_config(APTConfig(schedules={"enable_late_at_epoch": 1}))
@@ -153,7 +147,7 @@ def test_plugin_disabled_by_an_error_stays_off_despite_its_schedule_and_across_r
     state = pm.state_dict()
     assert state["failed"] == {"flaky": plugin.failure}
 
-    other = fresh()
+    other = manager()
     other.register_plugin("flaky", make("flaky", critical=False, on_enable=on_enable, on_step_end=on_step_end))
     with fake_entry_points():
         other.load_from_config(config)
@@ -286,7 +280,7 @@ def test_a_config_section_for_a_plugin_two_distributions_provide_reports_the_rea
     eps = [FakeEntryPoint("dup", cls, distribution="d1", version="1"), FakeEntryPoint("dup", cls, distribution="d2")]
     with fake_entry_points(*eps):
         with pytest.raises(PluginNotFoundError, match="provided by several distributions"):
-            fresh().load_from_config(APTConfig(plugins=["dup"], dup={"x": 1}))
+            manager().load_from_config(APTConfig(plugins=["dup"], dup={"x": 1}))
 
 
 def test_unloading_a_plugin_puts_back_the_core_provider_and_default_it_replaced(pm: PluginManager) -> None:
@@ -392,7 +386,7 @@ def test_plugins_loaded_one_by_one_are_resolved_before_setup() -> None:
         order.append(self.get_name())
 
     with fake_entry_points():
-        pm = fresh()
+        pm = manager()
         pm.register_plugin("zdep", make("zdep", version="2.0.0", setup=setup))
         pm.register_plugin("app", make("app", requires=("zdep>=2",), setup=setup))
         pm.load("app")
@@ -400,7 +394,7 @@ def test_plugins_loaded_one_by_one_are_resolved_before_setup() -> None:
         pm.setup_all()
         assert order == ["zdep", "app"] and pm.list_loaded() == ["zdep", "app"]
 
-        alone = fresh()
+        alone = manager()
         alone.register_plugin("zdep", make("zdep", version="2.0.0"))
         alone.register_plugin("app", make("app", requires=("zdep>=2",)))
         alone.load("app")

@@ -154,9 +154,8 @@ def test_plugins_leave_the_registry_as_they_found_it_in_any_unload_order() -> No
             for order in itertools.permutations(range(n)):
                 reg = ProviderRegistry()
                 for i, (name, default) in enumerate(actions[a] for a in acts):
-                    reg._current_plugin = (f"p{i}", "1.0")
-                    reg.register("ffn", name.format(i), lambda: None, default=default)
-                reg._current_plugin = None
+                    with reg.registering_for(f"p{i}", "1.0"):
+                        reg.register("ffn", name.format(i), lambda: None, default=default)
                 for i in order:
                     reg.unregister_plugin(f"p{i}")
                 assert snapshot(reg) == fresh, (acts, order)

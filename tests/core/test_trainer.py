@@ -371,7 +371,7 @@ def test_state_dict_has_the_contract_keys() -> None:
     """state_dict holds everything the contract lists, with the recorder's state under its name."""
     run = run_tiny_training()
     assert run.state is not None
-    assert set(run.state) >= {"model", "optimizer", "lr_scheduler", "grad_scaler", "rng", "data", "counters",
+    assert set(run.state) >= {"model", "optimizer", "lr_scheduler", "rng", "data", "counters",
                               "config", "plugins", "plugin_manager", "fingerprint"}  # fmt: skip
     assert run.state["counters"] == {"epoch": 1, "global_step": 8, "step_in_epoch": 4}
     assert [p["name"] for p in run.state["fingerprint"]["plugins"]] == ["recorder"]

@@ -10,6 +10,7 @@ else keeps its traceback because it is a bug.
     AptError
     ├── UsageError                      a user mistake: printed as one line, exit 2
     │   ├── ConfigError                 bad config value or unknown key (has .key)
+    │   │   └── ReadOnlyConfigError     a plugin wrote to a config (has .key, .plugin)
     │   ├── PluginError                 about one plugin (has .plugin)
     │   ├── PluginNotFoundError         a plugin name that is not installed
     │   ├── PluginLoadError             import / config / setup of a plugin failed
@@ -42,6 +43,7 @@ __all__ = [
     "PluginNotFoundError",
     "PluginValidationError",
     "ProviderError",
+    "ReadOnlyConfigError",
     "UsageError",
 ]
 
@@ -63,6 +65,18 @@ class ConfigError(UsageError):
     def __init__(self, message: str, *, key: str | None = None) -> None:
         super().__init__(message)
         self.key = key
+
+
+class ReadOnlyConfigError(ConfigError):
+    """A plugin wrote to its config or to the run's config, which plugins only read.
+
+    :param plugin: the plugin whose config it was (None for the run config: the hook
+        error that carries this one names the plugin that wrote).
+    """
+
+    def __init__(self, message: str, *, key: str | None = None, plugin: str | None = None) -> None:
+        super().__init__(message, key=key)
+        self.plugin = plugin
 
 
 class PluginError(UsageError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable
 from collections.abc import Iterable
 
 import torch
@@ -41,18 +42,19 @@ class StepStats:
             self._hidden = hidden if self._hidden is None else self._hidden + hidden
         self.count += 1
 
-    def means(self) -> dict[str, float]:
+    def means(self, all_reduce_sum: Callable[[Tensor], Tensor] | None = None) -> dict[str, float]:
         """``{"kl": ..., "hidden": ...}`` averaged over the recorded micro-batches (empty if none).
 
-        Under torch.distributed the average is over every process's micro-batches (a
-        collective: every rank calls it once per step, as the trainer's ``on_step_end`` does).
+        :param all_reduce_sum: sums a tensor over processes in place (``trainer.all_reduce_sum``):
+            the average is then over every process's micro-batches (a collective: every rank
+            calls it once per step, as the trainer's ``on_step_end`` does).
         """
         if self.count == 0 or self._kl is None:
             return {}
         hidden = self._hidden if self._hidden is not None else torch.zeros_like(self._kl)
         sums = torch.stack([self._kl.float(), hidden.float(), self._kl.new_full((), float(self.count))])
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(sums)
+        if all_reduce_sum is not None:
+            all_reduce_sum(sums)
         kl, hidden_sum, count = sums.tolist()  # the step's one host read
         out = {"kl": kl / count}
         if self._hidden is not None:

@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING
 from typing import Any
 
 import torch
-from pydantic import ValidationError
 from torch import Tensor
 from torch import nn
 
 from apt.errors import CheckpointError
 from apt.errors import ConfigError
 from apt.plugins import Plugin
+from apt.plugins import TrainerView
 from apt.plugins import hook
 from apt_plugin_align._config import AlignConfig
 from apt_plugin_align._ema import StableState
@@ -69,16 +69,9 @@ class AlignPlugin(Plugin):
     config_model = AlignConfig
     state_version = 1
 
-    config: AlignConfig
+    config: AlignConfig  # validated once (by the plugin manager, or Plugin.__init__ from a mapping); read-only
 
     def __init__(self, config: AlignConfig | dict[str, Any] | None = None) -> None:
-        if not isinstance(config, AlignConfig):
-            try:
-                config = AlignConfig(**(config or {}))
-            except ValidationError as exc:
-                err = exc.errors()[0]
-                key = ".".join(["align", *(str(p) for p in err["loc"])])
-                raise ConfigError(f"config key {key!r}: {err['msg']} (got {err.get('input')!r})", key=key) from None
         super().__init__(config)
         self.stable: StableState | None = None
         self.activation_step: int | None = None
@@ -106,21 +99,21 @@ class AlignPlugin(Plugin):
         """Whether the stable state exists (or is waiting in a loaded checkpoint)."""
         return self.stable is not None or self._pending is not None
 
-    def _read_trainer(self, trainer: Any) -> None:
-        training = getattr(getattr(trainer, "config", None), "training", None)
-        if training is not None:
-            self._steps_per_epoch = int(training.steps_per_epoch)
-            self._total_steps = int(training.steps_per_epoch * training.max_epochs)
+    def _read_trainer(self, trainer: TrainerView | None) -> None:
+        if trainer is not None:
+            training = trainer.config.training
+            self._steps_per_epoch = training.steps_per_epoch
+            self._total_steps = training.steps_per_epoch * training.max_epochs
 
     @hook("on_model_built", priority=-(10**9))
-    def capture_template(self, trainer: Any, model: nn.Module) -> None:
+    def capture_template(self, trainer: TrainerView | None, model: nn.Module) -> None:
         """Under FSDP2, keep a hook-free copy of the finished model (on the CPU) before it is sharded.
 
         It runs after every other ``on_model_built`` handler (lowest priority), so it sees the
         model as the other plugins left it (MoE layers in place). A sharded model cannot be
         copied into a working module; the stable state is later built from this copy.
         """
-        if getattr(trainer, "parallelism", "single") == "fsdp":
+        if trainer is not None and trainer.parallelism == "fsdp":
             self._template = copy_without_hooks(model).to("cpu")
 
     def _build_stable(self, model: nn.Module) -> StableState:
@@ -151,7 +144,9 @@ class AlignPlugin(Plugin):
         n = sum(p.numel() for p in self.stable.module.parameters())
         log.info("align: stable state created at epoch %d, step %d (%d parameters, fp32)", epoch, step, n)
 
-    def _maybe_activate(self, trainer: Any, model: nn.Module | None, epoch: int | None, step: int | None) -> None:
+    def _maybe_activate(
+        self, trainer: TrainerView | None, model: nn.Module | None, epoch: int | None, step: int | None
+    ) -> None:
         if model is None:
             return
         if self._pending is not None:
@@ -176,11 +171,11 @@ class AlignPlugin(Plugin):
 
     # --- training -----------------------------------------------------------------------
 
-    def on_train_begin(self, trainer: Any) -> None:
+    def on_train_begin(self, trainer: TrainerView | None) -> None:
         """Read the run's length (one epoch is the default ramp; the run's end, the default anneal)."""
         self._read_trainer(trainer)
 
-    def on_step_begin(self, trainer: Any, model: nn.Module, epoch: int, step: int) -> None:
+    def on_step_begin(self, trainer: TrainerView | None, model: nn.Module, epoch: int, step: int) -> None:
         """Activate when due, follow model changes, restore a loaded state, and fix this step's ``w(t)``."""
         self._maybe_activate(trainer, model, epoch, step)
         self._stats.reset()
@@ -192,7 +187,9 @@ class AlignPlugin(Plugin):
             return self.config.ramp_steps
         return self._steps_per_epoch
 
-    def on_compute_loss(self, trainer: Any, model: nn.Module, batch: Any, outputs: Any) -> dict[str, Tensor] | None:
+    def on_compute_loss(
+        self, trainer: TrainerView | None, model: nn.Module, batch: Any, outputs: Any
+    ) -> dict[str, Tensor] | None:
         """Teacher forward with the stable weights and the two weighted alignment terms."""
         if self.stable is None or self.config.ema_only:
             return None
@@ -205,7 +202,7 @@ class AlignPlugin(Plugin):
                 "without .hidden; set align.beta: 0 or use a trainer that runs the model with return_hidden=True",
                 key="align.beta",
             )
-        teacher = self.stable.forward(x, cfg.beta > 0, getattr(trainer, "dtype", torch.float32))
+        teacher = self.stable.forward(x, cfg.beta > 0, trainer.dtype if trainer is not None else torch.float32)
         mask = y >= 0  # (B, T) targets of -1 are ignored, as in the model's loss
         kl = temperature_kl(outputs.logits, teacher.logits, cfg.tau_align, mask)
         hidden = hidden_cosine_loss(outputs.hidden, teacher.hidden, mask) if cfg.beta > 0 else None
@@ -228,19 +225,20 @@ class AlignPlugin(Plugin):
         self._decay = ema_decay_at(cfg.ema_schedule, k, cfg.ema_decay, cfg.decay_end, total)
         self.stable.update(model, self._decay)
 
-    def on_step_end(self) -> dict[str, float] | None:
+    def on_step_end(self, trainer: TrainerView | None) -> dict[str, float] | None:
         """``align/w``, ``align/decay``, ``align/num_updates`` and the raw ``align/kl``, ``align/hidden``."""
         if self.stable is None:
             return None
         out = {"align/w": self._weight, "align/num_updates": float(self.stable.num_updates)}
         if self._decay is not None:
             out["align/decay"] = self._decay
-        out.update({f"align/{k}": v for k, v in self._stats.means().items()})
+        reduce = trainer.all_reduce_sum if trainer is not None else None  # every process's micro-batches
+        out.update({f"align/{k}": v for k, v in self._stats.means(reduce).items()})
         return out
 
     # --- validation ---------------------------------------------------------------------
 
-    def on_validation_end(self, trainer: Any, model: nn.Module) -> dict[str, float] | None:
+    def on_validation_end(self, trainer: TrainerView, model: nn.Module) -> dict[str, float] | None:
         """Validate both states on the trainer's validation batches.
 
         :returns: ``align/stable_val_loss``, ``align/live_val_loss``, ``align/argmax_agreement`` and
@@ -251,35 +249,32 @@ class AlignPlugin(Plugin):
         batches = trainer.val_batches  # the trainer's fixed windows, this process's share
         self.stable.follow(model)
         device = next(self.stable.module.parameters()).device
-        totals = compare_states(model, self.stable.module, batches, device, getattr(trainer, "dtype", torch.float32))
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(totals)  # each process validated its own share of the windows
+        totals = compare_states(model, self.stable.module, batches, device, trainer.dtype)
+        trainer.all_reduce_sum(totals)  # each process validated its own share of the windows
         out = {f"align/{k}": v for k, v in summarize_comparison(totals).items()}
         out["align/param_drift"] = self.stable.drift(model)
         return out
 
     # --- end of run ---------------------------------------------------------------------
 
-    def on_train_end(self, trainer: Any, model: nn.Module) -> None:
+    def on_train_end(self, trainer: TrainerView | None, model: nn.Module) -> None:
         """Write ``run_dir/align/stable.safetensors`` (rank 0) for ``apt generate --weights stable``."""
         if self._pending is not None:
             self._materialize(model)
         self._save_stable(trainer)
 
-    def on_disable(self, trainer: Any = None, epoch: int | None = None, step: int | None = None) -> None:
+    def on_disable(self, trainer: TrainerView | None = None, epoch: int | None = None, step: int | None = None) -> None:
         """A schedule stops align: its stable state stops moving, so write it now (no ``on_train_end`` follows)."""
         self._save_stable(trainer)
 
-    def _save_stable(self, trainer: Any) -> None:
-        model = getattr(trainer, "model", None)
-        if self._pending is not None and model is not None:
-            self._materialize(model)  # a resumed state not used by a step yet
-        run_dir = getattr(trainer, "run_dir", None)
-        if self.stable is None or not self.config.save_stable or run_dir is None:
+    def _save_stable(self, trainer: TrainerView | None) -> None:
+        if trainer is None:
             return
-        if not getattr(trainer, "is_global_zero", True):
+        if self._pending is not None and trainer.model is not None:
+            self._materialize(trainer.model)  # a resumed state not used by a step yet
+        if self.stable is None or not self.config.save_stable or trainer.run_dir is None or not trainer.is_global_zero:
             return
-        path = save_stable_weights(self.stable.module, run_dir)
+        path = save_stable_weights(self.stable.module, trainer.run_dir)
         log.info("align: stable weights (%d EMA updates) written to %s", self.stable.num_updates, path)
 
     # --- state --------------------------------------------------------------------------

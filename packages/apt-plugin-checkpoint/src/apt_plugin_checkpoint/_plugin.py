@@ -1,6 +1,6 @@
 """The ``checkpoint`` plugin: when to save, what to keep, and how a run resumes.
 
-It saves the whole ``trainer.state_dict()`` (model, optimizer, scheduler, scaler, RNG,
+It saves the whole ``trainer.state_dict()`` (model, optimizer, scheduler, RNG,
 data position, counters, config, every plugin's state, the plugin fingerprint) through
 :class:`~apt_plugin_checkpoint.CheckpointStore`: crash-safe, hash-verified, pickle-free.
 
@@ -27,6 +27,7 @@ import torch
 from apt.errors import AptError
 from apt.errors import CheckpointError
 from apt.plugins import Plugin
+from apt.plugins import TrainerView
 from apt_plugin_checkpoint._config import CheckpointConfig
 from apt_plugin_checkpoint._format import EncodedState
 from apt_plugin_checkpoint._format import encode_state
@@ -110,13 +111,11 @@ class CheckpointPlugin(Plugin):
     priority = -100  # after every other plugin on the same event, so their state is final
     critical = True  # a failing resume must stop the run; save errors follow on_save_error
     config_model = CheckpointConfig
+    config: CheckpointConfig
     state_version = 1
 
     def __init__(self, config: CheckpointConfig | dict[str, Any] | None = None) -> None:
-        if not isinstance(config, CheckpointConfig):
-            config = CheckpointConfig(**(config or {}))
-        super().__init__(config)
-        self.config: CheckpointConfig = config
+        super().__init__(config)  # validated once (by the plugin manager, or here from a mapping); read-only
         self.store: CheckpointStore | None = None
         # metric name -> (global step it was measured at, value): a checkpoint records only the
         # metrics measured for its own weights (see _metrics_at)
@@ -129,40 +128,39 @@ class CheckpointPlugin(Plugin):
         self._best: list[dict[str, Any]] = []
         self._executor: ThreadPoolExecutor | None = None
         self._inflight: tuple[Future[None], int] | None = None  # an async save and its step
-        self._trainer: Any = None
+        self._trainer: TrainerView | None = None
         self._snapshot: dict[str, torch.Tensor] = {}  # async_save's reusable CPU copy of the state
         self._running = False  # between on_train_begin and on_train_end: what an emergency save is for
 
     # --- where ----------------------------------------------------------------------------
 
-    def checkpoint_dir(self, trainer: Any) -> Path:
+    def checkpoint_dir(self, trainer: TrainerView) -> Path:
         """The checkpoint folder: ``config.dir``, under the run folder when relative."""
         path = Path(self.config.dir).expanduser()
         if path.is_absolute():
             return path
-        run_dir = getattr(trainer, "run_dir", None)
-        return Path(run_dir) / path if run_dir is not None else path
+        return trainer.run_dir / path if trainer.run_dir is not None else path
 
-    def _store(self, trainer: Any) -> CheckpointStore:
+    def _store(self, trainer: TrainerView) -> CheckpointStore:
         if self.store is None:
             self.store = CheckpointStore(self.checkpoint_dir(trainer))
         return self.store
 
     # --- hooks: run -------------------------------------------------------------------------
 
-    def on_train_begin(self, trainer: Any, model: Any, epoch: int, step: int) -> None:
+    def on_train_begin(self, trainer: TrainerView, model: Any, epoch: int, step: int) -> None:
         self._trainer = trainer
         store = self._store(trainer)
         self._last_save_time = time.monotonic()
         if self._last_saved_step is None and step:
             self._last_saved_step = step  # resumed: that state is on disk already
-        if not getattr(trainer, "is_global_zero", True):
+        if not trainer.is_global_zero:
             self._running = True
             return
         removed = store.prepare()
         if removed:
             logger.warning("removed %d incomplete save(s) left in %s: %s", len(removed), store.root, removed)
-        needed = estimate_checkpoint_bytes(model, getattr(trainer, "optimizer", None))
+        needed = estimate_checkpoint_bytes(model, trainer.optimizer)
         free = disk_free_bytes(store.root)
         if free < needed:
             raise CheckpointError(
@@ -182,7 +180,9 @@ class CheckpointPlugin(Plugin):
             )
         self._running = True
 
-    def on_train_end(self, trainer: Any, epoch: int, step: int, metrics: dict[str, float] | None = None) -> None:
+    def on_train_end(
+        self, trainer: TrainerView, epoch: int, step: int, metrics: dict[str, float] | None = None
+    ) -> None:
         # ``metrics`` is the trainer's running union of every metric ever logged, so a value in it
         # may have been measured many steps ago. The final step's own metrics came through
         # on_step_end / on_validation_end / on_epoch_end at this same global step already.
@@ -191,13 +191,13 @@ class CheckpointPlugin(Plugin):
             self._save(trainer, "train_end")
         self._wait()
 
-    def on_exception(self, trainer: Any, exception: BaseException, epoch: int, step: int) -> None:
+    def on_exception(self, trainer: TrainerView, exception: BaseException, epoch: int, step: int) -> None:
         if trainer is None:
             return
         try:
             # not before training started (a failed resume, a bad config): nothing worth saving
             if self.config.save_on_exception and self._running:
-                if getattr(trainer, "parallelism", "single") == "fsdp":
+                if trainer.parallelism == "fsdp":
                     # the sharded state can only be gathered with every rank, and the others may not be here
                     logger.warning("no emergency checkpoint under FSDP2; the last regular checkpoint stands")
                 else:
@@ -215,8 +215,8 @@ class CheckpointPlugin(Plugin):
 
     # --- hooks: schedule --------------------------------------------------------------------
 
-    def on_step_end(self, trainer: Any, epoch: int, step: int, metrics: dict[str, float] | None = None) -> None:
-        global_step = int(getattr(trainer, "global_step", step + 1))  # ``step`` counts from 0, before the update
+    def on_step_end(self, trainer: TrainerView, epoch: int, step: int, metrics: dict[str, float] | None = None) -> None:
+        global_step = trainer.global_step  # ``step`` counts from 0, before the update: global_step == step + 1
         self._update_metrics(metrics, global_step)
         self._poll_async(trainer)
         every = self.config.every_n_steps
@@ -231,14 +231,18 @@ class CheckpointPlugin(Plugin):
         else:
             self._save(trainer, reason)
 
-    def on_validation_end(self, trainer: Any, epoch: int, step: int, metrics: dict[str, float] | None = None) -> None:
-        global_step = int(getattr(trainer, "global_step", step))
+    def on_validation_end(
+        self, trainer: TrainerView, epoch: int, step: int, metrics: dict[str, float] | None = None
+    ) -> None:
+        global_step = trainer.global_step
         self._update_metrics(metrics, global_step)
         if self._pending and not self._epoch_ends(trainer, global_step):
             self._save(trainer, self._pending)
 
-    def on_epoch_end(self, trainer: Any, epoch: int, step: int, metrics: dict[str, float] | None = None) -> None:
-        self._update_metrics(metrics, int(getattr(trainer, "global_step", step)))
+    def on_epoch_end(
+        self, trainer: TrainerView, epoch: int, step: int, metrics: dict[str, float] | None = None
+    ) -> None:
+        self._update_metrics(metrics, trainer.global_step)
         every = self.config.every_n_epochs
         if every and (epoch + 1) % every == 0:
             self._save(trainer, "epoch")
@@ -247,16 +251,16 @@ class CheckpointPlugin(Plugin):
 
     # --- hooks: state -----------------------------------------------------------------------
 
-    def on_save_checkpoint(self, trainer: Any, checkpoint: dict[str, Any]) -> dict[str, Any]:
+    def on_save_checkpoint(self, trainer: TrainerView, checkpoint: dict[str, Any]) -> dict[str, Any]:
         return {"saves": self._saves, "last_saved_step": self._last_saved_step, "best": self._best}
 
-    def on_load_checkpoint(self, trainer: Any, checkpoint: dict[str, Any], state: Any) -> None:
+    def on_load_checkpoint(self, trainer: TrainerView, checkpoint: dict[str, Any], state: Any) -> None:
         if isinstance(state, dict):
             self._saves = int(state.get("saves", 0))
             self._best = list(state.get("best", []))
             # _last_saved_step is set by on_resume from the manifest of what was loaded
 
-    def on_resume(self, trainer: Any, resume: str) -> dict[str, Any]:
+    def on_resume(self, trainer: TrainerView, resume: str) -> dict[str, Any]:
         """Load the checkpoint to resume from: ``"latest"`` (with fallback) or a path."""
         self._trainer = trainer
         loaded = self._load(trainer, resume)
@@ -286,30 +290,27 @@ class CheckpointPlugin(Plugin):
         """
         return {key: value for key, (step, value) in self._metrics.items() if step == global_step}
 
-    def _training_cfg(self, trainer: Any) -> Any:
-        return getattr(getattr(trainer, "config", None), "training", None)
+    def _epoch_ends(self, trainer: TrainerView, global_step: int) -> bool:
+        per_epoch = trainer.config.training.steps_per_epoch
+        return per_epoch > 0 and global_step % per_epoch == 0
 
-    def _epoch_ends(self, trainer: Any, global_step: int) -> bool:
-        per_epoch: int | None = getattr(self._training_cfg(trainer), "steps_per_epoch", None)
-        return per_epoch is not None and per_epoch > 0 and global_step % per_epoch == 0
-
-    def _validation_follows(self, trainer: Any, global_step: int) -> bool:
-        interval: int | None = getattr(self._training_cfg(trainer), "val_interval", None)
+    def _validation_follows(self, trainer: TrainerView, global_step: int) -> bool:
+        interval = trainer.config.training.val_interval
         validates = interval is not None and interval > 0 and global_step % interval == 0
         return validates or self._epoch_ends(trainer, global_step)
 
-    def _agree(self, trainer: Any, decision: bool) -> bool:
+    def _agree(self, trainer: TrainerView, decision: bool) -> bool:
         """Rank 0's decision on every rank (a wall-clock decision may differ between ranks)."""
-        if getattr(trainer, "world_size", 1) <= 1 or not _dist_ready():
+        if not trainer.is_distributed:
             return decision
         box = [decision]
         torch.distributed.broadcast_object_list(box, src=0)
         return bool(box[0])
 
-    def _save(self, trainer: Any, reason: str, collective: bool = True) -> None:
+    def _save(self, trainer: TrainerView, reason: str, collective: bool = True) -> None:
         """Take the trainer's state and write it (rank 0), then apply retention."""
         self._pending = None
-        global_step = int(getattr(trainer, "global_step", 0))
+        global_step = trainer.global_step
         # first let an asynchronous save in flight finish: it counts as saved only if it succeeded
         self._wait(trainer)
         saved = self._last_saved_step == global_step
@@ -321,7 +322,7 @@ class CheckpointPlugin(Plugin):
         try:
             state = trainer.state_dict()
             per_rank = _gather_rank_states(trainer, state) if collective else None
-            if not getattr(trainer, "is_global_zero", True):
+            if not trainer.is_global_zero:
                 self._last_saved_step = global_step
                 return
             encoded = encode_state(
@@ -346,10 +347,10 @@ class CheckpointPlugin(Plugin):
             except Exception as exc:
                 self._save_failed(trainer, exc, global_step)
 
-    def _make_job(self, trainer: Any, encoded: EncodedState, reason: str, global_step: int, state: Any) -> Any:
+    def _make_job(self, trainer: TrainerView, encoded: EncodedState, reason: str, global_step: int, state: Any) -> Any:
         store = self._store(trainer)
         counters = state.get("counters", {}) if isinstance(state, dict) else {}
-        epoch = int(counters.get("epoch", getattr(trainer, "epoch", 0)))
+        epoch = int(counters.get("epoch", trainer.epoch))
         metrics = self._metrics_at(global_step)
         fields = _Fields(metrics)
         # step and epoch as ints, metrics as floats: the types CheckpointConfig checks the template with
@@ -408,20 +409,21 @@ class CheckpointPlugin(Plugin):
 
         return job
 
-    def _save_failed(self, trainer: Any, exc: BaseException, step: int | None = None) -> None:
-        if step is None:
-            step = getattr(trainer, "global_step", None)
+    def _save_failed(self, trainer: TrainerView | None, exc: BaseException, step: int | None = None) -> None:
+        if step is None and trainer is not None:
+            step = trainer.global_step
         message = (
             f"checkpoint save failed at step {step if step is not None else '?'}: {type(exc).__name__}: {exc}; "
             "`latest` still points to the previous checkpoint"
         )
         if self.config.on_save_error == "stop":
             logger.error("%s; stopping the run (checkpoint.on_save_error=stop)", message)
-            trainer.request_stop(message, source=self.name)
+            if trainer is not None:
+                trainer.request_stop(message, source=self.name)
         else:
             logger.error("%s; training continues (set checkpoint.on_save_error=stop to stop instead)", message)
 
-    def _wait(self, trainer: Any = None) -> None:
+    def _wait(self, trainer: TrainerView | None = None) -> None:
         """Wait for an asynchronous save in flight and report its failure, if any."""
         inflight, self._inflight = self._inflight, None
         if inflight is None:
@@ -431,14 +433,14 @@ class CheckpointPlugin(Plugin):
         if exc is not None:
             self._save_failed(trainer or self._trainer, exc, step)
 
-    def _poll_async(self, trainer: Any) -> None:
+    def _poll_async(self, trainer: TrainerView) -> None:
         """Report a finished asynchronous save's failure without waiting for one still running."""
         if self._inflight is not None and self._inflight[0].done():
             self._wait(trainer)
 
     # --- loading ----------------------------------------------------------------------------
 
-    def _load(self, trainer: Any, resume: str) -> LoadedCheckpoint:
+    def _load(self, trainer: TrainerView, resume: str) -> LoadedCheckpoint:
         if resume == "latest":
             store = self._store(trainer)
             if not store.names():
@@ -462,15 +464,14 @@ class CheckpointPlugin(Plugin):
                 path = candidate
         return load_checkpoint(path)
 
-    def _newest_sibling_store(self, trainer: Any) -> CheckpointStore | None:
+    def _newest_sibling_store(self, trainer: TrainerView) -> CheckpointStore | None:
         """The checkpoint folder of the most recently saved run next to this one, if any.
 
         Only for the default layout (``<run.dir>/<time stamp>``, no ``run.name``): there a
         resumed run cannot know its predecessor's folder name.
         """
-        run_dir = getattr(trainer, "run_dir", None)
-        run_cfg = getattr(getattr(trainer, "config", None), "run", None)
-        if run_dir is None or run_cfg is None or Path(self.config.dir).expanduser().is_absolute():
+        run_dir, run_cfg = trainer.run_dir, trainer.config.run
+        if run_dir is None or Path(self.config.dir).expanduser().is_absolute():
             return None
         if run_cfg.name is not None or Path(run_dir).parent.resolve() != Path(run_cfg.dir).resolve():
             return None
@@ -491,7 +492,7 @@ class CheckpointPlugin(Plugin):
                 best = (created, store)
         return best[1] if best is not None else None
 
-    def _state_for_rank(self, trainer: Any, loaded: LoadedCheckpoint) -> dict[str, Any]:
+    def _state_for_rank(self, trainer: TrainerView, loaded: LoadedCheckpoint) -> dict[str, Any]:
         document = loaded.state
         if not isinstance(document, dict) or not isinstance(document.get("trainer"), dict):
             raise CheckpointError(f"{loaded.path} holds no trainer state", path=loaded.path)
@@ -499,7 +500,7 @@ class CheckpointPlugin(Plugin):
         per_rank = document.get("per_rank")
         if not per_rank:
             return state
-        rank, world = int(getattr(trainer, "rank", 0)), int(getattr(trainer, "world_size", 1))
+        rank, world = trainer.rank, trainer.world_size
         if len(per_rank) != world:
             logger.warning(
                 "checkpoint %s was written by %d processes, this run has %d: ranks below %d get their own RNG and "
@@ -512,58 +513,25 @@ class CheckpointPlugin(Plugin):
         mine = per_rank[rank] if rank < len(per_rank) else per_rank[0]
         return {**state, "rng": mine["rng"], "data": mine["data"]}
 
-    def _check_fingerprint(self, trainer: Any, state: dict[str, Any], loaded: LoadedCheckpoint) -> None:
+    def _check_fingerprint(self, trainer: TrainerView, state: dict[str, Any], loaded: LoadedCheckpoint) -> None:
         """With ``strict_resume``, refuse a checkpoint written with another plugin set.
 
         Without it the trainer's ``load_state_dict`` logs the differences as a warning.
         """
         if not self.config.strict_resume:
             return
-        saved = state.get("fingerprint")
-        manager = getattr(trainer, "plugin_manager", None)
         fix = "resume with the plugins that wrote it, or set checkpoint.strict_resume=false to resume anyway"
-        if manager is not None and hasattr(manager, "check_fingerprint"):
-            try:
-                manager.check_fingerprint(saved, strict=True)
-            except AptError as exc:
-                raise CheckpointError(f"checkpoint {loaded.path}: {exc}; {fix}", path=loaded.path) from None
-            return
-        current = _current_fingerprint(trainer)
-        if current is not None and saved is not None and _plain(current) != _plain(saved):
-            raise CheckpointError(
-                f"checkpoint {loaded.path} was written with another plugin set or hook order "
-                f"(saved {saved!r}, now {current!r}); {fix}",
-                path=loaded.path,
-            )
+        try:
+            trainer.check_fingerprint(state.get("fingerprint"), strict=True)
+        except AptError as exc:
+            raise CheckpointError(f"checkpoint {loaded.path}: {exc}; {fix}", path=loaded.path) from None
 
 
-def _plain(value: Any) -> Any:
-    """Tuples as lists, for comparing a live fingerprint with one read back from JSON."""
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
-
-
-def _current_fingerprint(trainer: Any) -> Any:
-    for owner in (trainer, getattr(trainer, "plugin_manager", None)):
-        method = getattr(owner, "fingerprint", None)
-        if callable(method):
-            return method()
-    return None
-
-
-def _dist_ready() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
-def _gather_rank_states(trainer: Any, state: Any) -> list[dict[str, Any]] | None:
+def _gather_rank_states(trainer: TrainerView, state: Any) -> list[dict[str, Any]] | None:
     """Every rank's RNG and data position, gathered on rank 0 (None on one process)."""
-    if getattr(trainer, "world_size", 1) <= 1 or not _dist_ready() or not isinstance(state, dict):
+    if not trainer.is_distributed or not isinstance(state, dict):
         return None
     mine = {"rng": state.get("rng"), "data": state.get("data")}
-    rank0 = getattr(trainer, "is_global_zero", True)
-    gathered: list[Any] | None = [None] * int(trainer.world_size) if rank0 else None
+    gathered: list[Any] | None = [None] * trainer.world_size if trainer.is_global_zero else None
     torch.distributed.gather_object(mine, gathered, dst=0)
     return gathered

@@ -28,6 +28,7 @@ from apt.errors import CheckpointError
 from apt.errors import ConfigError
 from apt.errors import UsageError
 from apt.plugins import Plugin
+from apt.plugins import TrainerView
 from pydantic import ValidationError
 from torch import Tensor
 from torch import nn
@@ -108,24 +109,24 @@ class GradientPlugin(Plugin):
 
     # --- set-up for a run -----------------------------------------------------------------
 
-    def on_train_begin(self, trainer: Any, model: nn.Module) -> None:
+    def on_train_begin(self, trainer: TrainerView, model: nn.Module) -> None:
         """Check the run can use the enabled parts, group the parameters, attach the noise-scale hooks."""
         self._prepare(trainer, model)
 
-    def on_enable(self, trainer: Any = None, epoch: int | None = None, step: int | None = None) -> None:
+    def on_enable(self, trainer: TrainerView | None = None, epoch: int | None = None, step: int | None = None) -> None:
         """A schedule enabled the plugin mid-run: prepare as at the start of training."""
         if trainer is not None and trainer.model is not None:
             self._prepare(trainer, trainer.model)
 
-    def on_disable(self, trainer: Any = None, epoch: int | None = None, step: int | None = None) -> None:
+    def on_disable(self, trainer: TrainerView | None = None, epoch: int | None = None, step: int | None = None) -> None:
         self._remove_hooks()
 
     def teardown(self) -> None:
         self._remove_hooks()
 
-    def _prepare(self, trainer: Any, model: nn.Module) -> None:
+    def _prepare(self, trainer: TrainerView, model: nn.Module) -> None:
         c, tc = self.config, trainer.config.training
-        parallelism = getattr(trainer, "parallelism", "single")
+        parallelism = trainer.parallelism
         if parallelism == "fsdp":
             raise UsageError(
                 "plugin 'gradient' reads whole gradients, which training.distributed=fsdp shards; "
@@ -142,7 +143,7 @@ class GradientPlugin(Plugin):
             self._seeded = True
         self._groups = ParamGroups(model, c.log.groups)
         self._remove_hooks()
-        micro_batches = int(tc.grad_accum) * int(getattr(trainer, "world_size", 1))
+        micro_batches = int(tc.grad_accum) * trainer.world_size
         self._noise_ok = c.noise_scale.enabled and micro_batches >= 2
         if c.noise_scale.enabled and not self._noise_ok:
             log.warning(
@@ -162,7 +163,7 @@ class GradientPlugin(Plugin):
             handle.remove()
         self._hooks = []
 
-    def _ensure_groups(self, trainer: Any, model: nn.Module) -> ParamGroups:
+    def _ensure_groups(self, trainer: TrainerView, model: nn.Module) -> ParamGroups:
         if self._groups is None or not self._groups.matches(model):  # first use, or a plugin changed the model
             self._prepare(trainer, model)
         assert self._groups is not None
@@ -178,7 +179,7 @@ class GradientPlugin(Plugin):
         return every > 0 and (step + 1) % every == 0
 
     def on_backward(
-        self, trainer: Any, model: nn.Module, terms: dict[str, Tensor], epoch: int, step: int, micro_step: int
+        self, trainer: TrainerView, model: nn.Module, terms: dict[str, Tensor], epoch: int, step: int, micro_step: int
     ) -> bool | None:
         """On surgery and cosine steps: one gradient per selected term from this forward (one backward each).
 
@@ -195,7 +196,7 @@ class GradientPlugin(Plugin):
             return None
         groups = self._ensure_groups(trainer, model)
         params = groups.params
-        own = getattr(trainer, "parallelism", "single") == "single"
+        own = trainer.parallelism == "single"
         rest_names = [n for n, t in terms.items() if n not in names and t.requires_grad]
         pieces: list[tuple[Tensor | None, ...]] = []
         self._hook_on = False  # the noise scale needs the micro-batch's total gradient, added up below
@@ -229,7 +230,7 @@ class GradientPlugin(Plugin):
                     self._micro_sq.append(torch.linalg.vector_norm(whole, dtype=torch.float32).square())
         return True
 
-    def _apply_terms(self, trainer: Any, params: list[nn.Parameter], epoch: int) -> None:
+    def _apply_terms(self, trainer: TrainerView, params: list[nn.Parameter], epoch: int) -> None:
         """Cosines and norms of the step's per-term gradients; on one process, their (projected) sum to .grad."""
         names = list(self._term_grads)
         rows = []
@@ -239,7 +240,7 @@ class GradientPlugin(Plugin):
                                    for g, p in zip(buf, params, strict=True)]))  # fmt: skip
         flat = torch.stack(rows)  # (T, P)
         self._term_grads = {}
-        if getattr(trainer, "parallelism", "single") != "single":
+        if trainer.parallelism != "single":
             trainer.all_reduce_mean(flat)  # each term's gradient of the global batch
         cos, norms = term_cosines(flat)
         for i, a in enumerate(names):
@@ -262,7 +263,7 @@ class GradientPlugin(Plugin):
         return self.config.log.enabled and (step + 1) % self.config.log.every == 0
 
     @torch.no_grad()
-    def on_after_backward(self, trainer: Any, model: nn.Module, epoch: int, step: int) -> None:
+    def on_after_backward(self, trainer: TrainerView, model: nn.Module, epoch: int, step: int) -> None:
         """Norms before clipping, the non-finite check, the noise scale and the adaptive clipping."""
         c = self.config
         groups = self._ensure_groups(trainer, model)
@@ -324,7 +325,7 @@ class GradientPlugin(Plugin):
         if log_now and c.log.update_ratio:
             self._before = [p.detach().clone() for p in params]
 
-    def _nonfinite(self, trainer: Any, groups: ParamGroups, step: int) -> None:
+    def _nonfinite(self, trainer: TrainerView, groups: ParamGroups, step: int) -> None:
         culprit = next(
             (n for n, p in zip(groups.names, groups.params, strict=True)
              if p.grad is not None and not bool(torch.isfinite(p.grad).all())),
@@ -349,9 +350,9 @@ class GradientPlugin(Plugin):
                 source="gradient",
             )
 
-    def _update_noise(self, trainer: Any, micro_sum: float, big_sq: float) -> None:
+    def _update_noise(self, trainer: TrainerView, micro_sum: float, big_sq: float) -> None:
         tc, block = trainer.config.training, trainer.config.model.block_size
-        accum, world = int(tc.grad_accum), int(getattr(trainer, "world_size", 1))
+        accum, world = int(tc.grad_accum), trainer.world_size
         # the hooks saw gradients of loss / accum: |g_i|^2 = accum^2 * what they summed
         small_sq = micro_sum * accum**2 / (accum * world)
         b_small = float(tc.batch_size * block)  # tokens of one micro-batch (the loss is a mean over tokens)
@@ -368,7 +369,7 @@ class GradientPlugin(Plugin):
     # --- after the update ---------------------------------------------------------------
 
     @torch.no_grad()
-    def on_optimizer_step(self, trainer: Any, model: nn.Module) -> None:
+    def on_optimizer_step(self, trainer: TrainerView, model: nn.Module) -> None:
         """Update-to-weight ratios ``|W_after - W_before| / |W_before|`` and parameter norms per group (logging steps)."""
         before, self._before = self._before, None
         if before is None or self._groups is None:

@@ -11,6 +11,7 @@ from apt.errors import CheckpointError
 from apt.errors import ConfigError
 from apt.plugins import HookManager
 from apt.plugins import Plugin
+from apt.plugins import TrainerView
 from torch import Tensor
 from torch import nn
 
@@ -60,17 +61,13 @@ class MoEPlugin(Plugin):
     providers = ("router:topk", "ffn:moe", "plot:moe_load")
     config_model = MoEConfig
     state_version = 1
+    config: MoEConfig  # validated once (by the plugin manager, or Plugin.__init__ from a mapping); read-only
 
     def __init__(self, config: MoEConfig | dict[str, Any] | None = None) -> None:
-        if config is None:
-            config = MoEConfig.model_validate({})
-        elif not isinstance(config, MoEConfig):
-            config = MoEConfig.model_validate(config)
         super().__init__(config)
-        self.config: MoEConfig = config
-        self.aux_loss_weight = config.aux_loss_weight
-        self.z_loss_weight = config.z_loss_weight
-        self.capacity_factor = config.capacity_factor
+        self.aux_loss_weight = self.config.aux_loss_weight
+        self.z_loss_weight = self.config.z_loss_weight
+        self.capacity_factor = self.config.capacity_factor
         self.upcycled_at: dict[str, int | None] | None = None  # epoch/step of the upcycling, if any
 
     # --- providers ----------------------------------------------------------------------
@@ -111,7 +108,7 @@ class MoEPlugin(Plugin):
 
     # --- model --------------------------------------------------------------------------
 
-    def on_model_built(self, trainer: Any = None, model: Any = None, config: Any = None) -> None:
+    def on_model_built(self, trainer: TrainerView | None = None, model: Any = None, config: Any = None) -> None:
         """Enabled at build time: replace the selected blocks' FFNs with fresh MoE layers.
 
         New experts are initialised as the GPT initialises its FFNs (normal, std 0.02; the
@@ -138,17 +135,17 @@ class MoEPlugin(Plugin):
                 block.ffn = old.to(device=ref.device, dtype=ref.dtype)
             _init_like_gpt(old, n_layer, gen)
 
-    def on_enable(self, trainer: Any = None, epoch: int | None = None, step: int | None = None) -> None:
+    def on_enable(self, trainer: TrainerView | None = None, epoch: int | None = None, step: int | None = None) -> None:
         """Scheduled enabling: sparse-upcycle the selected dense FFNs, then sync the optimizer.
 
         Also called on resume (``epoch``/``step`` None) before the weights are loaded, so
         that the model has the MoE structure the checkpoint was written with.
         """
-        model = getattr(trainer, "model", None)
-        if model is None:
+        model = trainer.model if trainer is not None else None
+        if trainer is None or model is None:
             return
         blocks = self._blocks(model)
-        seed = int(getattr(getattr(getattr(trainer, "config", None), "training", None), "seed", 0))
+        seed = trainer.config.training.seed
         gen = torch.Generator().manual_seed(seed + 8191)
         changed = False
         for i in self._selected(len(blocks)):
@@ -168,16 +165,16 @@ class MoEPlugin(Plugin):
             changed = True
         if changed:
             self.upcycled_at = {"epoch": epoch, "step": step}
-            sync = getattr(trainer, "sync_optimizer", None)
-            if callable(sync):
-                sync()
+            trainer.sync_optimizer()
 
     # --- training -----------------------------------------------------------------------
 
-    def on_step_begin(self, trainer: Any = None, model: Any = None, epoch: int = 0, step: int = 0) -> None:
+    def on_step_begin(
+        self, trainer: TrainerView | None = None, model: Any = None, epoch: int = 0, step: int = 0
+    ) -> None:
         """Read annealed ``moe_capacity`` / ``moe_aux_loss_weight`` / ``moe_z_loss_weight``; reset the stats."""
-        schedule = getattr(trainer, "schedule", None)
-        if schedule is not None:
+        if trainer is not None:
+            schedule = trainer.schedule
             if schedule.has_param("moe_capacity"):
                 self.capacity_factor = float(schedule.get_param("moe_capacity", epoch=epoch, step=step))
             if schedule.has_param("moe_aux_loss_weight"):
@@ -199,15 +196,17 @@ class MoEPlugin(Plugin):
         z = torch.stack(zs).mean()
         return {"moe_aux": self.aux_loss_weight * balance, "moe_z": self.z_loss_weight * z}
 
-    def on_step_end(self, model: Any = None, **kwargs: Any) -> dict[str, float] | None:
+    def on_step_end(
+        self, trainer: TrainerView | None = None, model: Any = None, **kwargs: Any
+    ) -> dict[str, float] | None:
         """Routing metrics of the step, from the layers' on-device accumulators (one host read)."""
         layers = moe_layers(model) if model is not None else []
         acc = [(i, t) for i, layer in layers if (t := layer.stats_tensor()) is not None]
         if not acc:
             return None
         stacked = torch.stack([t for _, t in acc])  # (layers, E + 7): counts and sums only
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(stacked)  # every rank's slots: the global batch's routing
+        if trainer is not None:
+            trainer.all_reduce_sum(stacked)  # every rank's slots: the global batch's routing
         rows = stacked.tolist()  # the step's only host sync
         for _, layer in layers:
             layer.reset_stats()
@@ -220,9 +219,9 @@ class MoEPlugin(Plugin):
 
     # --- state --------------------------------------------------------------------------
 
-    def on_save_checkpoint(self, trainer: Any = None, **kwargs: Any) -> dict[str, Any]:
+    def on_save_checkpoint(self, trainer: TrainerView | None = None, **kwargs: Any) -> dict[str, Any]:
         """Annealed values, the MoE block indices and when upcycling happened."""
-        model = getattr(trainer, "model", None)
+        model = trainer.model if trainer is not None else None
         return {
             "aux_loss_weight": self.aux_loss_weight,
             "z_loss_weight": self.z_loss_weight,
@@ -231,7 +230,7 @@ class MoEPlugin(Plugin):
             "upcycled_at": self.upcycled_at,
         }
 
-    def on_load_checkpoint(self, trainer: Any = None, state: Any = None, **kwargs: Any) -> None:
+    def on_load_checkpoint(self, trainer: TrainerView | None = None, state: Any = None, **kwargs: Any) -> None:
         """Restore the annealed values; check that the model has the checkpoint's MoE blocks."""
         if state is None:
             return
@@ -240,7 +239,7 @@ class MoEPlugin(Plugin):
         cf = state["capacity_factor"]
         self.capacity_factor = None if cf is None else float(cf)
         self.upcycled_at = state.get("upcycled_at")
-        model = getattr(trainer, "model", None)
+        model = trainer.model if trainer is not None else None
         want = state.get("layers")
         if model is not None and want is not None:
             have = [i for i, _ in moe_layers(model)]

@@ -45,8 +45,8 @@ def register(subparsers: Any) -> None:
 class InferenceHost:
     """What plugins see as ``trainer`` while a model is rebuilt outside training.
 
-    It has the attributes plugins use to change a model (``model``, ``config``,
-    ``registry``, ``device`` ...) and a no-op :meth:`sync_optimizer`.
+    A :class:`~apt.plugins.TrainerView` of one process with no optimizer and no data:
+    plugins change the model through it as they do in training.
     """
 
     config: Any
@@ -55,12 +55,17 @@ class InferenceHost:
     run_dir: Path | None = None
     epoch: int = 0
     global_step: int = 0
+    step_in_epoch: int = 0
     rank: int = 0
     world_size: int = 1
     is_global_zero: bool = True
+    is_distributed: bool = False
+    parallelism: str = "single"
     optimizer: Any = None
     lr_scheduler: Any = None
     device: Any = field(default="cpu")
+    dtype: Any = None
+    val_batches: list[Any] = field(default_factory=list)
     tokenizer: Any = None  # the run's tokenizer (its tokenizer.json; byte for older runs)
 
     @property
@@ -74,8 +79,24 @@ class InferenceHost:
     def sync_optimizer(self) -> None:
         """No optimizer outside training."""
 
+    def skip_optimizer_step(self, reason: str) -> None:
+        """No optimizer step outside training."""
+
     def request_stop(self, reason: str, source: str | None = None) -> None:
         """Nothing to stop outside training."""
+
+    def all_reduce_sum(self, t: Any) -> Any:
+        return t  # one process
+
+    def all_reduce_mean(self, t: Any) -> Any:
+        return t
+
+    def check_fingerprint(self, saved: dict[str, Any] | None, strict: bool = False) -> list[str]:
+        return list(self.plugin_manager.check_fingerprint(saved, strict=strict))
+
+    def state_dict(self) -> dict[str, Any]:
+        """The model's weights: there is no training state outside training."""
+        return {"model": self.model.state_dict() if self.model is not None else {}}
 
 
 def _last_step(run_dir: Path, max_epochs: int, total_steps: int) -> tuple[int, int]:

@@ -8,9 +8,11 @@ path and imported on first use, so creating a registry imports nothing heavy.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 from collections.abc import Callable
+from collections.abc import Iterator
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -111,6 +113,15 @@ class ProviderRegistry:
                 self._add(ProviderInfo(kind, name, path, default, plugin=None, version=None))
 
     # --- registration -----------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def registering_for(self, plugin: str, version: str) -> Iterator[None]:
+        """Attribute the providers registered inside the block to ``plugin`` (the plugin manager's setup)."""
+        self._current_plugin = (plugin, version)
+        try:
+            yield
+        finally:
+            self._current_plugin = None
 
     def register(self, kind: str, name: str, factory: Callable[..., Any] | str, default: bool = False) -> None:
         """Register ``factory`` as provider ``kind:name``; ``default`` makes it the kind's default.

@@ -1,4 +1,4 @@
-"""The plugin kernel: the Plugin base class, hooks and the plugin manager.
+"""The plugin kernel: the Plugin base class, hooks, the plugin manager and the trainer's view.
 
 ``from apt.plugins import Plugin, plugin_manager, hook_manager, every_n_epochs`` as in
 the original project. ``plugin_manager`` and ``hook_manager`` are process-wide
@@ -14,26 +14,29 @@ from apt.plugins._conditions import after_epoch
 from apt.plugins._conditions import before_epoch
 from apt.plugins._conditions import every_n_epochs
 from apt.plugins._conditions import every_n_steps
+from apt.plugins._config import read_only
 from apt.plugins._discovery import ENTRY_POINT_GROUP
 from apt.plugins._discovery import PluginEntryPoint
 from apt.plugins._discovery import discover_entry_points
+from apt.plugins._loading import AUTOLOAD_ENV
+from apt.plugins._loading import autoload_disabled
+from apt.plugins._loading import unselected_reason
 from apt.plugins.base import PLUGIN_API_VERSION
 from apt.plugins.base import Plugin
 from apt.plugins.hooks import Handler
 from apt.plugins.hooks import HandlerStats
 from apt.plugins.hooks import HookManager
 from apt.plugins.hooks import hook
+from apt.plugins.hooks import hook_manager
 from apt.plugins.hookspecs import ALIASES
 from apt.plugins.hookspecs import HOOK_NAMES
 from apt.plugins.hookspecs import HookEvents
 from apt.plugins.hookspecs import hookimpl
 from apt.plugins.hookspecs import hookspec
-from apt.plugins.manager import AUTOLOAD_ENV
 from apt.plugins.manager import PluginFailure
 from apt.plugins.manager import PluginManager
 from apt.plugins.manager import PluginTeardownError
-from apt.plugins.manager import autoload_disabled
-from apt.plugins.manager import unselected_reason
+from apt.plugins.view import TrainerView
 
 
 __all__ = [
@@ -52,6 +55,7 @@ __all__ = [
     "PluginFailure",
     "PluginManager",
     "PluginTeardownError",
+    "TrainerView",
     "after_epoch",
     "autoload_disabled",
     "before_epoch",
@@ -63,10 +67,9 @@ __all__ = [
     "hookimpl",
     "hookspec",
     "plugin_manager",
+    "read_only",
     "unselected_reason",
 ]
 
-#: The process-wide hook manager.
-hook_manager = HookManager()
 #: The process-wide plugin manager (global registry, global hook manager).
 plugin_manager = PluginManager(registry=_registry, hook_manager=hook_manager)

@@ -39,19 +39,13 @@ class Condition:
 
     def __and__(self, other: Any) -> Condition:
         right = as_condition(other)
-        return Condition(
-            lambda kw: self(kw) and right(kw),
-            f"({self.description} & {right.description})",
-            self.requires | right.requires,
-        )
+        return Condition(lambda kw: self(kw) and right(kw), f"({self.description} & {right.description})",
+                         self.requires | right.requires)  # fmt: skip
 
     def __or__(self, other: Any) -> Condition:
         right = as_condition(other)
-        return Condition(
-            lambda kw: self(kw) or right(kw),
-            f"({self.description} | {right.description})",
-            self.requires | right.requires,
-        )
+        return Condition(lambda kw: self(kw) or right(kw), f"({self.description} | {right.description})",
+                         self.requires | right.requires)  # fmt: skip
 
     def __invert__(self) -> Condition:
         return Condition(lambda kw: not self(kw), f"~{self.description}", self.requires)
@@ -63,43 +57,37 @@ class Condition:
         return f"Condition({self.description})"
 
 
-_EPOCH, _STEP = frozenset({"epoch"}), frozenset({"step"})
-
-
-def _counter(name: str, kw: Mapping[str, Any]) -> int | None:
-    value = kw.get(name)
-    return value if isinstance(value, int) else None
+def _on(counter: str, test: Callable[[int], bool], description: str) -> Condition:
+    """A condition on the integer argument ``counter`` (``epoch`` or ``step``); False when it is missing."""
+    return Condition(lambda kw: isinstance(v := kw.get(counter), int) and test(v), description, frozenset({counter}))
 
 
 def every_n_epochs(n: int) -> Condition:
     """Run in every n-th epoch (0-based ``epoch`` = n-1, 2n-1, ...)."""
-    _positive(n, "every_n_epochs")
-    return Condition(
-        lambda kw: (e := _counter("epoch", kw)) is not None and (e + 1) % n == 0, f"every_n_epochs({n})", _EPOCH
-    )
+    k = _positive(n, "every_n_epochs")
+    return _on("epoch", lambda e: (e + 1) % k == 0, f"every_n_epochs({n})")
 
 
 def every_n_steps(n: int) -> Condition:
     """Run at every n-th step (0-based ``step`` = n-1, 2n-1, ...)."""
-    _positive(n, "every_n_steps")
-    return Condition(
-        lambda kw: (s := _counter("step", kw)) is not None and (s + 1) % n == 0, f"every_n_steps({n})", _STEP
-    )
+    k = _positive(n, "every_n_steps")
+    return _on("step", lambda s: (s + 1) % k == 0, f"every_n_steps({n})")
 
 
 def after_epoch(n: int) -> Condition:
     """Run only in epochs after epoch ``n`` (``epoch > n``)."""
-    return Condition(lambda kw: (e := _counter("epoch", kw)) is not None and e > n, f"after_epoch({n})", _EPOCH)
+    return _on("epoch", lambda e: e > n, f"after_epoch({n})")
 
 
 def before_epoch(n: int) -> Condition:
     """Run only in epochs before epoch ``n`` (``epoch < n``)."""
-    return Condition(lambda kw: (e := _counter("epoch", kw)) is not None and e < n, f"before_epoch({n})", _EPOCH)
+    return _on("epoch", lambda e: e < n, f"before_epoch({n})")
 
 
-def _positive(n: int, what: str) -> None:
+def _positive(n: int, what: str) -> int:
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise HookError(f"{what}(n) needs a positive integer n, got {n!r}")
+    return n
 
 
 def as_condition(obj: Any) -> Condition:
@@ -108,15 +96,14 @@ def as_condition(obj: Any) -> Condition:
         return obj
     if not callable(obj):
         raise HookError(f"a hook condition must be callable, got {obj!r}")
+    description = getattr(obj, "__qualname__", repr(obj))
     try:
         params = inspect.signature(obj).parameters.values()
     except (TypeError, ValueError):
-        return Condition(lambda kw: obj(**kw), repr(obj))
+        return Condition(lambda kw: obj(**kw), description)
     named = [p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     required = frozenset(p.name for p in named if p.default is p.empty)
     if any(p.kind is p.VAR_KEYWORD for p in params):
-        return Condition(lambda kw: obj(**kw), getattr(obj, "__qualname__", repr(obj)), required)
+        return Condition(lambda kw: obj(**kw), description, required)
     names = [p.name for p in named]
-    return Condition(
-        lambda kw: obj(**{n: kw[n] for n in names if n in kw}), getattr(obj, "__qualname__", repr(obj)), required
-    )
+    return Condition(lambda kw: obj(**{n: kw[n] for n in names if n in kw}), description, required)

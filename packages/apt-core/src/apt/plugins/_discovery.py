@@ -42,7 +42,8 @@ class PluginEntryPoint:
         """Import the plugin's code and return its Plugin class (errors name the plugin)."""
         where = f" ({self.distribution} {self.version})" if self.distribution else ""
         try:
-            obj = self.entry_point.load() if self.entry_point is not None else _load_value(self.value)
+            ep = self.entry_point or metadata.EntryPoint(self.name, self.value, ENTRY_POINT_GROUP)
+            obj = ep.load()
         except Exception as exc:
             raise PluginLoadError(
                 f"plugin {self.name!r}{where}: importing {self.value!r} failed: {type(exc).__name__}: {exc} "
@@ -52,14 +53,6 @@ class PluginEntryPoint:
                 version=self.version,
             ) from exc
         return plugin_class_from(obj, self.name, where)
-
-
-def _load_value(value: str) -> Any:
-    module_name, _, attr = value.partition(":")
-    obj: Any = importlib.import_module(module_name.strip())
-    for part in filter(None, attr.strip().split(".")):
-        obj = getattr(obj, part)
-    return obj
 
 
 def plugin_class_from(obj: Any, name: str, where: str = "") -> type[Plugin]:

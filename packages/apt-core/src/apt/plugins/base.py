@@ -1,9 +1,8 @@
 """The :class:`Plugin` base class.
 
-A plugin is a class. The manager instantiates it with its validated configuration,
-calls :meth:`Plugin.setup`, and registers every lifecycle method the subclass defines
-(``on_step_end`` ...) as a handler of the event of the same name. Metadata is plain
-class attributes so that tools can read it without running plugin code::
+The manager validates a plugin's config section with ``config_model``, instantiates the
+class with it, calls :meth:`Plugin.setup` and registers every lifecycle method the
+subclass defines as a handler of the event of that name. Metadata is class attributes::
 
     class MyPlugin(Plugin):
         name = "my_plugin"
@@ -17,67 +16,61 @@ class attributes so that tools can read it without running plugin code::
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 from typing import Any
 from typing import ClassVar
 
 from pydantic import BaseModel
+from pydantic import ValidationError
 
+from apt.core.config import config_error_from_validation
+from apt.errors import CheckpointError
+from apt.plugins._config import read_only
+from apt.plugins.hookspecs import ALIASES
+from apt.plugins.hookspecs import CRITICAL_EVENTS
+from apt.plugins.hookspecs import HOOK_MARK
 from apt.plugins.hookspecs import HOOK_NAMES
+from apt.plugins.hookspecs import resolve_event
 
 
 if TYPE_CHECKING:
     from apt.core.registry import ProviderRegistry
     from apt.plugins.hooks import HookManager
+    from apt.plugins.view import TrainerView
 
 
-__all__ = ["PLUGIN_API_VERSION", "Plugin"]
+__all__ = ["PLUGIN_API_VERSION", "Plugin", "handled_events", "handler_specs"]
 
 #: The version of the plugin API that this apt-core implements. Plugins declare the
 #: range they support in :attr:`Plugin.api_version`.
 PLUGIN_API_VERSION = "1.0"
 
-# events whose handlers change the loss, the model or its gradients: their plugins are critical by default
-_CHANGES_THE_RUN = ("on_compute_loss", "on_model_built", "on_backward", "on_after_backward")
-
 
 class Plugin:
-    """Base class of every APT plugin.
+    """Base class of every APT plugin. Class attributes (all optional but a name):
 
-    Class attributes (all optional except a name, given as ``name`` or by overriding
-    :meth:`get_name`):
-
-    ``name``, ``version``, ``description``
-        identity; the entry-point name must equal ``name``.
-    ``requires``
-        other plugins that must load first, with optional version specifiers
-        (``"moe>=1.0"``); they run before this plugin on every event.
-    ``conflicts``
-        plugins that cannot load together with this one.
-    ``priority``
-        higher runs earlier among plugins not ordered by ``requires`` (default 0).
-    ``critical``
-        if a handler raises, stop the run (``True``) or disable this plugin and go on
-        (``False``). ``None`` (default) means critical when the plugin adds loss terms
-        or changes the model or its gradients (defines ``on_compute_loss``, ``on_model_built``,
-        ``on_backward`` or ``on_after_backward``).
-    ``providers``
-        ``"kind:name"`` strings of the providers :meth:`setup` registers (informative,
-        shown by ``apt plugins list``).
-    ``config_model``
-        a pydantic model for the plugin's config section; the manager validates the
-        section with it and passes the model instance to ``__init__``. Without one the
-        plugin gets the plain ``dict``.
-    ``state_version``
-        version of what ``on_save_checkpoint`` returns; see :meth:`migrate_state`.
-    ``api_version``
-        the plugin-API versions this plugin supports, as a specifier (``">=1,<2"``).
+    ``name``, ``version``, ``description``: identity (the entry-point name must equal ``name``).
+    ``requires``: plugins that must load first (``"moe>=1.0"``); they run before this one.
+    ``after``, ``before``: plugins this one runs after / before when they are loaded (no error
+    when not). ``conflicts``: plugins that cannot load with this one. ``priority``: higher
+    runs earlier among plugins not ordered otherwise (default 0). ``critical``: whether a
+    handler error stops the run (True) or disables this plugin (False); None (default)
+    means True for a plugin that changes the loss, the gradients or the model (handles one
+    of :data:`~apt.plugins.hookspecs.CRITICAL_EVENTS`). ``providers``: the ``"kind:name"``
+    providers :meth:`setup` registers (informative). ``config_model``: the pydantic model of
+    the plugin's config section, validated once by the manager; ``self.config`` is that
+    instance (a mapping without a model), read-only. ``state_version``: version of what
+    ``on_save_checkpoint`` returns (see :meth:`migrate_state`). ``api_version``: the plugin
+    API versions supported, as a specifier (``">=1,<2"``).
     """
 
     name: ClassVar[str | None] = None
     version: ClassVar[str] = "0.0.0"
     description: ClassVar[str] = ""
     requires: ClassVar[tuple[str, ...] | list[str]] = ()
+    after: ClassVar[tuple[str, ...] | list[str]] = ()
+    before: ClassVar[tuple[str, ...] | list[str]] = ()
     conflicts: ClassVar[tuple[str, ...] | list[str]] = ()
     priority: ClassVar[int] = 0
     critical: ClassVar[bool | None] = None
@@ -85,27 +78,51 @@ class Plugin:
     config_model: ClassVar[type[BaseModel] | None] = None
     state_version: ClassVar[int] = 1
     api_version: ClassVar[str] = ">=1,<2"
-    _apt_name: str | None = None  # set by the manager for a class without a name
-    _failure: str | None = None  # why a hook error disabled it (class default: __init__ may skip super)
+    # instance state, with class defaults for a subclass __init__ that skips super().__init__
+    _apt_name: str | None = None  # the registration name of a class without a name
+    _failure: str | None = None  # why a hook error disabled it
+    _enabled: bool = True
+    _setup: bool = False
+    registry: ProviderRegistry | None = None
+    hook_manager: HookManager | None = None
 
     def __init__(self, config: Any = None) -> None:
-        self.config: Any = {} if config is None else config
-        self._enabled = True
-        self._setup = False
-        self.registry: ProviderRegistry | None = None
-        self.hook_manager: HookManager | None = None
+        """:param config: the validated ``config_model`` instance (a mapping is validated here, once)."""
+        name = type(self).name or type(self).__name__.lower()
+        self.config: Any = read_only(type(self).validate_config(config, name), name, name)
+
+    @classmethod
+    def validate_config(cls, section: Any, name: str | None = None) -> Any:
+        """``section`` as a ``config_model`` instance (validated unless it is one) or, without a
+        model, a mapping. A ConfigError names the key's dotted path (``moe.num_experts``)."""
+        model = cls.config_model
+        if isinstance(section, BaseModel) and (model is None or isinstance(section, model)):
+            return section
+        if isinstance(section, BaseModel):
+            section = section.model_dump()
+        section = dict(section or {})
+        if model is None:
+            return section
+        try:
+            return model.model_validate(section)
+        except ValidationError as exc:
+            raise config_error_from_validation(exc, model, prefix=name or cls.name or "") from None
 
     # --- identity ---------------------------------------------------------------------
 
     def get_name(self) -> str:
         """The plugin's unique name (its config section and entry-point name)."""
-        name = getattr(self, "_apt_name", None) or type(self).name
+        name = self._apt_name or type(self).name
         if not name:
             raise NotImplementedError(
                 f"plugin class {type(self).__qualname__} has no name: set the class attribute "
                 "`name = '...'` or override get_name()"
             )
         return name
+
+    def adopt_name(self, name: str) -> None:
+        """Called by the manager: a class without a name goes by its registration name."""
+        self._apt_name = name
 
     def get_version(self) -> str:
         """The plugin's version (PEP 440)."""
@@ -118,6 +135,8 @@ class Plugin:
             "version": self.get_version(),
             "description": self.description,
             "requires": list(self.requires),
+            "after": list(self.after),
+            "before": list(self.before),
             "conflicts": list(self.conflicts),
             "priority": self.priority,
             "critical": self.is_critical(),
@@ -125,77 +144,65 @@ class Plugin:
         }
 
     def is_critical(self) -> bool:
-        """Whether an error in one of this plugin's handlers stops the run.
-
-        Unless ``critical`` says otherwise: a plugin that handles ``on_compute_loss``,
-        ``on_model_built``, ``on_backward`` or ``on_after_backward`` (by a method of that
-        name or an ``@hook`` one), since the run would silently change without it.
-        """
+        """Whether a handler error stops the run: ``critical``, else whether the plugin handles
+        one of :data:`~apt.plugins.hookspecs.CRITICAL_EVENTS` (the run would silently change without it)."""
         if self.critical is not None:
             return self.critical
-        from apt.plugins.manager import handled_events  # the manager module imports this one
-
-        return not handled_events(type(self)).isdisjoint(_CHANGES_THE_RUN)
+        return not handled_events(type(self)).isdisjoint(CRITICAL_EVENTS)
 
     # --- lifecycle --------------------------------------------------------------------
 
     def setup(self, registry: ProviderRegistry, hook_manager: HookManager) -> None:
-        """Register providers and extra hooks. Lifecycle methods need no registration.
-
-        Overrides need not call ``super().setup``; the manager records the registry and
-        hook manager itself.
-        """
+        """Register providers and extra hooks; lifecycle methods need no registration.
+        Overrides need not call ``super().setup``."""
         self.registry = registry
         self.hook_manager = hook_manager
 
     def teardown(self) -> None:
         """Release resources. Called in reverse setup order, even if another teardown failed."""
 
+    def mark_setup(self, done: bool) -> None:
+        """Called by the manager around :meth:`setup` and :meth:`teardown`."""
+        self._setup = done
+
+    def is_setup(self) -> bool:
+        return self._setup
+
     def enable(self) -> None:
         """Let this plugin's handlers run (the default). Also re-arms a plugin disabled by an error."""
         self._enabled = True
         self._failure = None
         if self.hook_manager is not None:
-            self.hook_manager._owner_enabled_changed(self)
+            self.hook_manager.plugin_toggled(self)
 
     def disable(self) -> None:
         """Skip this plugin's handlers until :meth:`enable`. Costs nothing per event."""
         self._enabled = False
         if self.hook_manager is not None:
-            self.hook_manager._owner_enabled_changed(self)
+            self.hook_manager.plugin_toggled(self)
+
+    def disable_for_error(self, message: str) -> None:
+        """Disable this plugin because a handler raised (see :attr:`failure`)."""
+        self._failure = message
+        self.disable()
 
     def is_enabled(self) -> bool:
         return self._enabled
 
     @property
     def failure(self) -> str | None:
-        """Why a hook error disabled this plugin (the error message), or None.
-
-        A plugin disabled by an error stays disabled for the rest of the run, across resumes:
-        its schedule no longer enables it. Only an explicit :meth:`enable` re-arms it.
-        """
+        """Why a hook error disabled this plugin, or None. It stays disabled for the rest of
+        the run, across resumes and whatever its schedule says; only :meth:`enable` re-arms it."""
         return self._failure
 
-    def _disable_for_error(self, message: str) -> None:
-        self._failure = message
-        self.disable()
-
-    def is_setup(self) -> bool:
-        return self._setup
-
-    def on_enable(self, trainer: Any = None, epoch: int | None = None, step: int | None = None) -> None:
+    def on_enable(self, trainer: TrainerView | None = None, epoch: int | None = None, step: int | None = None) -> None:
         """Called when a schedule enables this plugin during a run (e.g. MoE upcycling)."""
 
-    def on_disable(self, trainer: Any = None, epoch: int | None = None, step: int | None = None) -> None:
+    def on_disable(self, trainer: TrainerView | None = None, epoch: int | None = None, step: int | None = None) -> None:
         """Called when a schedule disables this plugin during a run."""
 
     def migrate_state(self, state: Any, from_version: int) -> Any:
-        """Convert checkpointed state written with an older ``state_version``.
-
-        The default refuses, so that old state is never misread silently.
-        """
-        from apt.errors import CheckpointError
-
+        """Convert checkpointed state of an older ``state_version``; the default refuses (never misread silently)."""
         raise CheckpointError(
             f"plugin {self.get_name()!r} cannot read its checkpoint state of state_version {from_version} "
             f"(it writes version {self.state_version}); implement {type(self).__qualname__}.migrate_state() "
@@ -219,3 +226,24 @@ def _noop_hook(self: Plugin, **kwargs: Any) -> None:
 for _event in HOOK_NAMES:
     setattr(Plugin, _event, _noop_hook)
 del _event
+
+
+def handler_specs(cls: type[Plugin]) -> Iterator[tuple[str, str, int | None, Any]]:
+    """``(event, attribute, priority, condition)`` of each handler of a plugin class: a method
+    named after an event (or an alias) that overrides the base class's, or one marked ``@hook``."""
+    for event in [*HOOK_NAMES, *ALIASES]:
+        method = getattr(cls, event, None)
+        if method is None or method is getattr(Plugin, event, None):
+            continue
+        if any(resolve_event(marked) == resolve_event(event) for marked, _, _ in getattr(method, HOOK_MARK, ())):
+            continue  # its @hook mark registers it below, with the mark's priority and condition
+        yield event, event, None, None
+    for attr in dir(cls):
+        marks = getattr(getattr(cls, attr, None), HOOK_MARK, None)
+        for event, priority, condition in marks or ():
+            yield event, attr, priority, condition
+
+
+def handled_events(cls: type[Plugin]) -> set[str]:
+    """The events (canonical names) a plugin class has handlers for, found without instantiating it."""
+    return {resolve_event(event) for event, _, _, _ in handler_specs(cls)}

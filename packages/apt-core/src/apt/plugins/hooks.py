@@ -1,19 +1,18 @@
-"""The HookManager: register handlers for events and trigger them, through pluggy.
+"""The HookManager: register handlers for events and trigger them.
 
-Every handler (a plugin's lifecycle method, or any function given to
-:meth:`HookManager.register`) becomes one pluggy hook implementation of the event's
-hookspec (see :mod:`apt.plugins.hookspecs`). Pluggy does the dispatch; APT adds, per
-handler, a small generated adapter that
+Every handler (a plugin's lifecycle method, or a function given to
+:meth:`HookManager.register`) is one pluggy hook implementation of the event's hookspec:
+pluggy holds them and checks their argument names against the spec. Registering or
+removing a handler is one pluggy call.
 
-- passes exactly the keyword arguments the handler asks for (or all of them),
-- evaluates its condition,
-- records statistics (calls, skipped, errors, total / max seconds), and
-- catches its exception so that the other handlers of the event still run; the
-  error policy is applied once the event's dispatch is over.
+:meth:`HookManager.trigger` runs the implementations in one loop, the shape of pluggy's
+own call loop plus what APT adds: each handler gets the arguments it names (or all, with
+``**kwargs``), its condition is checked, its time and errors are counted, and an error
+does not stop the other handlers; the error policy applies once the loop is over.
 
 Order: higher ``priority`` first; ties by the owning plugin's resolved position (its
-``requires`` come first), then plugin name, then registration order. Disabled plugins'
-adapters are taken out of pluggy, and an event without handlers returns at once.
+``requires`` and ``after`` first), then plugin name, then registration order. The sorted
+table of enabled handlers is built on the first trigger after a change and kept.
 """
 
 from __future__ import annotations
@@ -26,54 +25,63 @@ from collections.abc import Callable
 from collections.abc import Iterator
 from dataclasses import dataclass
 from dataclasses import field
-from typing import TYPE_CHECKING
 from typing import Any
+from typing import Final
+from typing import Protocol
 from typing import TypeVar
+from typing import runtime_checkable
 
 import pluggy
 
 from apt.core.config import did_you_mean
 from apt.errors import HookError
 from apt.errors import PluginHookError
+from apt.errors import ReadOnlyConfigError
 from apt.plugins._conditions import Condition
 from apt.plugins._conditions import as_condition
-from apt.plugins.hookspecs import ALIASES
+from apt.plugins.hookspecs import HOOK_MARK
 from apt.plugins.hookspecs import HOOK_NAMES
 from apt.plugins.hookspecs import PROJECT
 from apt.plugins.hookspecs import Hookspecs
-from apt.plugins.hookspecs import hookimpl
+from apt.plugins.hookspecs import resolve_event
 
 
-if TYPE_CHECKING:
-    from apt.plugins.base import Plugin
-
-
-__all__ = ["Handler", "HandlerStats", "HookManager", "hook", "resolve_event"]
+__all__ = ["Handler", "HandlerStats", "HookManager", "hook", "hook_manager"]
 
 log = logging.getLogger("apt.hooks")
 
 F = TypeVar("F", bound=Callable[..., Any])
-_Entry = tuple[str, list[Any], tuple[str, ...], bool, bool, frozenset[str]]
+Middleware = Callable[[str, dict[str, Any]], dict[str, Any] | None]
 
-# Events whose results are kept with the name of the plugin that returned them.
-ATTRIBUTED: frozenset[str] = frozenset(
-    {"on_compute_loss", "on_step_end", "on_validation_end", "on_epoch_end", "on_save_checkpoint"}
-)
 # Arguments that carry a {plugin name: value} map; each handler receives its own value.
-PER_PLUGIN_ARGS: dict[str, str] = {"on_load_checkpoint": "state"}
+PER_PLUGIN_ARGS: Final[dict[str, str]] = {"on_load_checkpoint": "state"}
+
+# How a handler takes its arguments: fn(*values), fn(**some), fn(**all), or by keyword
+# with the per-plugin argument narrowed to its own value.
+POSITIONAL, KEYWORD, ALL, OWN_SHARE = 0, 1, 2, 3
 
 _now = time.perf_counter
 
 
-def resolve_event(event: str, known: Any = HOOK_NAMES) -> str:
-    """The canonical name of ``event`` (aliases resolved); unknown names raise HookError."""
-    event = ALIASES.get(event, event)
-    if event not in known:
-        raise HookError(
-            f"unknown hook event {event!r}{did_you_mean(event, [*known, *ALIASES])}; "
-            f"events are listed by apt.plugins.HookEvents"
-        )
-    return event
+@runtime_checkable
+class Owner(Protocol):
+    """What the hook manager uses of the plugin a handler belongs to (a :class:`~apt.plugins.Plugin`).
+
+    A Protocol: this module does not depend on the plugin base class.
+    """
+
+    hook_manager: HookManager | None
+
+    @property
+    def priority(self) -> int: ...
+
+    def get_name(self) -> str: ...
+
+    def is_enabled(self) -> bool: ...
+
+    def is_critical(self) -> bool: ...
+
+    def disable_for_error(self, message: str) -> None: ...
 
 
 @dataclass(slots=True)
@@ -88,29 +96,24 @@ class HandlerStats:
     last_error: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "calls": self.calls,
-            "skipped": self.skipped,
-            "errors": self.errors,
-            "total_s": self.total,
-            "mean_s": self.total / self.calls if self.calls else 0.0,
-            "max_s": self.max,
-            "last_error": self.last_error,
-        }
+        mean = self.total / self.calls if self.calls else 0.0
+        return {"calls": self.calls, "skipped": self.skipped, "errors": self.errors, "total_s": self.total,
+                "mean_s": mean, "max_s": self.max, "last_error": self.last_error}  # fmt: skip
 
 
 @dataclass(eq=False)
 class Handler:
-    """One registered handler of one event."""
+    """One registered handler of one event: what pluggy registers, and how to call ``fn``."""
 
     event: str
     fn: Callable[..., Any]
-    owner: Plugin | None
+    owner: Owner | None
     priority: int | None
     condition: Condition | None
     seq: int
+    params: tuple[str, ...]  # the hook arguments fn takes
+    mode: int  # POSITIONAL, KEYWORD, ALL or OWN_SHARE
     stats: HandlerStats = field(default_factory=HandlerStats)
-    adapter: Any = None
 
     @property
     def plugin(self) -> str | None:
@@ -124,16 +127,25 @@ class Handler:
     def enabled(self) -> bool:
         return self.owner is None or self.owner.is_enabled()
 
-    def key(self) -> tuple[Any, ...]:
-        return (self.fn.__func__, self.fn.__self__) if inspect.ismethod(self.fn) else (self.fn,)
+
+class _Pluggy(pluggy.PluginManager):
+    """pluggy's manager, where a :class:`Handler` implements its event with its ``fn``."""
+
+    def parse_hookimpl_opts(self, plugin: object, name: str) -> pluggy.HookimplOpts | None:
+        if not (isinstance(plugin, Handler) and name == "fn"):
+            return None
+        return pluggy.HookimplOpts(wrapper=False, hookwrapper=False, optionalhook=False, tryfirst=False,
+                                   trylast=False, specname=plugin.event)  # fmt: skip
 
 
-class _Failure:
-    __slots__ = ("exc", "handler")
+@dataclass(frozen=True, slots=True)
+class _Table:
+    """What trigger() runs for one event: its enabled handlers in order, and the spec's facts."""
 
-    def __init__(self, handler: Handler, exc: Exception) -> None:
-        self.handler = handler
-        self.exc = exc
+    event: str
+    handlers: tuple[Handler, ...]
+    argnames: tuple[str, ...]
+    firstresult: bool
 
 
 class HookManager:
@@ -148,43 +160,24 @@ class HookManager:
     """
 
     def __init__(self, error_policy: str = "isolate") -> None:
-        self._pm = pluggy.PluginManager(PROJECT)
+        self._pm = _Pluggy(PROJECT)
         self._pm.add_hookspecs(Hookspecs)
-        self._handlers: dict[str, list[Handler]] = {}
-        # event (and alias) -> (event, implementations, argument names, firstresult,
-        # attributed, argument-name set) for events that have at least one enabled
-        # handler; the fast path of trigger().
-        self._active: dict[str, _Entry] = {}
-        # event -> the adapters registered with pluggy now (what _rebuild must take out)
-        self._in_pluggy: dict[str, list[Any]] = {}
-        # pluggy's hook executor (the one HookCaller.__call__ ends in; tracing hooks it too)
-        self._hookexec = self._pm._hookexec
-        self._clock = [0.0]  # see _ADAPTER_TEMPLATE
-        self._known: set[str] = set(HOOK_NAMES) | set(ALIASES)
-        self._middleware: list[Callable[[str, dict[str, Any]], dict[str, Any] | None]] = []
-        self._failures: list[_Failure] = []
-        # the plugin whose setup() is running (set by the PluginManager): plain functions it
-        # registers belong to it, so they are disabled, torn down and attributed with it
-        self._setup_owner: Plugin | None = None
+        self._tables: dict[str, _Table] = {}  # event name as triggered -> its table, until a change
+        self._middleware: list[Middleware] = []
         self._seq = itertools.count()
-        # plugin name -> (effective priority, resolved position), set by the PluginManager
-        self._order: dict[str, tuple[int, int]] = {}
+        self._order: dict[str, tuple[int, int]] = {}  # plugin -> (effective priority, position)
+        self._setup_owner: Owner | None = None  # plain functions registered now belong to it
         self.error_policy = error_policy
 
     # --- registration -----------------------------------------------------------------
 
     def register(
-        self,
-        event: str,
-        fn: Callable[..., Any],
-        priority: int | None = None,
-        condition: Any = None,
-        *,
-        owner: Plugin | None = None,
-    ) -> Handler:
+        self, event: str, fn: Callable[..., Any], priority: int | None = None, condition: Any = None, *,
+        owner: Owner | None = None,
+    ) -> Handler:  # fmt: skip
         """Register ``fn`` for ``event``; returns its :class:`Handler`.
 
-        ``fn`` is called with the keyword arguments it names (or all, with ``**kwargs``).
+        ``fn`` is called with the hook arguments it names (or all, with ``**kwargs``).
         ``priority`` defaults to the owning plugin's priority (0 for plain functions).
         Registering the same function or bound method again for the same event returns
         the existing handler: it never runs twice.
@@ -192,20 +185,20 @@ class HookManager:
         event = resolve_event(event)
         if not callable(fn):
             raise HookError(f"handler for {event!r} must be callable, got {fn!r}")
-        if owner is None:
-            owner = _plugin_of(fn) or self._setup_owner
+        existing = next((h for h in self._registered(event) if h.fn == fn), None)
+        if existing is not None:
+            return existing
+        owner = owner or _plugin_of(fn) or self._setup_owner
         if owner is not None and owner.hook_manager is None:
             owner.hook_manager = self  # so that its enable()/disable() reach this manager
+        spec_args = self._argnames(event)
         cond = as_condition(condition) if condition is not None else None
         if cond is not None:
-            _check_condition(event, cond, self._spec_args(event))
-        handler = Handler(event, fn, owner, priority, cond, next(self._seq))
-        for existing in self._handlers.get(event, ()):
-            if existing.key() == handler.key():
-                return existing
-        handler.adapter = self._make_adapter(handler)
-        self._handlers.setdefault(event, []).append(handler)
-        self._rebuild(event)
+            _check_args(f"condition {cond.description}", event, sorted(cond.requires - set(spec_args)), spec_args)
+        params, mode = _call_plan(fn, event, spec_args)
+        handler = Handler(event, fn, owner, priority, cond, next(self._seq), params, mode)
+        self._pm.register(handler, name=f"apt-handler-{handler.seq}")
+        self._tables.clear()
         return handler
 
     def hook(self, event: str, priority: int | None = None, condition: Any = None) -> Callable[[F], F]:
@@ -219,46 +212,42 @@ class HookManager:
 
     def unregister(self, event: str, fn: Callable[..., Any] | Handler | None = None) -> int:
         """Remove ``fn`` (or every handler, when ``fn`` is None) from ``event``; returns how many."""
-        event = resolve_event(event)
-        handlers = self._handlers.get(event, [])
-        if fn is None:
-            gone = list(handlers)
-        elif isinstance(fn, Handler):
-            gone = [h for h in handlers if h is fn]
-        else:
-            probe = Handler(event, fn, None, None, None, -1)
-            gone = [h for h in handlers if h.key() == probe.key()]
-        for h in gone:
-            handlers.remove(h)
-        if gone:
-            self._rebuild(event)
-        return len(gone)
+        return self._remove([h for h in self._registered(resolve_event(event)) if fn is None or fn in (h, h.fn)])
 
-    def unregister_owner(self, owner: Plugin) -> int:
+    def unregister_owner(self, owner: Owner) -> int:
         """Remove every handler that belongs to ``owner``."""
-        count = 0
-        for event, handlers in self._handlers.items():
-            mine = [h for h in handlers if h.owner is owner]
-            for h in mine:
-                handlers.remove(h)
-            if mine:
-                count += len(mine)
-                self._rebuild(event)
-        return count
-
-    def add_middleware(self, fn: Callable[[str, dict[str, Any]], dict[str, Any] | None]) -> None:
-        """``fn(event, kwargs)`` runs before every dispatch and may return rewritten kwargs."""
-        self._middleware.append(fn)
-
-    def remove_middleware(self, fn: Callable[[str, dict[str, Any]], dict[str, Any] | None]) -> None:
-        self._middleware.remove(fn)
+        return self._remove([h for e in HOOK_NAMES for h in self._registered(e) if h.owner is owner])
 
     def clear(self) -> None:
         """Remove every handler and middleware (statistics go with them)."""
-        for event in list(self._handlers):
-            self._handlers[event] = []
-            self._rebuild(event)
+        self._remove([h for e in HOOK_NAMES for h in self._registered(e)])
         self._middleware.clear()
+
+    def _remove(self, gone: list[Handler]) -> int:
+        for h in gone:
+            self._pm.unregister(h)
+        self._tables.clear()
+        return len(gone)
+
+    def add_middleware(self, fn: Middleware) -> None:
+        """``fn(event, kwargs)`` runs before every dispatch and may return rewritten kwargs."""
+        self._middleware.append(fn)
+
+    def remove_middleware(self, fn: Middleware) -> None:
+        self._middleware.remove(fn)
+
+    def begin_setup(self, owner: Owner | None) -> None:
+        """Attribute plain functions registered from now on to ``owner`` (None: stop)."""
+        self._setup_owner = owner
+
+    def set_plugin_order(self, order: dict[str, tuple[int, int]]) -> None:
+        """Called by the PluginManager: ``{plugin: (effective priority, position)}``."""
+        self._order = dict(order)
+        self._tables.clear()
+
+    def plugin_toggled(self, owner: Owner) -> None:
+        """``owner`` was enabled or disabled: its handlers join or leave the dispatch."""
+        self._tables.clear()
 
     # --- dispatch ---------------------------------------------------------------------
 
@@ -270,215 +259,166 @@ class HookManager:
         plugin's (or a plain function's) error raises :class:`PluginHookError`, a
         non-critical plugin is disabled with a warning.
         """
-        entry = self._active.get(event)
-        if entry is None:
-            if event in self._known:
-                return []
-            resolve_event(event)  # raises with a did-you-mean
-        results = self._dispatch(event, entry, kwargs)  # type: ignore[arg-type]
-        if entry[3]:  # type: ignore[index]  # firstresult
-            return [] if results is None else [results]
-        if entry[4]:  # type: ignore[index]  # attributed: drop the owners
-            return [r for _, r in results]
-        return results  # type: ignore[no-any-return]
+        table = self._tables.get(event) or self._table(event)
+        return [r for _, r in self._run(table, kwargs)] if table.handlers else []
 
     def trigger_by_plugin(self, event: str, /, **kwargs: Any) -> list[tuple[str | None, Any]]:
-        """Like :meth:`trigger`, with each result paired with its plugin's name."""
-        event = resolve_event(event)
-        if event not in ATTRIBUTED:
-            raise HookError(
-                f"event {event!r} does not keep result owners; use trigger(), or one of {sorted(ATTRIBUTED)}"
-            )
-        entry = self._active.get(event)
-        if entry is None:
-            return []
-        return list(self._dispatch(event, entry, kwargs))
-
-    def _dispatch(self, event: str, entry: _Entry, kwargs: dict[str, Any]) -> Any:
-        """Run pluggy's executor over the event's implementations; then settle handler errors."""
-        name, impls, argnames, firstresult, _, argset = entry
-        if self._middleware:
-            kwargs = self._apply_middleware(event, kwargs)
-        # exactly the hook's arguments, usually in its order (the trainer's calls): one tuple compare
-        if tuple(kwargs) != argnames and (len(kwargs) != len(argnames) or not kwargs.keys() >= argset):
-            kwargs = _complete_args(name, kwargs, argnames, argset)  # raises on a misspelt argument
-        clock = self._clock
-        outer = clock[0]
-        failures = self._failures
-        mark = len(failures)  # a nested dispatch settles only the failures recorded after its mark
-        clock[0] = _now()
-        try:
-            results = self._hookexec(name, impls, kwargs, firstresult)
-        except BaseException:
-            # a fatal error of a nested dispatch (see the adapter) or an interrupt: this
-            # dispatch's own failures are moot, and must not be settled by a later one
-            clock[0] = outer
-            del failures[mark:]
-            raise
-        clock[0] = outer
-        if len(failures) > mark:
-            mine = failures[mark:]
-            del failures[mark:]
-            self._settle_failures(mine, kwargs)
-        return results
+        """Like :meth:`trigger`, with each result paired with its plugin's name (None for functions)."""
+        table = self._tables.get(event) or self._table(event)
+        return self._run(table, kwargs) if table.handlers else []
 
     def has_handlers(self, event: str) -> bool:
         """Whether ``event`` has at least one enabled handler (cheap)."""
-        return event in self._active
+        return bool((self._tables.get(event) or self._table(event)).handlers)
+
+    def _run(self, table: _Table, kwargs: dict[str, Any]) -> list[tuple[str | None, Any]]:
+        """The dispatch loop: every handler of ``table`` once, isolated and timed."""
+        if self._middleware:
+            kwargs = self._apply_middleware(table.event, kwargs)
+        if len(kwargs) != len(table.argnames) or tuple(kwargs) != table.argnames:
+            kwargs = _complete_args(table.event, kwargs, table.argnames)  # raises on a misspelt argument
+        results: list[tuple[str | None, Any]] = []
+        failures: list[tuple[Handler, Exception]] = []
+        start = _now()
+        for h in table.handlers:
+            try:
+                if h.condition is not None and not h.condition(kwargs):
+                    h.stats.skipped += 1
+                    continue
+                mode = h.mode
+                if mode == POSITIONAL:
+                    result = h.fn(*[kwargs[a] for a in h.params])
+                elif mode == ALL:
+                    result = h.fn(**kwargs)
+                elif mode == KEYWORD:
+                    result = h.fn(**{a: kwargs[a] for a in h.params})
+                else:
+                    result = h.fn(**_own_share(h, kwargs))
+            except PluginHookError:
+                raise  # a critical error of an event this handler triggered itself: the run stops
+            except Exception as exc:
+                failures.append((h, exc))
+                result = None
+            end = _now()  # one clock read per handler: its time includes its share of this loop
+            stats, took, start = h.stats, end - start, end
+            stats.calls += 1
+            stats.total += took
+            if took > stats.max:
+                stats.max = took
+            if result is not None:
+                results.append((h.plugin, result))
+                if table.firstresult:
+                    break
+        if failures:
+            self._settle(failures, kwargs.get("step"))
+        return results
+
+    def _table(self, event: str) -> _Table:
+        """Build and keep the dispatch table of ``event``: pluggy's implementations, enabled, sorted."""
+        canonical = resolve_event(event)
+        spec = getattr(self._pm.hook, canonical).spec
+        handlers = tuple(h for h in self.ordered(canonical) if h.enabled)
+        table = _Table(canonical, handlers, tuple(spec.argnames), bool(spec.opts.get("firstresult")))
+        self._tables[event] = table
+        return table
 
     def _apply_middleware(self, event: str, kwargs: dict[str, Any]) -> dict[str, Any]:
-        event = ALIASES.get(event, event)
         for mw in self._middleware:
             name = getattr(mw, "__qualname__", repr(mw))
             try:
                 out = mw(event, dict(kwargs))
             except Exception as exc:
                 raise HookError(f"middleware {name!r} raised on hook {event!r}: {type(exc).__name__}: {exc}") from exc
-            if out is not None:
-                if not isinstance(out, dict):
-                    raise HookError(
-                        f"middleware {name!r} returned {type(out).__name__} on hook {event!r}; "
-                        "return the rewritten keyword arguments as a dict, or None to keep them"
-                    )
-                kwargs = out
+            if out is not None and not isinstance(out, dict):
+                raise HookError(
+                    f"middleware {name!r} returned {type(out).__name__} on hook {event!r}; "
+                    "return the rewritten keyword arguments as a dict, or None to keep them"
+                )
+            kwargs = kwargs if out is None else out
         return kwargs
 
-    def _record_failure(self, handler: Handler, exc: Exception) -> None:
-        self._failures.append(_Failure(handler, exc))
-
-    def _settle_failures(self, failures: list[_Failure], kwargs: dict[str, Any]) -> None:
-        step = kwargs.get("step")
-        fatal: list[tuple[_Failure, str]] = []
-        for failure in failures:
-            handler, exc = failure.handler, failure.exc
+    def _settle(self, failures: list[tuple[Handler, Exception]], step: Any) -> None:
+        """Apply the error policy to one dispatch's handler errors."""
+        fatal: list[tuple[Handler, Exception, str]] = []
+        for handler, exc in failures:
+            handler.stats.errors += 1
             who = f"plugin {handler.plugin!r}" if handler.owner is not None else f"handler {handler.name!r}"
             where = f" at step {step}" if step is not None else ""
-            message = f"{who} raised in hook {handler.event!r}{where}: {type(exc).__name__}: {exc}"
-            handler.stats.last_error = message
+            message = handler.stats.last_error = (
+                f"{who} raised in hook {handler.event!r}{where}: {type(exc).__name__}: {exc}"
+            )
             owner = handler.owner
-            if owner is None or self.error_policy == "raise" or owner.is_critical():
-                fatal.append((failure, message))
+            # writing to a read-only config is a bug in the plugin: never isolated
+            if (
+                owner is None
+                or self.error_policy == "raise"
+                or owner.is_critical()
+                or isinstance(exc, ReadOnlyConfigError)
+            ):
+                fatal.append((handler, exc, message))
             elif owner.is_enabled():
                 log.warning(
                     "%s; the plugin is not critical, so it is disabled for the rest of the run "
-                    "(set plugin_errors: raise to stop instead)",
-                    message,
-                    exc_info=exc,
-                )
-                owner._disable_for_error(message)
+                    "(set plugin_errors: raise to stop instead)", message, exc_info=exc,
+                )  # fmt: skip
+                owner.disable_for_error(message)
         if fatal:
-            failure, message = fatal[0]
-            more = f" (and {len(fatal) - 1} more: {'; '.join(m for _, m in fatal[1:])})" if len(fatal) > 1 else ""
-            raise PluginHookError(
-                message + more, plugin=failure.handler.plugin, hook=failure.handler.event, step=step
-            ) from failure.exc
+            handler, exc, message = fatal[0]
+            more = f" (and {len(fatal) - 1} more: {'; '.join(m for *_, m in fatal[1:])})" if len(fatal) > 1 else ""
+            raise PluginHookError(message + more, plugin=handler.plugin, hook=handler.event, step=step) from exc
 
-    # --- ordering and the pluggy side ---------------------------------------------------
+    # --- order and introspection ------------------------------------------------------
 
-    def set_plugin_order(self, order: dict[str, tuple[int, int]]) -> None:
-        """Called by the PluginManager: ``{plugin: (effective priority, position)}``."""
-        self._order = dict(order)
-        for event in list(self._handlers):
-            self._rebuild(event)
+    def _registered(self, event: str) -> list[Handler]:
+        impls = getattr(self._pm.hook, event).get_hookimpls()
+        return [impl.plugin for impl in impls if isinstance(impl.plugin, Handler)]
+
+    def _argnames(self, event: str) -> tuple[str, ...]:
+        return tuple(getattr(self._pm.hook, event).spec.argnames)
 
     def _sort_key(self, h: Handler) -> tuple[Any, ...]:
-        plugin = h.plugin
-        eff, pos = self._order.get(plugin, (None, 1 << 30)) if plugin is not None else (None, 1 << 30)
-        if h.priority is not None:
-            prio = h.priority
-        elif eff is not None:
-            prio = eff
-        else:
-            prio = h.owner.priority if h.owner is not None else 0
-        return (-prio, pos, plugin or "", h.seq)
+        effective, position = self._order.get(h.plugin or "", (None, 1 << 30))
+        priority = h.priority if h.priority is not None else effective
+        if priority is None:
+            priority = h.owner.priority if h.owner is not None else 0
+        return (-priority, position, h.plugin or "", h.seq)
 
     def ordered(self, event: str) -> list[Handler]:
         """Every handler of ``event`` (enabled or not) in the order it runs."""
-        return sorted(self._handlers.get(resolve_event(event), ()), key=self._sort_key)
-
-    def _rebuild(self, event: str) -> None:
-        """Re-register ``event``'s enabled adapters with pluggy in dispatch order."""
-        # everything registered before goes, removed handlers included
-        for adapter in self._in_pluggy.pop(event, ()):
-            self._pm.unregister(adapter)
-        enabled = [h for h in self.ordered(event) if h.enabled]
-        # pluggy calls implementations last-registered-first: register in reverse order.
-        for h in reversed(enabled):
-            self._pm.register(h.adapter, name=f"apt-handler-{h.seq}")
-        self._in_pluggy[event] = [h.adapter for h in enabled]
-        names = [event, *(a for a, c in ALIASES.items() if c == event)]
-        if enabled:
-            caller = getattr(self._pm.hook, event)
-            spec = caller.spec
-            # pluggy's own executor over a snapshot of the implementations, taken here
-            # because every change of this event's handlers comes through _rebuild.
-            entry = (
-                event,
-                caller.get_hookimpls(),
-                tuple(spec.argnames),
-                bool(spec.opts.get("firstresult")),
-                event in ATTRIBUTED,
-                frozenset(spec.argnames),
-            )
-            for name in names:
-                self._active[name] = entry
-        else:
-            for name in names:
-                self._active.pop(name, None)
-
-    def _owner_enabled_changed(self, owner: Plugin) -> None:
-        for event, handlers in self._handlers.items():
-            if any(h.owner is owner for h in handlers):
-                self._rebuild(event)
-
-    def _spec_args(self, event: str) -> tuple[str, ...]:
-        return tuple(getattr(self._pm.hook, event).spec.argnames)
-
-    def _make_adapter(self, handler: Handler) -> Any:
-        return _build_adapter(self, handler, self._spec_args(handler.event))
-
-    # --- introspection ----------------------------------------------------------------
+        return sorted(self._registered(resolve_event(event)), key=self._sort_key)
 
     def list_hooks(self, event: str | None = None) -> list[str] | dict[str, list[str]]:
         """Handler names of ``event`` in run order, or ``{event: names}`` for every event."""
         if event is not None:
             return [_label(h) for h in self.ordered(event)]
-        return {e: [_label(h) for h in self.ordered(e)] for e in HOOK_NAMES if self._handlers.get(e)}
+        return {e: labels for e in HOOK_NAMES if (labels := [_label(h) for h in self.ordered(e)])}
 
     def handlers(self, event: str | None = None) -> Iterator[Handler]:
-        events = [resolve_event(event)] if event is not None else list(self._handlers)
-        for e in events:
+        """Every handler (of ``event``, or of all events) in run order."""
+        for e in [resolve_event(event)] if event is not None else HOOK_NAMES:
             yield from self.ordered(e)
 
     def get_stats(self, event: str | None = None) -> dict[str, Any]:
         """Per event: totals and per-handler statistics (calls, skipped, errors, seconds)."""
-        events = [resolve_event(event)] if event is not None else [e for e in HOOK_NAMES if self._handlers.get(e)]
         out: dict[str, Any] = {}
-        for e in events:
+        for e in [resolve_event(event)] if event is not None else HOOK_NAMES:
             handlers = self.ordered(e)
-            out[e] = {
-                "calls": sum(h.stats.calls for h in handlers),
-                "skipped": sum(h.stats.skipped for h in handlers),
-                "errors": sum(h.stats.errors for h in handlers),
-                "total_s": sum(h.stats.total for h in handlers),
-                "handlers": [
-                    {"handler": h.name, "plugin": h.plugin, "enabled": h.enabled, **h.stats.as_dict()} for h in handlers
-                ],
-            }
+            if handlers or event is not None:
+                out[e] = {
+                    **{k: sum(getattr(h.stats, k) for h in handlers) for k in ("calls", "skipped", "errors")},
+                    "total_s": sum(h.stats.total for h in handlers),
+                    "handlers": [{"handler": h.name, "plugin": h.plugin, "enabled": h.enabled, **h.stats.as_dict()}
+                                 for h in handlers],
+                }  # fmt: skip
         return out
-
-    # the original project's name
-    get_statistics = get_stats
 
     def __repr__(self) -> str:
         return f"HookManager({self.list_hooks()})"
 
 
-def _complete_args(
-    event: str, kwargs: dict[str, Any], argnames: tuple[str, ...], argset: frozenset[str]
-) -> dict[str, Any]:
+def _complete_args(event: str, kwargs: dict[str, Any], argnames: tuple[str, ...]) -> dict[str, Any]:
     """``kwargs`` with the arguments the caller left out set to None; an unknown one is an error."""
-    unknown = next((k for k in kwargs if k not in argset), None)
+    unknown = next((k for k in kwargs if k not in argnames), None)
     if unknown is not None:
         raise HookError(
             f"hook {event!r} has no argument {unknown!r}{did_you_mean(unknown, argnames)}; "
@@ -487,13 +427,37 @@ def _complete_args(
     return {**dict.fromkeys(argnames), **kwargs}
 
 
-def _check_condition(event: str, condition: Condition, spec_args: tuple[str, ...]) -> None:
-    missing = sorted(condition.requires - set(spec_args))
-    if missing:
+def _own_share(h: Handler, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``h``'s arguments, with the per-plugin one (``{plugin: value}``) narrowed to ``h``'s value."""
+    arg, shares = PER_PLUGIN_ARGS[h.event], kwargs[PER_PLUGIN_ARGS[h.event]]
+    return {a: (shares.get(h.plugin) if shares is not None else None) if a == arg else kwargs[a] for a in h.params}
+
+
+def _call_plan(fn: Callable[..., Any], event: str, spec_args: tuple[str, ...]) -> tuple[tuple[str, ...], int]:
+    """``(params, mode)`` of a handler (see :class:`Handler`); refuses a required parameter the hook lacks."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return spec_args, ALL
+    named = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    unknown = [p.name for p in named if p.name not in spec_args and p.default is p.empty]
+    _check_args(f"handler {getattr(fn, '__qualname__', fn)!r}", event, unknown, spec_args)
+    wants_all = any(p.kind is p.VAR_KEYWORD for p in params)
+    wanted = spec_args if wants_all else tuple(p.name for p in named if p.name in spec_args)
+    if PER_PLUGIN_ARGS.get(event) in wanted:
+        return wanted, OWN_SHARE
+    if wants_all:
+        return wanted, ALL
+    # positional when the wanted parameters come first, in order; else by keyword
+    positional = tuple(p.name for p in named if p.kind is not p.KEYWORD_ONLY)
+    return wanted, POSITIONAL if positional[: len(wanted)] == wanted else KEYWORD
+
+
+def _check_args(what: str, event: str, unknown: list[str], spec_args: tuple[str, ...]) -> None:
+    if unknown:
         raise HookError(
-            f"condition {condition.description} for hook {event!r} takes argument(s) "
-            f"{', '.join(map(repr, missing))}, which that hook does not provide; it provides: "
-            f"{', '.join(spec_args)} (give the parameter a default or accept **kwargs)"
+            f"{what} for hook {event!r} takes argument(s) {', '.join(map(repr, unknown))}, which that hook "
+            f"does not provide; it provides: {', '.join(spec_args)} (give the parameter a default or accept **kwargs)"
         )
 
 
@@ -501,154 +465,30 @@ def _label(h: Handler) -> str:
     return f"{h.plugin}:{h.name}" if h.plugin else h.name
 
 
-def _plugin_of(fn: Callable[..., Any]) -> Plugin | None:
-    from apt.plugins.base import Plugin
-
+def _plugin_of(fn: Callable[..., Any]) -> Owner | None:
     owner = getattr(fn, "__self__", None)
-    return owner if isinstance(owner, Plugin) else None
-
-
-# --- generated adapters -----------------------------------------------------------------
-
-
-def _wanted_args(handler: Handler, spec_args: tuple[str, ...]) -> tuple[list[str], bool, bool]:
-    """(argument names to pass, pass by keyword?, wants all?) for a handler; validates it."""
-    try:
-        params = list(inspect.signature(handler.fn).parameters.values())
-    except (TypeError, ValueError):
-        return list(spec_args), True, True
-    if any(p.kind is p.VAR_KEYWORD for p in params):
-        extra = [
-            p.name
-            for p in params
-            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in spec_args and p.default is p_empty
-        ]
-        _check_unknown(handler, extra, spec_args)
-        return list(spec_args), True, True
-    wanted: list[str] = []
-    unknown: list[str] = []
-    by_keyword = False
-    for p in params:
-        if p.kind is p.VAR_POSITIONAL:
-            continue
-        if p.name in spec_args:
-            wanted.append(p.name)
-            if p.kind is p.KEYWORD_ONLY or by_keyword:
-                by_keyword = True
-        elif p.default is p_empty:
-            unknown.append(p.name)
-        else:
-            by_keyword = True  # a skipped optional parameter: later ones go by keyword
-    _check_unknown(handler, unknown, spec_args)
-    return wanted, by_keyword, False
-
-
-p_empty = inspect.Parameter.empty
-
-
-def _check_unknown(handler: Handler, unknown: list[str], spec_args: tuple[str, ...]) -> None:
-    if unknown:
-        raise HookError(
-            f"handler {handler.name!r} for hook {handler.event!r} takes argument(s) "
-            f"{', '.join(map(repr, unknown))}, which that hook does not provide; it provides: "
-            f"{', '.join(spec_args)} (give the parameter a default or accept **kwargs)"
-        )
-
-
-# Timing: one clock read per handler. ``_clock[0]`` holds the moment the previous handler
-# of this dispatch finished (or the dispatch began), so a handler's time includes the
-# little dispatch work before it; trigger() saves and restores the clock around nested
-# dispatches, so an outer handler's time includes the events it triggers itself.
-_ADAPTER_TEMPLATE = """\
-def {event}({params}):
-    try:
-{prelude}        _r = _fn({call})
-    except _Fatal:
-        raise  # a critical plugin's error from an event this handler triggered stops the run
-    except Exception as _e:
-        _clock[0] = _now()
-        _st.calls += 1
-        _st.errors += 1
-        _fail(_h, _e)
-        return None
-    _t = _now()
-    _dt = _t - _clock[0]
-    _clock[0] = _t
-    _st.calls += 1
-    _st.total += _dt
-    if _dt > _st.max:
-        _st.max = _dt
-    return {ret}
-"""
-
-
-def _build_adapter(manager: HookManager, handler: Handler, spec_args: tuple[str, ...]) -> Any:
-    """Generate the pluggy implementation for one handler (see the module docstring)."""
-    wanted, by_keyword, wants_all = _wanted_args(handler, spec_args)
-    params = list(spec_args) if handler.condition is not None else wanted
-    prelude = ""
-    if handler.condition is not None:
-        kw = ", ".join(f"{a!r}: {a}" for a in spec_args)
-        prelude += f"        if not _cond({{{kw}}}):\n            _st.skipped += 1\n            return None\n"
-    per_plugin = PER_PLUGIN_ARGS.get(handler.event)
-    if per_plugin is not None and per_plugin in wanted:
-        prelude += f"        {per_plugin} = {per_plugin}.get(_owner) if {per_plugin} is not None else None\n"
-    if by_keyword or wants_all:
-        call = ", ".join(f"{a}={a}" for a in wanted)
-    else:
-        call = ", ".join(wanted)
-    ret = "(_owner, _r) if _r is not None else None" if handler.event in ATTRIBUTED else "_r"
-    source = _ADAPTER_TEMPLATE.format(
-        event=handler.event, params=", ".join(params), prelude=prelude, call=call, ret=ret
-    )
-    namespace: dict[str, Any] = {
-        "_now": _now,
-        "_clock": manager._clock,
-        "_fn": handler.fn,
-        "_st": handler.stats,
-        "_h": handler,
-        "_fail": manager._record_failure,
-        "_Fatal": PluginHookError,
-        "_cond": handler.condition,
-        "_owner": handler.plugin,
-    }
-    exec(compile(source, f"<apt adapter {handler.event}:{handler.name}>", "exec"), namespace)  # noqa: S102
-    impl = hookimpl(namespace[handler.event])
-
-    class _Adapter:
-        pass
-
-    adapter = _Adapter()
-    setattr(adapter, handler.event, impl)
-    return adapter
-
-
-# --- the @hook decorator ----------------------------------------------------------------
-
-HOOK_MARK = "__apt_hooks__"
+    return owner if isinstance(owner, Owner) else None
 
 
 def hook(event: str, priority: int | None = None, condition: Any = None) -> Callable[[F], F]:
     """Mark a function as a handler of ``event``.
 
     On a :class:`~apt.plugins.Plugin` method the plugin manager registers it (the method
-    may have any name). On a plain module-level function it is registered with the
-    global ``hook_manager`` right away.
+    may have any name). A plain module-level function is registered with the global
+    ``hook_manager`` right away.
     """
     event = resolve_event(event)
 
     def decorate(fn: F) -> F:
-        qualname = getattr(fn, "__qualname__", "")
-        parts = qualname.split(".")
-        is_method = len(parts) > 1 and parts[-2] != "<locals>"
-        if is_method:
-            marks = list(getattr(fn, HOOK_MARK, ()))
-            marks.append((event, priority, condition))
-            setattr(fn, HOOK_MARK, marks)
+        parts = getattr(fn, "__qualname__", "").split(".")
+        if len(parts) > 1 and parts[-2] != "<locals>":  # a method: the plugin manager registers it
+            setattr(fn, HOOK_MARK, [*getattr(fn, HOOK_MARK, ()), (event, priority, condition)])
         else:
-            from apt.plugins import hook_manager
-
             hook_manager.register(event, fn, priority=priority, condition=condition)
         return fn
 
     return decorate
+
+
+#: The process-wide hook manager (``from apt.plugins import hook_manager``).
+hook_manager = HookManager()

@@ -38,8 +38,23 @@ from typing import Final
 
 import pluggy
 
+from apt.core.config import did_you_mean
+from apt.errors import HookError
+from apt.plugins.view import TrainerView
 
-__all__ = ["ALIASES", "HOOK_NAMES", "PROJECT", "HookEvents", "Hookspecs", "hookimpl", "hookspec"]
+
+__all__ = [
+    "ALIASES",
+    "CRITICAL_EVENTS",
+    "HOOK_MARK",
+    "HOOK_NAMES",
+    "PROJECT",
+    "HookEvents",
+    "Hookspecs",
+    "hookimpl",
+    "hookspec",
+    "resolve_event",
+]
 
 PROJECT: Final = "apt"
 hookspec: Final = pluggy.HookspecMarker(PROJECT)
@@ -52,14 +67,14 @@ class Hookspecs:
     # --- model ------------------------------------------------------------------------
 
     @hookspec
-    def on_model_built(self, trainer: Any, model: Any, config: Any) -> Any:
+    def on_model_built(self, trainer: TrainerView, model: Any, config: Any) -> Any:
         """The model was built from its providers; plugins may change it before training.
 
         Modify ``model`` in place (replace submodules, add parameters), or return a new
         module to replace it entirely (at most one plugin may do that). The optimizer is
         created after this hook, so new parameters are trained.
 
-        :param trainer: the :class:`~apt.train.Trainer` (``None`` outside a trainer).
+        :param trainer: the :class:`~apt.plugins.TrainerView` of the trainer (``None`` outside one).
         :param model: the freshly built :class:`~apt.model.GPT`.
         :param config: the resolved :class:`~apt.core.APTConfig`.
         :returns: ``None``, or a replacement ``torch.nn.Module``.
@@ -68,7 +83,7 @@ class Hookspecs:
     # --- run and epoch ----------------------------------------------------------------
 
     @hookspec
-    def on_train_begin(self, trainer: Any, model: Any, config: Any, epoch: int, step: int) -> None:
+    def on_train_begin(self, trainer: TrainerView, model: Any, config: Any, epoch: int, step: int) -> None:
         """Training is about to start (or resume: ``epoch``/``step`` are then not 0).
 
         :param trainer: the trainer.
@@ -79,7 +94,7 @@ class Hookspecs:
         """
 
     @hookspec
-    def on_train_end(self, trainer: Any, model: Any, epoch: int, step: int, metrics: dict[str, float]) -> None:
+    def on_train_end(self, trainer: TrainerView, model: Any, epoch: int, step: int, metrics: dict[str, float]) -> None:
         """Training finished normally (all epochs done, or a stop was requested).
 
         :param trainer: the trainer.
@@ -90,7 +105,7 @@ class Hookspecs:
         """
 
     @hookspec
-    def on_epoch_begin(self, trainer: Any, model: Any, epoch: int, step: int, schedule: Any) -> None:
+    def on_epoch_begin(self, trainer: TrainerView, model: Any, epoch: int, step: int, schedule: Any) -> None:
         """An epoch starts. Scheduled plugins have been enabled for it already.
 
         :param trainer: the trainer.
@@ -101,7 +116,7 @@ class Hookspecs:
         """
 
     @hookspec
-    def on_epoch_end(self, trainer: Any, model: Any, epoch: int, step: int, metrics: dict[str, float]) -> Any:
+    def on_epoch_end(self, trainer: TrainerView, model: Any, epoch: int, step: int, metrics: dict[str, float]) -> Any:
         """An epoch ended, after its end-of-epoch validation.
 
         :param metrics: the epoch's metrics (``train_loss``, ``val_loss``, ``val_bpb`` ...).
@@ -111,7 +126,7 @@ class Hookspecs:
     # --- one optimizer step -----------------------------------------------------------
 
     @hookspec
-    def on_step_begin(self, trainer: Any, model: Any, batch: Any, epoch: int, step: int) -> None:
+    def on_step_begin(self, trainer: TrainerView, model: Any, batch: Any, epoch: int, step: int) -> None:
         """An optimizer step starts.
 
         :param batch: ``(x, y)`` for the whole step, shape ``(grad_accum * B, T)`` each.
@@ -121,7 +136,15 @@ class Hookspecs:
 
     @hookspec
     def on_compute_loss(
-        self, trainer: Any, model: Any, batch: Any, outputs: Any, loss: Any, epoch: int, step: int, micro_step: int
+        self,
+        trainer: TrainerView,
+        model: Any,
+        batch: Any,
+        outputs: Any,
+        loss: Any,
+        epoch: int,
+        step: int,
+        micro_step: int,
     ) -> Any:
         """Add named loss terms; called once per micro-batch, after the forward pass.
 
@@ -136,12 +159,14 @@ class Hookspecs:
         """
 
     @hookspec
-    def on_backward_begin(self, trainer: Any, model: Any, loss: Any, epoch: int, step: int, micro_step: int) -> None:
+    def on_backward_begin(
+        self, trainer: TrainerView, model: Any, loss: Any, epoch: int, step: int, micro_step: int
+    ) -> None:
         """About to call ``backward`` on one micro-batch's total loss (already scaled by 1/grad_accum)."""
 
     @hookspec(firstresult=True)
     def on_backward(
-        self, trainer: Any, model: Any, loss: Any, terms: Any, epoch: int, step: int, micro_step: int
+        self, trainer: TrainerView, model: Any, loss: Any, terms: Any, epoch: int, step: int, micro_step: int
     ) -> Any:
         """Take over the backward pass of one micro-batch; the first handler answering ``True`` owns it.
 
@@ -165,11 +190,11 @@ class Hookspecs:
         """
 
     @hookspec
-    def on_backward_end(self, trainer: Any, model: Any, epoch: int, step: int, micro_step: int) -> None:
+    def on_backward_end(self, trainer: TrainerView, model: Any, epoch: int, step: int, micro_step: int) -> None:
         """``backward`` of one micro-batch finished; gradients are accumulated in ``.grad``."""
 
     @hookspec
-    def on_after_backward(self, trainer: Any, model: Any, optimizer: Any, epoch: int, step: int) -> None:
+    def on_after_backward(self, trainer: TrainerView, model: Any, optimizer: Any, epoch: int, step: int) -> None:
         """The last micro-batch's backward finished: gradients are final, not yet clipped.
 
         Fires once per optimizer step, after every micro-batch's backward (gradients
@@ -184,7 +209,7 @@ class Hookspecs:
 
     @hookspec
     def on_before_optimizer_step(
-        self, trainer: Any, model: Any, optimizer: Any, epoch: int, step: int, grad_norm: float
+        self, trainer: TrainerView, model: Any, optimizer: Any, epoch: int, step: int, grad_norm: float
     ) -> None:
         """Gradients are final (clipped) and the optimizer is about to step.
 
@@ -196,7 +221,9 @@ class Hookspecs:
         """
 
     @hookspec
-    def on_optimizer_step(self, trainer: Any, model: Any, optimizer: Any, epoch: int, step: int, lr: float) -> None:
+    def on_optimizer_step(
+        self, trainer: TrainerView, model: Any, optimizer: Any, epoch: int, step: int, lr: float
+    ) -> None:
         """The optimizer applied an update (EMA updates belong here). Not fired for a vetoed step.
 
         :param lr: the learning rate used for this update.
@@ -204,7 +231,14 @@ class Hookspecs:
 
     @hookspec
     def on_step_end(
-        self, trainer: Any, model: Any, batch: Any, epoch: int, step: int, loss: float, metrics: dict[str, float]
+        self,
+        trainer: TrainerView,
+        model: Any,
+        batch: Any,
+        epoch: int,
+        step: int,
+        loss: float,
+        metrics: dict[str, float],
     ) -> Any:
         """An optimizer step finished.
 
@@ -217,11 +251,13 @@ class Hookspecs:
     # --- validation -------------------------------------------------------------------
 
     @hookspec
-    def on_validation_begin(self, trainer: Any, model: Any, epoch: int, step: int) -> None:
+    def on_validation_begin(self, trainer: TrainerView, model: Any, epoch: int, step: int) -> None:
         """Validation starts; the model is in eval mode."""
 
     @hookspec
-    def on_validation_end(self, trainer: Any, model: Any, epoch: int, step: int, metrics: dict[str, float]) -> Any:
+    def on_validation_end(
+        self, trainer: TrainerView, model: Any, epoch: int, step: int, metrics: dict[str, float]
+    ) -> Any:
         """Validation finished.
 
         :param metrics: ``val_loss`` and ``val_bpb`` of the live model.
@@ -231,7 +267,7 @@ class Hookspecs:
     # --- state ------------------------------------------------------------------------
 
     @hookspec
-    def on_save_checkpoint(self, trainer: Any, checkpoint: dict[str, Any]) -> Any:
+    def on_save_checkpoint(self, trainer: TrainerView, checkpoint: dict[str, Any]) -> Any:
         """A checkpoint is being assembled; return this plugin's state.
 
         :param checkpoint: the trainer's state so far (read-only for plugins).
@@ -241,7 +277,7 @@ class Hookspecs:
         """
 
     @hookspec
-    def on_load_checkpoint(self, trainer: Any, checkpoint: dict[str, Any], state: Any) -> None:
+    def on_load_checkpoint(self, trainer: TrainerView, checkpoint: dict[str, Any], state: Any) -> None:
         """A checkpoint was read; restore this plugin's state.
 
         :param checkpoint: the whole checkpoint.
@@ -251,7 +287,7 @@ class Hookspecs:
         """
 
     @hookspec(firstresult=True)
-    def on_resume(self, trainer: Any, resume: str) -> Any:
+    def on_resume(self, trainer: TrainerView, resume: str) -> Any:
         """Load the training state to resume from; the first non-``None`` answer wins.
 
         Called before ``on_train_begin`` when ``training.resume`` is set (``apt train
@@ -265,7 +301,7 @@ class Hookspecs:
     # --- failure ----------------------------------------------------------------------
 
     @hookspec
-    def on_exception(self, trainer: Any, model: Any, exception: BaseException, epoch: int, step: int) -> None:
+    def on_exception(self, trainer: TrainerView, model: Any, exception: BaseException, epoch: int, step: int) -> None:
         """The run is failing with ``exception``; last chance to save (then it propagates)."""
 
 
@@ -278,6 +314,24 @@ ALIASES: Final[dict[str, str]] = {
 }
 
 HOOK_NAMES: Final[tuple[str, ...]] = tuple(n for n in vars(Hookspecs) if n.startswith("on_"))
+
+#: Events whose handlers change the loss, the gradients or the model: a plugin that handles
+#: one is critical unless it says otherwise (the run would silently change without it).
+CRITICAL_EVENTS: Final = frozenset({"on_compute_loss", "on_model_built", "on_backward", "on_after_backward"})
+
+#: The attribute where ``@hook`` records ``(event, priority, condition)`` on a plugin method.
+HOOK_MARK: Final = "__apt_hooks__"
+
+
+def resolve_event(event: str) -> str:
+    """The canonical name of ``event`` (aliases resolved); unknown names raise HookError."""
+    event = ALIASES.get(event, event)
+    if event not in HOOK_NAMES:
+        raise HookError(
+            f"unknown hook event {event!r}{did_you_mean(event, [*HOOK_NAMES, *ALIASES])}; "
+            "events are listed by apt.plugins.HookEvents"
+        )
+    return event
 
 
 class HookEvents:

@@ -22,7 +22,7 @@ from apt.core import APTConfig
 from apt.plugins import HOOK_NAMES
 from apt.plugins import Plugin
 from apt.plugins import PluginManager
-from apt.plugins.manager import _class_name
+from apt.plugins._loading import class_name
 
 
 __all__ = ["TINY_CONFIG", "RecordingPlugin", "TinyRun", "run_tiny_training", "tiny_config"]
@@ -134,7 +134,7 @@ def run_tiny_training(
 
     config = config if config is not None else tiny_config()
     classes: list[type[Plugin]] = [*plugins, RecordingPlugin] if record else list(plugins)
-    named = [(_class_name(cls), cls) for cls in classes]
+    named = [(class_name(cls), cls) for cls in classes]
     config = config.with_overrides(overrides)
     config.plugins = list(dict.fromkeys([*(config.plugins or []), *(name for name, _ in named)]))
     pm = PluginManager()

@@ -63,7 +63,7 @@ def refuse_scheduled_model_plugins(plugin_manager: Any) -> None:
 
     :raises ConfigError: naming the first such plugin that has a schedule.
     """
-    from apt.plugins.manager import handled_events
+    from apt.plugins.base import handled_events
 
     for plugin in plugin_manager.loaded():
         name = plugin.get_name()

@@ -35,6 +35,7 @@ from apt.errors import PluginError
 from apt.errors import UsageError
 from apt.model import GPT
 from apt.model import ModelOutput
+from apt.plugins._config import read_only
 from apt.train._distributed import DistInfo
 from apt.train._distributed import all_reduce_sum
 from apt.train._distributed import broadcast_object
@@ -112,7 +113,6 @@ class Trainer:
 
             plugin_manager = PluginManager()
             plugin_manager.load_from_config(config)
-        self.config = config
         self.plugin_manager = plugin_manager
         tc = config.training
 
@@ -130,7 +130,6 @@ class Trainer:
         use_bf16 = tc.precision == "bf16" or (tc.precision == "auto" and self.device.type == "cuda")
         #: the autocast dtype of forward passes (parameters stay fp32)
         self.dtype = torch.bfloat16 if use_bf16 else torch.float32
-        self.grad_scaler: torch.amp.GradScaler | None = None  # bf16 needs no loss scaling
         # every rank uses rank 0's folder (a time-stamped default name could differ by a second)
         agreed = broadcast_object(str(run_dir) if run_dir is not None else None, self.dist)
         self.run_dir: Path | None = Path(agreed) if agreed is not None else None
@@ -149,6 +148,8 @@ class Trainer:
                 f"{self.tokenizer.vocab_size} (or leave it unset to follow the tokenizer)",
                 key="model.vocab_size",
             )
+        #: the validated run config, complete from here on; read-only (plugins see it as ``trainer.config``)
+        self.config: APTConfig = read_only(config)
         self.batches = BatchSource(
             self.data.train, config.model.block_size, tc.batch_size, tc.grad_accum,
             seed=tc.seed, rank=self.rank, world_size=self.world_size, fingerprint=self.data.fingerprint,
@@ -198,6 +199,15 @@ class Trainer:
     def val_batches(self) -> list[tuple[Tensor, Tensor]]:
         """This process's fixed validation batches (what :meth:`validate` uses)."""
         return self._val_batches
+
+    @property
+    def is_distributed(self) -> bool:
+        """Whether a process group is running (collectives needed)."""
+        return self.dist.enabled
+
+    def check_fingerprint(self, saved: dict[str, Any] | None, strict: bool = False) -> list[str]:
+        """How the loaded plugin set differs from ``saved`` (a state's ``fingerprint``); raises when strict."""
+        return self.plugin_manager.check_fingerprint(saved, strict=strict)
 
     @property
     def tokens_per_step(self) -> int:
@@ -664,7 +674,7 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         """Everything an exact resume needs; plugin states come through ``on_save_checkpoint``.
 
-        Keys: ``model``, ``optimizer``, ``lr_scheduler``, ``grad_scaler``, ``rng``, ``data``
+        Keys: ``model``, ``optimizer``, ``lr_scheduler``, ``rng``, ``data``
         (sampler), ``counters`` (``epoch``, ``global_step``, ``step_in_epoch``),
         ``skipped_steps`` (vetoed optimizer steps so far),
         ``epoch_losses`` (the current epoch's step losses so far), ``config``,
@@ -681,7 +691,6 @@ class Trainer:
             "model": full_model_state(self.model) if sharded else self.model.state_dict(),
             "optimizer": full_optimizer_state(self.model, self.optimizer) if sharded else self.optimizer.state_dict(),
             "lr_scheduler": self.lr_scheduler.state_dict(),
-            "grad_scaler": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
             "rng": rng_state(),
             "data": self.batches.state_dict(),
             "counters": {"epoch": self.epoch, "global_step": self.global_step, "step_in_epoch": self.step_in_epoch},
@@ -733,8 +742,6 @@ class Trainer:
             )
         load_optimizer_state(self.model, self.optimizer, state["optimizer"], self._sharded)
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
-        if self.grad_scaler is not None and state.get("grad_scaler") is not None:
-            self.grad_scaler.load_state_dict(state["grad_scaler"])
         set_rng_state(state["rng"])
         self.batches.load_state_dict(state["data"])
 

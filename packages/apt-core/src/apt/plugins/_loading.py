@@ -1,0 +1,237 @@
+"""Loading plugins: the contract check, instantiation with a validated config, selection,
+and requirement / conflict resolution. Discovery is in :mod:`apt.plugins._discovery`, the
+order in :mod:`apt.plugins._ordering`; :class:`~apt.plugins.PluginManager` calls these.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Collection
+from typing import Any
+
+from packaging.requirements import InvalidRequirement
+from packaging.requirements import Requirement
+from packaging.specifiers import InvalidSpecifier
+from packaging.specifiers import SpecifierSet
+from packaging.version import InvalidVersion
+from packaging.version import Version
+
+from apt.core.config import APTConfig
+from apt.core.config import did_you_mean
+from apt.errors import PluginConflictError
+from apt.errors import PluginLoadError
+from apt.errors import PluginValidationError
+from apt.plugins.base import PLUGIN_API_VERSION
+from apt.plugins.base import Plugin
+from apt.plugins.hookspecs import ALIASES
+from apt.plugins.hookspecs import HOOK_NAMES
+
+
+__all__ = [
+    "AUTOLOAD_ENV",
+    "autoload_disabled",
+    "class_name",
+    "find_conflict",
+    "instantiate",
+    "order_edges",
+    "requirement_problem",
+    "select",
+    "unselected_reason",
+    "validate_plugin_class",
+]
+
+log = logging.getLogger("apt.plugins")
+
+AUTOLOAD_ENV = "APT_DISABLE_PLUGIN_AUTOLOAD"
+
+# Plugin methods that look like hooks but are plugin-level callbacks.
+NOT_HOOKS = frozenset({"on_enable", "on_disable"})
+
+
+def validate_plugin_class(name: str, cls: type[Plugin], where: str = "") -> None:
+    """Check a plugin class against the contract: API version, version, hook names, requires."""
+    try:
+        spec = SpecifierSet(cls.api_version)
+    except InvalidSpecifier:
+        raise PluginValidationError(
+            f"plugin {name!r}{where}: api_version {cls.api_version!r} is not a version specifier (write e.g. '>=1,<2')",
+            plugin=name,
+        ) from None
+    if not spec.contains(PLUGIN_API_VERSION, prereleases=True):
+        raise PluginValidationError(
+            f"plugin {name!r}{where} supports plugin API {cls.api_version} but apt-core provides plugin API "
+            f"{PLUGIN_API_VERSION}; install a version of the plugin made for this apt-core, or an apt-core "
+            "that matches the plugin",
+            plugin=name,
+        )
+    try:
+        Version(cls.version)
+    except InvalidVersion:
+        raise PluginValidationError(
+            f"plugin {name!r}{where}: version {cls.version!r} is not a PEP 440 version", plugin=name
+        ) from None
+    for attr in sorted(dir(cls)):
+        if attr.startswith("on_") and attr not in {*HOOK_NAMES, *ALIASES, *NOT_HOOKS} and callable(getattr(cls, attr)):
+            raise PluginValidationError(
+                f"plugin {name!r}{where}: method {cls.__qualname__}.{attr} looks like a hook but matches "
+                f"none{did_you_mean(attr, [*HOOK_NAMES, *ALIASES])}; rename it, or give helper methods a name "
+                "that does not start with 'on_'",
+                plugin=name,
+            )
+    for req in [*cls.requires, *cls.conflicts, *cls.after, *cls.before]:
+        try:
+            Requirement(req)
+        except InvalidRequirement:
+            raise PluginValidationError(
+                f"plugin {name!r}{where}: {req!r} in requires/conflicts/after/before is not a plugin name with an "
+                "optional version specifier (write e.g. 'moe>=1.0')",
+                plugin=name,
+            ) from None
+
+
+def instantiate(name: str, cls: type[Plugin], section: Any, where: str) -> Plugin:
+    """``cls`` made with its config section, validated once here (a ConfigError names the key)."""
+    config = cls.validate_config(section, name)
+    try:
+        plugin = cls(config)
+    except Exception as exc:
+        raise PluginLoadError(
+            f"plugin {name!r}{where}: creating {cls.__qualname__}(config) failed: {type(exc).__name__}: {exc}",
+            plugin=name,
+        ) from exc
+    if "config" not in vars(plugin):  # a subclass __init__ that skipped super().__init__
+        Plugin.__init__(plugin, config)
+    try:
+        own = plugin.get_name()
+    except NotImplementedError:
+        plugin.adopt_name(name)  # a nameless class takes its registration name
+        own = name
+    if own != name:
+        raise PluginValidationError(
+            f"plugin {name!r}{where}: its class {cls.__qualname__} calls itself {own!r}; the entry-point "
+            "or registration name must equal the plugin's name",
+            plugin=name,
+        )
+    return plugin
+
+
+def class_name(cls: type[Plugin]) -> str:
+    """The name a plugin class goes by, found without its config.
+
+    The ``name`` attribute; else what an overridden ``get_name()`` returns (the original
+    API's style); else, for a class with no name at all, its class name in lower case.
+    """
+    if cls.name:
+        return str(cls.name)
+    if cls.get_name is not Plugin.get_name:
+        # such a get_name() returns a constant: ask an instance that skipped __init__ first
+        for make in (lambda: cls.__new__(cls), lambda: cls()):
+            try:
+                return str(make().get_name())
+            except Exception:  # noqa: BLE001 - try the next way; load() reports a real problem
+                continue
+    return cls.__name__.lower()
+
+
+# Selection: the one place the config and the autoload switch pick plugins (load_from_config
+# and `apt plugins list` both ask these, so the two never disagree).
+
+
+def autoload_disabled() -> bool:
+    """Whether ``APT_DISABLE_PLUGIN_AUTOLOAD`` is set to ``1``, ``true``, ``yes`` or ``on``."""
+    return os.environ.get(AUTOLOAD_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def unselected_reason(name: str, config: APTConfig) -> str | None:
+    """Why a run with ``config`` would not load the installed plugin ``name``; None if it would.
+    Reads the config and the environment only: no plugin code is imported."""
+    if name in config.disable_plugins:
+        return "listed in disable_plugins"
+    if config.plugins is not None:
+        return None if name in config.plugins else "not named in the config's plugins: list"
+    if autoload_disabled():
+        return f"{AUTOLOAD_ENV} is set and the config does not name it"
+    return None
+
+
+def select(config: APTConfig, known: Collection[str], failed: Collection[str]) -> list[str]:
+    """The plugins ``config`` selects, in the order to try them: ``plugins:`` if given, else
+    every installed one that did not fail discovery; then :func:`unselected_reason` filters."""
+    if config.plugins is not None:
+        candidates = list(dict.fromkeys(config.plugins))
+    else:
+        if autoload_disabled():
+            log.info("%s is set: loading no plugins unless the config names them", AUTOLOAD_ENV)
+        candidates = sorted(n for n in known if n not in failed)
+    return [n for n in candidates if unselected_reason(n, config) is None]
+
+
+def requirement_problem(
+    name: str, plugin: Plugin, plugins: dict[str, Plugin], failures: dict[str, Any], known: dict[str, str | None]
+) -> tuple[str, list[str]] | None:
+    """``(message, chain)`` for the first requirement of ``plugin`` that is not met, or None.
+
+    :param failures: ``{name: PluginFailure}`` of plugins that did not load.
+    :param known: ``{name: distribution}`` of every plugin that could load.
+    """
+    for spec in plugin.requires:
+        req = Requirement(spec)
+        dep = req.name
+        if dep in plugins:
+            version = plugins[dep].get_version()
+            if req.specifier and not req.specifier.contains(version, prereleases=True):
+                return (
+                    f"plugin {name!r} requires {spec!r} but {dep} {version} is loaded; install a matching "
+                    f"version (pip install '{known.get(dep) or f'apt-plugin-{dep}'}{req.specifier}')",
+                    [name, dep],
+                )
+        elif dep in failures:
+            chain = [name, *(failures[dep].chain or [dep])]
+            return (
+                f"plugin {name!r} requires {dep!r}, which failed: {' -> '.join(chain)}: {failures[dep].message}",
+                chain,
+            )
+        elif dep in known:
+            return (
+                f"plugin {name!r} requires {dep!r}, which is installed but not selected; add {dep!r} to "
+                "plugins: [...] (or remove it from disable_plugins)",
+                [name, dep],
+            )
+        else:
+            return (
+                f"plugin {name!r} requires {spec!r}, which is not installed; install it "
+                f"(pip install apt-plugin-{dep}) or turn {name!r} off",
+                [name, dep],
+            )
+    return None
+
+
+def find_conflict(plugins: dict[str, Plugin]) -> None:
+    """Raise PluginConflictError for the first loaded pair that declares a conflict."""
+    for name, plugin in plugins.items():
+        for spec in plugin.conflicts:
+            other = Requirement(spec)
+            if other.name in plugins and other.name != name:
+                version = plugins[other.name].get_version()
+                if not other.specifier or other.specifier.contains(version, prereleases=True):
+                    raise PluginConflictError(
+                        f"plugins {name!r} and {other.name!r} conflict ({name!r} declares conflicts: {spec!r}); "
+                        f"turn one off, e.g. disable_plugins: [{other.name}]",
+                        plugin=name,
+                        other=other.name,
+                    )
+
+
+def order_edges(plugins: dict[str, Plugin]) -> dict[str, list[str]]:
+    """``{plugin: the loaded plugins that run before it}``: its ``requires`` and ``after``, and
+    those that name it in ``before``. A plugin named in ``after``/``before`` that is not loaded is ignored."""
+    edges: dict[str, list[str]] = {n: [] for n in plugins}
+    for name, plugin in plugins.items():
+        for dep in (Requirement(s).name for s in [*plugin.requires, *plugin.after]):
+            if dep in plugins and dep not in edges[name]:
+                edges[name].append(dep)
+        for later in (Requirement(s).name for s in plugin.before):
+            if later in plugins and name not in edges[later]:
+                edges[later].append(name)
+    return edges

@@ -1,0 +1,85 @@
+"""``TrainerView``: the typed ``trainer`` every hook receives.
+
+It lists what a plugin may read or call on the trainer; nothing else is part of the
+contract. :class:`apt.train.Trainer` satisfies it (checked by mypy and a test), and so does
+``apt generate``'s host. Annotate handlers with it and mypy checks a plugin against it::
+
+    def on_step_end(self, trainer: TrainerView, step: int, **kwargs: Any) -> None:
+        if trainer.is_global_zero:
+            ...
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+from typing import Any
+from typing import Protocol
+from typing import runtime_checkable
+
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+
+    from apt.core.config import APTConfig
+    from apt.core.schedules import Schedule
+
+
+__all__ = ["TrainerView"]
+
+
+@runtime_checkable
+class TrainerView(Protocol):
+    """What plugins may use of the trainer. Plugins read the attributes; they change nothing but the model."""
+
+    global_step: int  #: optimizer steps taken (in ``on_step_end``: including the step just finished)
+    epoch: int  #: the 0-based index of the current epoch
+    step_in_epoch: int  #: optimizer steps taken in the current epoch
+    rank: int  #: this process's rank (0 without torchrun)
+    world_size: int  #: processes training together (1 without torchrun)
+    is_global_zero: bool  #: whether this process writes files and reports progress
+    parallelism: str  #: ``"single"``, ``"ddp"`` (replicated model) or ``"fsdp"`` (sharded model)
+    run_dir: Path | None  #: the run folder (None for a run that writes nothing)
+    config: APTConfig  #: the validated run config; a write raises ReadOnlyConfigError
+    model: torch.nn.Module | None  #: the model, never the DDP wrapper (None before it is built)
+    optimizer: torch.optim.Optimizer | None  #: the optimizer (None before it is built)
+    device: torch.device  #: where the model runs
+    dtype: torch.dtype  #: the autocast dtype of forward passes (parameters stay fp32)
+
+    @property
+    def is_distributed(self) -> bool:
+        """Whether a process group is running (collectives needed)."""
+
+    @property
+    def schedule(self) -> Schedule:
+        """The run's schedule; ``schedule.get_param(name, epoch=, step=)`` reads an annealed value."""
+
+    @property
+    def val_batches(self) -> list[tuple[Tensor, Tensor]]:
+        """This process's fixed validation batches ``(x, y)``, each ``(B, T)``."""
+
+    @property
+    def tokenizer(self) -> Any:
+        """The run's tokenizer (``encode``, ``decode``, ``vocab_size``)."""
+
+    def request_stop(self, reason: str, source: str | None = None) -> None:
+        """Ask the run to stop after the current step (requests from several plugins combine)."""
+
+    def skip_optimizer_step(self, reason: str) -> None:
+        """Veto the coming optimizer step (from ``on_after_backward`` or ``on_before_optimizer_step``)."""
+
+    def sync_optimizer(self) -> None:
+        """Make the optimizer match the model after a plugin added or removed parameters."""
+
+    def all_reduce_sum(self, t: Tensor) -> Tensor:
+        """``t`` summed over all processes, in place (identity with one process)."""
+
+    def all_reduce_mean(self, t: Tensor) -> Tensor:
+        """``t`` averaged over all processes, in place (identity with one process)."""
+
+    def check_fingerprint(self, saved: dict[str, Any] | None, strict: bool = False) -> list[str]:
+        """How the plugin set differs from ``saved`` (a state's ``fingerprint``); raises when strict."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything an exact resume needs (a collective under FSDP: every rank calls it)."""

@@ -155,9 +155,11 @@ def _source(path: str) -> tuple[str, Path, dict[str, Any]]:
 def resolve_init_from(config: Any) -> Any:
     """``config`` with the ``model`` shape of ``model.init_from`` (unchanged when it is None).
 
-    Shape fields the configuration leaves unset are taken from the source; one it sets to a
-    different value is a ConfigError naming ``model.<field>``. ``block_size`` is only fixed by a
-    learned position table (GPT-2); with RoPE the run chooses its context.
+    Shape fields the configuration leaves at their defaults are taken from the source; one it
+    sets to another value than the source's is a ConfigError naming ``model.<field>``.
+    (Defaults, not "unset": a configuration that went through ``--set`` has every field set.)
+    ``block_size`` is only fixed by a learned position table (GPT-2); with RoPE the run
+    chooses its context.
     """
     mc = config.model
     if mc.init_from is None:
@@ -165,14 +167,16 @@ def resolve_init_from(config: Any) -> Any:
     kind, folder, fields = _source(mc.init_from)
     if fields.get("position") == "rope":
         fields.pop("block_size", None)
+    defaults = type(mc).model_fields
     for name, value in fields.items():
-        if name in mc.model_fields_set and getattr(mc, name) != value:
+        mine = getattr(mc, name)
+        if mine != value and mine != defaults[name].default:
             raise ConfigError(
-                f"model.{name} is {getattr(mc, name)!r} but model.init_from {str(folder)!r} has {value!r}; "
+                f"model.{name} is {mine!r} but model.init_from {str(folder)!r} has {value!r}; "
                 f"remove model.{name} from the config or set it to {value!r}",
                 key=f"model.{name}",
             )
-    model = type(mc).model_validate({**mc.model_dump(exclude_unset=True), **fields})
+    model = type(mc).model_validate({**mc.model_dump(), **fields})
     return config.model_copy(update={"model": model})
 
 

@@ -118,3 +118,45 @@ def test_default_run_is_unchanged() -> None:
     """The default model trains to the val_bpb it had before the rope/GQA options (pinned to 4 decimals)."""
     run = run_tiny_training(round_trip=False)
     assert round(run.summary["val_bpb"], 4) == 6.9562
+
+
+def _bpe_tokenizer_json(path: Path) -> int:
+    """Train a small byte-level BPE (the standard tokenizers JSON a BPE run keeps); returns its vocabulary size."""
+    tokenizers = pytest.importorskip("tokenizers")
+    tok = tokenizers.Tokenizer(tokenizers.models.BPE())
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = tokenizers.decoders.ByteLevel()
+    trainer = tokenizers.trainers.BpeTrainer(
+        vocab_size=320,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    text = ["the cat sat on the mat, the dog sat on the log; " * 20, "def main():\n    return 0\n" * 20]
+    tok.train_from_iterator(text, trainer)
+    tok.save(str(path))
+    size: int = tok.get_vocab_size()
+    return size
+
+
+def test_run_tokenizer_json_is_exported(tmp_path: Path) -> None:
+    """A run that keeps a BPE tokenizer.json exports it: AutoTokenizer gives its ids, and transformers'
+    greedy text from BPE ids equals APT's model decoding through the run's tokenizer."""
+    from apt.cli._generate import load_run_model
+    from tokenizers import Tokenizer
+
+    vocab = _bpe_tokenizer_json(tmp_path / "bpe.json")
+    run_dir = _train(tmp_path, {"vocab_size": vocab, **LLAMA})
+    (tmp_path / "bpe.json").rename(run_dir / "tokenizer.json")
+    assert main(["export", str(run_dir), "--out", str(tmp_path / "hf")]) == 0
+    bpe = Tokenizer.from_file(str(run_dir / "tokenizer.json"))
+    hf_tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"), local_files_only=True)
+    for text in ["the cat sat", " leading space", "emoji 😀 和", "def main():\n"]:
+        assert hf_tok(text)["input_ids"] == bpe.encode(text).ids
+    assert hf_tok.eos_token == "<|endoftext|>"
+    model, pm = load_run_model(run_dir)
+    pm.teardown_all()
+    prompt = "the cat "
+    ids = torch.tensor([bpe.encode(prompt).ids])
+    ours = bpe.decode(model.generate(ids, 20, temperature=0.0)[0].tolist())
+    assert ours == _hf_text(tmp_path / "hf", prompt, 20)

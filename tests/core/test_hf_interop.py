@@ -235,3 +235,14 @@ def test_init_from_conflicting_field_names_it(tmp_path: Path) -> None:
 def test_init_from_missing_folder(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="neither a Hugging Face folder"):
         resolve_init_from(APTConfig(model={"init_from": str(tmp_path / "nope")}))
+
+
+def test_blocks_with_different_ffn_widths_are_refused(tmp_path: Path) -> None:
+    """Hugging Face configs have one intermediate_size: a model whose blocks differ names the blocks."""
+    from apt.model import SwiGLU
+
+    model = random_apt(**SHAPES["llama-mha-tied"])
+    model.blocks[1].ffn = SwiGLU(64, 32)
+    with pytest.raises(ConfigError, match=r"blocks \[1\] differ from block 0"):
+        save_hf(model, tmp_path / "hf", registry=ProviderRegistry())
+    assert not (tmp_path / "hf").exists()

@@ -147,3 +147,10 @@ def test_sliding_window_checkpoint_is_refused(tmp_path: Path) -> None:
     path.write_text(json.dumps({**json.loads(path.read_text()), "sliding_window": 8}))
     with pytest.raises(ConfigError, match="sliding_window=8"):
         _trainer({"init_from": str(tmp_path / "src")}, {"num_experts": 3, "expert_ffn": "swiglu"})
+
+
+def test_moe_in_some_blocks_only_is_refused(tmp_path: Path) -> None:
+    """Mixtral has a sparse block in every layer: MoE in block 1 only names the dense blocks."""
+    trainer = _trainer(LLAMA, {"num_experts": 4, "top_k": 2, "expert_ffn": "swiglu", "layers": [1]})
+    with pytest.raises(ConfigError, match=r"blocks \[0\] have another FFN.*moe.layers: all"):
+        save_hf(trainer.model, tmp_path / "hf", registry=trainer.registry)

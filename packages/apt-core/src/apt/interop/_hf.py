@@ -158,12 +158,21 @@ def architecture_of(model: Any, converters: list[HFBlockConverter]) -> tuple[str
     for conv in converters:
         if all(conv.claims(f) for f in ffns):
             return conv.architecture, conv
-    bad = next(f for f in ffns if type(f) is not swiglu_cls and not any(conv.claims(f) for conv in converters))
-    known = ", ".join(conv.architecture for conv in converters) or "none installed"
+    for conv in converters:
+        claimed = [i for i, f in enumerate(ffns) if conv.claims(f)]
+        if claimed:  # some blocks are the plugin's, not all: Mixtral-style models have one in every layer
+            dense = [i for i in range(len(ffns)) if i not in claimed]
+            raise ConfigError(
+                f"Hugging Face {conv.architecture} has a {type(ffns[claimed[0]]).__name__} in every layer, but blocks "
+                f"{dense} have another FFN; put the plugin's FFN in every block (moe.layers: all)",
+                key="model.ffn",
+            )
+    bad = next(f for f in ffns if type(f) is not swiglu_cls)
+    known = ", ".join(conv.architecture for conv in converters) or "none loaded"
     raise ConfigError(
         f"the FFN {type(bad).__name__} (model.ffn={c.ffn!r}) has no Hugging Face counterpart with position=rope: "
-        f"Llama needs model.ffn=swiglu in every block, a plugin block (hf_ffn converters: {known}) must be in every "
-        "block",
+        f"Llama needs model.ffn=swiglu in every block, or a plugin FFN with an hf_ffn converter (loaded: {known}) "
+        "in every block",
         key="model.ffn",
     )
 
@@ -203,13 +212,21 @@ def hf_config(model: Any, arch: str, converter: HFBlockConverter | None) -> dict
             "scale_attn_by_inverse_layer_idx": False,
             "reorder_and_upcast_attn": False,
         }
-    first_ffn = model.blocks[0].ffn
+    # every block's FFN must map onto the same config fields (one intermediate_size, one expert count ...)
+    if converter is None:
+        per_block = [{"intermediate_size": b.ffn.d_ff} for b in model.blocks]
+    else:
+        per_block = [converter.config_fields(b.ffn) for b in model.blocks]
+    differ = [i for i, fields in enumerate(per_block) if fields != per_block[0]]
+    if differ:
+        raise ConfigError(
+            f"Hugging Face {arch} has one FFN shape for all layers, but blocks {differ} differ from block 0 "
+            f"({per_block[differ[0]]} vs {per_block[0]})",
+            key="model.ffn",
+        )
     out = {
         **common,
         "hidden_size": c.d_model,
-        "intermediate_size": first_ffn.d_ff
-        if converter is None
-        else converter.config_fields(first_ffn)["intermediate_size"],
         "num_hidden_layers": c.n_layer,
         "num_attention_heads": c.n_head,
         "num_key_value_heads": c.n_kv_head or c.n_head,
@@ -220,11 +237,10 @@ def hf_config(model: Any, arch: str, converter: HFBlockConverter | None) -> dict
         "rope_theta": c.rope_theta,
         "rope_parameters": {"rope_type": "default", "rope_theta": c.rope_theta},
         "attention_dropout": c.dropout,
+        **per_block[0],
     }
     if arch == "llama":
         out.update({"attention_bias": False, "mlp_bias": False, "pretraining_tp": 1})
-    if converter is not None:
-        out.update(converter.config_fields(first_ffn))
     return out
 
 

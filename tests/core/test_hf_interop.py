@@ -246,3 +246,19 @@ def test_blocks_with_different_ffn_widths_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"blocks \[1\] differ from block 0"):
         save_hf(model, tmp_path / "hf", registry=ProviderRegistry())
     assert not (tmp_path / "hf").exists()
+
+
+def test_attention_provider_without_rope_is_a_config_error() -> None:
+    """position: rope with an attention provider that takes only the base signature names model.attention."""
+    from torch import nn
+
+    class Plain(nn.Module):
+        def __init__(self, d_model: int, n_head: int, block_size: int, dropout: float, bias: bool) -> None:
+            super().__init__()
+
+    registry = ProviderRegistry()
+    registry.register("attention", "plain", Plain)
+    GPT(ModelConfig(n_layer=1, attention="plain"), registry)  # the default shape builds it
+    with pytest.raises(ConfigError, match="'plain' does not take rope_theta") as info:
+        GPT(ModelConfig(n_layer=1, attention="plain", position="rope"), registry)
+    assert info.value.key == "model.attention"

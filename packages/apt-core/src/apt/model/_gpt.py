@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch import nn
 
+from apt.errors import ConfigError
+
 
 if TYPE_CHECKING:
     from apt.core import ModelConfig
@@ -56,10 +58,19 @@ class Block(nn.Module):
             attn_opts["rope_theta"] = c.rope_theta
         norm_opts: dict[str, Any] = {"eps": c.norm_eps} if c.norm_eps is not None else {}
         self.ln_1 = registry.build("norm", c.norm, d_model=c.d_model, bias=c.bias, **norm_opts)
-        self.attn = registry.build(
-            "attention", c.attention, d_model=c.d_model, n_head=c.n_head, block_size=c.block_size,
-            dropout=c.dropout, bias=c.bias, **attn_opts,
-        )  # fmt: skip
+        try:
+            self.attn = registry.build(
+                "attention", c.attention, d_model=c.d_model, n_head=c.n_head, block_size=c.block_size,
+                dropout=c.dropout, bias=c.bias, **attn_opts,
+            )  # fmt: skip
+        except TypeError as exc:
+            if not attn_opts:
+                raise
+            raise ConfigError(
+                f"the attention provider {c.attention!r} does not take {', '.join(sorted(attn_opts))} "
+                f"(asked for by model.position / model.n_kv_head): {exc}; use model.attention: causal",
+                key="model.attention",
+            ) from exc
         self.ln_2 = registry.build("norm", c.norm, d_model=c.d_model, bias=c.bias, **norm_opts)
         self.ffn = registry.build("ffn", c.ffn, d_model=c.d_model, d_ff=c.ffn_hidden, dropout=c.dropout, bias=c.bias)
 

@@ -262,3 +262,14 @@ def test_attention_provider_without_rope_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="'plain' does not take rope_theta") as info:
         GPT(ModelConfig(n_layer=1, attention="plain", position="rope"), registry)
     assert info.value.key == "model.attention"
+
+
+def test_bfloat16_export(tmp_path: Path) -> None:
+    """dtype=bfloat16 stores the rounded weights and says so in config.json; transformers loads them as bf16."""
+    model = random_apt(**SHAPES["llama-gqa-untied"])
+    save_hf(model, tmp_path / "hf", registry=ProviderRegistry(), dtype=torch.bfloat16)
+    stored = load_hf_weights(tmp_path / "hf")
+    assert torch.equal(stored["model.embed_tokens.weight"], model.wte.weight.detach().to(torch.bfloat16))
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["dtype"] == "bfloat16"
+    hf = hf_load(tmp_path / "hf")
+    assert hf.model.embed_tokens.weight.dtype == torch.bfloat16

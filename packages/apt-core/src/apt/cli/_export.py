@@ -36,6 +36,12 @@ def register(subparsers: Any) -> None:
         metavar="SIZE",
         help="split model.safetensors past this size (e.g. 2GB, 500MB)",
     )
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16", "float16"),
+        default="float32",
+        help="stored weight type (float32 keeps the weights exactly)",
+    )
     p.set_defaults(func=run)
 
 
@@ -50,6 +56,8 @@ def parse_size(text: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from apt.cli._generate import load_run_model
     from apt.interop import save_hf
 
@@ -63,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
             registry=pm.registry,
             tokenizer_json=tokenizer if tokenizer.is_file() else None,
             max_shard_bytes=max_bytes,
+            dtype=getattr(torch, args.dtype),
         )
     finally:
         pm.teardown_all()

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 from torch import nn
 
@@ -59,6 +60,7 @@ def save_hf(
     registry: Any,
     tokenizer_json: Path | None = None,
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    dtype: torch.dtype = torch.float32,
 ) -> str:
     """Write ``model`` as a Hugging Face folder ``out`` (created; it must not hold files yet).
 
@@ -67,6 +69,8 @@ def save_hf(
     ``tokenizer_config.json`` and ``special_tokens_map.json``.
 
     :param tokenizer_json: the run's ``tokenizer.json`` (a BPE); None writes the byte tokenizer.
+    :param dtype: the stored floating-point type (``config.json``'s ``dtype``); fp32 keeps the
+        weights exactly.
     :returns: the architecture (``"gpt2"``, ``"llama"`` or a converter's, e.g. ``"mixtral"``).
     :raises ConfigError: a part of the model that has no Hugging Face counterpart, named.
     """
@@ -75,6 +79,8 @@ def save_hf(
     arch, converter = architecture_of(model, hf_converters(registry))
     config = hf_config(model, arch, converter)
     weights = apt_to_hf(model, arch, converter)  # before any file: a refusal writes nothing
+    weights = {name: t.to(dtype) if t.is_floating_point() else t for name, t in weights.items()}
+    config["dtype"] = str(dtype).removeprefix("torch.")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UsageError(f"--out {str(out)!r} exists and is not an empty folder; give a new folder")
     out.mkdir(parents=True, exist_ok=True)

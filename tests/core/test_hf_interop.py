@@ -79,7 +79,8 @@ def test_export_matches_transformers(name: str, tmp_path: Path) -> None:
     with torch.no_grad():
         diff = (model(PROMPTS).logits - hf(PROMPTS).logits).abs().max().item()
     assert diff < 1e-4, diff
-    ours = model.generate(PROMPTS, 20, temperature=0.0)
+    # the byte tokenizer has 256 ids; rows past it are suppressed in generation_config.json
+    ours = model.generate(PROMPTS, 20, temperature=0.0, vocab_limit=256)
     assert torch.equal(ours, greedy_hf(hf, PROMPTS, 20))
 
 
@@ -273,3 +274,17 @@ def test_bfloat16_export(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["dtype"] == "bfloat16"
     hf = hf_load(tmp_path / "hf")
     assert hf.model.embed_tokens.weight.dtype == torch.bfloat16
+
+
+def test_padded_vocabulary_rows_are_suppressed_in_generation(tmp_path: Path) -> None:
+    """Rows past the tokenizer's ids are suppressed in generation_config.json: transformers' default greedy
+    generation equals APT's with vocab_limit (what apt generate does)."""
+    model = random_apt(**SHAPES["llama-gqa-untied"])  # 300 rows, byte tokenizer: 256 ids
+    save_hf(model, tmp_path / "hf", registry=ProviderRegistry())
+    generation = json.loads((tmp_path / "hf" / "generation_config.json").read_text())
+    assert generation["suppress_tokens"] == list(range(256, VOCAB))
+    prompts = PROMPTS % 256
+    hf = hf_load(tmp_path / "hf")
+    theirs = hf.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=20, pad_token_id=0)
+    assert torch.equal(theirs, model.generate(prompts, 20, temperature=0.0, vocab_limit=256))
+    assert not torch.equal(theirs, model.generate(prompts, 20, temperature=0.0))  # the padded rows would win

@@ -23,6 +23,7 @@ from apt.interop._io import resolve_init_from
 from apt.interop._io import save_hf
 from apt.interop._tokenizer import byte_tokenizer_json
 from apt.interop._tokenizer import bytes_to_unicode
+from apt.interop._tokenizer import token_count
 from apt.interop._tokenizer import write_tokenizer_files
 
 
@@ -42,5 +43,6 @@ __all__ = [
     "model_fields_from_hf",
     "resolve_init_from",
     "save_hf",
+    "token_count",
     "write_tokenizer_files",
 ]

@@ -186,7 +186,7 @@ def hf_config(model: Any, arch: str, converter: HFBlockConverter | None) -> dict
     common: dict[str, Any] = {
         "architectures": [ARCHITECTURES[arch]],
         "model_type": arch,
-        "vocab_size": c.vocab_size,
+        "vocab_size": int(model.wte.num_embeddings),
         "tie_word_embeddings": tied,
         "bos_token_id": None,
         "eos_token_id": None,

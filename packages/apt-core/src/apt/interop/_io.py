@@ -24,6 +24,7 @@ from apt.interop._hf import architecture_of
 from apt.interop._hf import hf_config
 from apt.interop._hf import hf_to_apt
 from apt.interop._hf import model_fields_from_hf
+from apt.interop._tokenizer import token_count
 from apt.interop._tokenizer import write_tokenizer_files
 
 
@@ -79,6 +80,13 @@ def save_hf(
     arch, converter = architecture_of(model, hf_converters(registry))
     config = hf_config(model, arch, converter)
     weights = apt_to_hf(model, arch, converter)  # before any file: a refusal writes nothing
+    if tokenizer_json is not None:
+        n_tokens = token_count(json.loads(tokenizer_json.read_text(encoding="utf-8")))
+        if n_tokens > model.wte.num_embeddings:
+            raise UsageError(
+                f"{str(tokenizer_json)!r} uses {n_tokens} token ids but the model has {model.wte.num_embeddings} "
+                "(model.vocab_size); export the tokenizer the run trained with"
+            )
     weights = {name: t.to(dtype) if t.is_floating_point() else t for name, t in weights.items()}
     config["dtype"] = str(dtype).removeprefix("torch.")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -105,8 +113,12 @@ def save_hf(
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
         (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    write_tokenizer_files(out, tokenizer_json, model_max_length=int(model.config.block_size))
-    generation = {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
+    n_tokens = write_tokenizer_files(out, tokenizer_json, model_max_length=int(model.config.block_size))
+    generation: dict[str, Any] = {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
+    vocab = int(model.wte.num_embeddings)
+    if n_tokens < vocab:
+        # rows that pad the vocabulary are no tokens: generate() never picks them (apt generate's vocab_limit)
+        generation["suppress_tokens"] = list(range(n_tokens, vocab))
     (out / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n", encoding="utf-8")
     return arch
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 
-__all__ = ["byte_tokenizer_json", "bytes_to_unicode", "write_tokenizer_files"]
+__all__ = ["byte_tokenizer_json", "bytes_to_unicode", "token_count", "write_tokenizer_files"]
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -57,12 +57,21 @@ def byte_tokenizer_json() -> dict[str, Any]:
     }
 
 
-def write_tokenizer_files(out: Path, tokenizer_json: Path | None, model_max_length: int) -> list[Path]:
+def token_count(data: dict[str, Any]) -> int:
+    """How many ids a tokenizers JSON uses: one past the largest id of its vocabulary and added tokens."""
+    ids = [int(i) for i in (data.get("model") or {}).get("vocab", {}).values()]
+    ids += [int(t["id"]) for t in data.get("added_tokens") or []]
+    return max(ids) + 1 if ids else 0
+
+
+def write_tokenizer_files(out: Path, tokenizer_json: Path | None, model_max_length: int) -> int:
     """Write ``tokenizer.json`` (a copy of ``tokenizer_json``, or the byte tokenizer's) and ``tokenizer_config.json``.
 
     ``tokenizer_config.json`` names ``PreTrainedTokenizerFast`` and no automatic BOS/EOS, so
     ``AutoTokenizer`` encodes exactly what the APT tokenizer does; special tokens the
     tokenizer JSON marks as special (BPE's end-of-text) become its ``eos_token``.
+
+    :returns: the number of token ids the tokenizer uses (:func:`token_count`).
     """
     if tokenizer_json is not None:
         data = json.loads(tokenizer_json.read_text(encoding="utf-8"))
@@ -83,4 +92,4 @@ def write_tokenizer_files(out: Path, tokenizer_json: Path | None, model_max_leng
     paths[1].write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     special_map = {"eos_token": specials[0]} if specials else {}
     paths[2].write_text(json.dumps(special_map, indent=2) + "\n", encoding="utf-8")
-    return paths
+    return token_count(data)

@@ -288,3 +288,16 @@ def test_padded_vocabulary_rows_are_suppressed_in_generation(tmp_path: Path) -> 
     theirs = hf.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=20, pad_token_id=0)
     assert torch.equal(theirs, model.generate(prompts, 20, temperature=0.0, vocab_limit=256))
     assert not torch.equal(theirs, model.generate(prompts, 20, temperature=0.0))  # the padded rows would win
+
+
+def test_gpt2_import_with_a_shorter_context(tmp_path: Path) -> None:
+    """A GPT-2 checkpoint fine-tunes with a shorter block_size (the first position rows); a longer one is refused."""
+    hf = hf_made("gpt2", tmp_path / "src")
+    model = imported(tmp_path / "src", block_size=8)
+    assert model.config.block_size == 8 and model.wpe is not None and model.wpe.weight.shape[0] == 8
+    with torch.no_grad():
+        diff = (model(PROMPTS).logits - hf(PROMPTS).logits).abs().max().item()
+    assert diff < 1e-4
+    with pytest.raises(ConfigError, match="learned positions for 32 tokens only") as info:
+        resolve_init_from(APTConfig(model={"init_from": str(tmp_path / "src"), "block_size": 64}))
+    assert info.value.key == "model.block_size"

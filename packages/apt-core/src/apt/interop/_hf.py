@@ -425,7 +425,7 @@ def hf_to_apt(
     sd: dict[str, Tensor] = {}
     if arch == "gpt2":
         sd["wte.weight"] = take("transformer.wte.weight")
-        sd["wpe.weight"] = take("transformer.wpe.weight")
+        sd["wpe.weight"] = take("transformer.wpe.weight")[: model.config.block_size]  # a shorter context: first rows
         for i in range(len(model.blocks)):
             p, q = f"transformer.h.{i}.", f"blocks.{i}."
             for hf_name, apt_name, conv in (

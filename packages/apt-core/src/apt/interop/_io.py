@@ -176,15 +176,24 @@ def resolve_init_from(config: Any) -> Any:
     Shape fields the configuration leaves at their defaults are taken from the source; one it
     sets to another value than the source's is a ConfigError naming ``model.<field>``.
     (Defaults, not "unset": a configuration that went through ``--set`` has every field set.)
-    ``block_size`` is only fixed by a learned position table (GPT-2); with RoPE the run
-    chooses its context.
+    ``block_size`` is bounded by a learned position table (GPT-2: a shorter context keeps its
+    first rows); with RoPE the run chooses its context.
     """
     mc = config.model
     if mc.init_from is None:
         return config
     kind, folder, fields = _source(mc.init_from)
-    if fields.get("position") == "rope":
-        fields.pop("block_size", None)
+    longest = fields.pop("block_size", None)
+    if fields.get("position") == "learned":
+        # a learned table fixes the longest context; a shorter one uses its first rows
+        if mc.block_size == type(mc).model_fields["block_size"].default and longest is not None:
+            fields["block_size"] = longest
+        elif longest is not None and mc.block_size > longest:
+            raise ConfigError(
+                f"model.block_size is {mc.block_size} but model.init_from {str(folder)!r} has learned positions "
+                f"for {longest} tokens only; set model.block_size to at most {longest}",
+                key="model.block_size",
+            )
     defaults = type(mc).model_fields
     for name, value in fields.items():
         mine = getattr(mc, name)
@@ -212,11 +221,14 @@ def init_weights(model: nn.Module, config: Any, registry: Any) -> dict[str, Tens
     if kind == "apt":
         path = folder / "model.safetensors"
         try:
-            return load_file(str(path))
+            weights = load_file(str(path))
         except (OSError, SafetensorError) as exc:
             raise ConfigError(
                 f"model.init_from: cannot read {str(path)!r} ({exc}); give a run that finished", key="model.init_from"
             ) from None
+        if "wpe.weight" in weights:  # a shorter context than the source's keeps the first positions
+            weights["wpe.weight"] = weights["wpe.weight"][: config.model.block_size]
+        return weights
     cfg: Mapping[str, Any] = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     arch = cfg["model_type"]
     converter = None

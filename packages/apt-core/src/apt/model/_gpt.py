@@ -90,14 +90,14 @@ class GPT(nn.Module):
     def __init__(self, config: ModelConfig, registry: ProviderRegistry) -> None:
         super().__init__()
         self.config = config
-        self.wte = nn.Embedding(config.vocab_size, config.d_model)  # token embedding
+        self.wte = nn.Embedding(config.vocab_rows, config.d_model)  # token embedding
         # learned position embedding (GPT-2); with position=rope the attention rotates q and k instead
         self.wpe = nn.Embedding(config.block_size, config.d_model) if config.position == "learned" else None
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config, registry) for _ in range(config.n_layer))
         norm_opts: dict[str, Any] = {"eps": config.norm_eps} if config.norm_eps is not None else {}
         self.ln_f = registry.build("norm", config.norm, d_model=config.d_model, bias=config.bias, **norm_opts)
-        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_rows, bias=False)
         if config.tie_embeddings:
             # Weight tying (Press & Wolf 2017, arXiv 1608.05859): the output head reuses the
             # token embedding, which saves V*C parameters and trains better at small scale.

@@ -160,3 +160,22 @@ def test_run_tokenizer_json_is_exported(tmp_path: Path) -> None:
     ids = torch.tensor([bpe.encode(prompt).ids])
     ours = bpe.decode(model.generate(ids, 20, temperature=0.0)[0].tolist())
     assert ours == _hf_text(tmp_path / "hf", prompt, 20)
+
+
+def test_bpe_run_exports_and_generates_like_apt_generate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A short run with a BPE tokenizer, exported, loaded by transformers, greedy-generates `apt generate`'s text;
+    init_from the export fine-tunes with that tokenizer."""
+    run_dir = _train(tmp_path, LLAMA, data={"tokenizer": "bpe", "tokenizer_vocab_size": 300})
+    assert main(["export", str(run_dir), "--out", str(tmp_path / "hf")]) == 0
+    hf_tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"), local_files_only=True)
+    assert len(hf_tok) == 300 and hf_tok.eos_token == "<|endoftext|>"
+    capsys.readouterr()
+    prompt = "The with statement"
+    assert main(["generate", "--run", str(run_dir), "--prompt", prompt, "--temperature", "0",
+                 "--max-new-tokens", "20"]) == 0  # fmt: skip
+    ours = capsys.readouterr().out.removesuffix("\n")
+    assert ours == _hf_text(tmp_path / "hf", prompt, 20)
+    config = APTConfig(**{**TINY_CONFIG, "model": {"init_from": str(tmp_path / "hf")}})
+    trainer = Trainer(config)
+    assert trainer.config.data.tokenizer_path == str(tmp_path / "hf" / "tokenizer.json")
+    assert trainer.tokenizer.vocab_size == 300

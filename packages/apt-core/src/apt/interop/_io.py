@@ -177,7 +177,8 @@ def resolve_init_from(config: Any) -> Any:
     sets to another value than the source's is a ConfigError naming ``model.<field>``.
     (Defaults, not "unset": a configuration that went through ``--set`` has every field set.)
     ``block_size`` is bounded by a learned position table (GPT-2: a shorter context keeps its
-    first rows); with RoPE the run chooses its context.
+    first rows); with RoPE the run chooses its context. The source's ``tokenizer.json``
+    becomes ``data.tokenizer_path`` unless ``data.tokenizer`` or ``data.tokenizer_path`` is set.
     """
     mc = config.model
     if mc.init_from is None:
@@ -204,7 +205,13 @@ def resolve_init_from(config: Any) -> Any:
                 key=f"model.{name}",
             )
     model = type(mc).model_validate({**mc.model_dump(), **fields})
-    return config.model_copy(update={"model": model})
+    update: dict[str, Any] = {"model": model}
+    # the source's tokenizer, unless the data section names one (a prepared data.path brings its own, and
+    # the data loader refuses one that differs from data.tokenizer_path)
+    dc = config.data
+    if (folder / "tokenizer.json").is_file() and dc.tokenizer is None and dc.tokenizer_path is None:
+        update["data"] = dc.model_copy(update={"tokenizer_path": str(folder / "tokenizer.json")})
+    return config.model_copy(update=update)
 
 
 def init_weights(model: nn.Module, config: Any, registry: Any) -> dict[str, Tensor]:

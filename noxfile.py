@@ -44,8 +44,9 @@ def _install(session: nox.Session, *extra: str) -> None:
 @nox.session(python="3.11")
 def tests(session: nox.Session) -> None:
     """Run the test suite (pass pytest arguments after --)."""
-    # apt data prepare's Parquet and save_to_disk sources; the retrieval plugin's index (faiss-cpu)
-    _install(session, "pyarrow", "datasets", "faiss-cpu")
+    # pyarrow, datasets: apt data prepare's Parquet and save_to_disk sources; faiss-cpu: the retrieval
+    # plugin's index; transformers: the Hugging Face export/import tests load APT's exports and make checkpoints
+    _install(session, "pyarrow", "datasets", "faiss-cpu", "transformers==5.25.0")
     # APT_RUN_SLOW=1: also the 10-SIGKILL resume test (about a minute)
     session.run(
         "python", "-m", "pytest", "tests", "-q", "-p", "no:cacheprovider", *session.posargs, env={"APT_RUN_SLOW": "1"}

@@ -307,7 +307,7 @@ def test_unloading_a_plugin_puts_back_the_core_provider_and_default_it_replaced(
     pm.unload("shadow")
     assert reg.default_name("ffn") == "gelu" and reg.get_info("ffn", "gelu")["is_default"]
     assert reg.get("ffn").__name__ == "MLP" and reg.get_info("ffn", "gelu")["plugin"] is None
-    assert reg.list_providers("ffn") == ["gelu", "swiglu"]
+    assert reg.list_providers("ffn") == ["gelu", "gelu_tanh", "swiglu"]
     assert reg.default_name("norm") == "layernorm" and reg.get("norm", "rmsnorm").__name__ == "RMSNorm"
 
 

@@ -1,7 +1,8 @@
 """apt-plugin-moe: a fast, observable top-k Mixture-of-Experts FFN for APT.
 
 ``pip install apt-plugin-moe`` registers the plugin ``moe`` (entry point group
-``apt.plugins``) with the providers ``router:topk``, ``ffn:moe`` and ``plot:moe_load``.
+``apt.plugins``) with the providers ``router:topk``, ``ffn:moe``, ``plot:moe_load`` and ``hf_ffn:mixtral``
+(``apt export`` / ``model.init_from`` of Mixtral checkpoints).
 The building blocks are usable on their own::
 
     from apt_plugin_moe import MoELayer
@@ -26,6 +27,7 @@ from apt_plugin_moe._losses import router_entropy
 from apt_plugin_moe._losses import router_z_loss
 from apt_plugin_moe._losses import switch_load_balancing_loss
 from apt_plugin_moe._metrics import reduce_moe_stats
+from apt_plugin_moe._mixtral import MixtralConverter
 from apt_plugin_moe._mixtral import from_mixtral_state_dict
 from apt_plugin_moe._mixtral import to_mixtral_state_dict
 from apt_plugin_moe._plot import plot_expert_load
@@ -39,6 +41,7 @@ from apt_plugin_moe._upcycle import upcycle_ffn
 
 __all__ = [
     "DispatchPlan",
+    "MixtralConverter",
     "MoEConfig",
     "MoELayer",
     "MoEPlugin",

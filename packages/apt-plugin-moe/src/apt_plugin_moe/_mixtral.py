@@ -30,7 +30,7 @@ from apt_plugin_moe._experts import StackedExperts
 from apt_plugin_moe._layer import MoELayer
 
 
-__all__ = ["from_mixtral_state_dict", "to_mixtral_state_dict"]
+__all__ = ["MixtralConverter", "from_mixtral_state_dict", "to_mixtral_state_dict"]
 
 
 def to_mixtral_state_dict(layer: MoELayer, prefix: str = "") -> dict[str, Tensor]:
@@ -147,3 +147,87 @@ def from_mixtral_state_dict(
                     )
                 target.copy_(t)
     return layer
+
+
+class MixtralConverter:
+    """The ``hf_ffn:mixtral`` provider: MoE layers to and from Hugging Face Mixtral blocks.
+
+    ``apt export`` writes a model whose every block is an :class:`MoELayer` (Llama shape
+    otherwise) as ``MixtralForCausalLM`` in the layout ``save_pretrained`` writes
+    (``block_sparse_moe.experts.{e}.w1/w2/w3``); ``model.init_from`` reads that layout and
+    transformers 5's fused one (``mlp.gate.weight``, ``mlp.experts.gate_up_proj`` ``(E, 2F, D)``
+    = ``cat([w1, w3], 1)``, ``mlp.experts.down_proj`` ``(E, D, F)``).
+    """
+
+    architecture = "mixtral"
+
+    def claims(self, ffn: torch.nn.Module) -> bool:
+        return isinstance(ffn, MoELayer)
+
+    def config_fields(self, ffn: torch.nn.Module) -> dict[str, object]:
+        """``num_local_experts``, ``num_experts_per_tok``, ``intermediate_size`` ...; ConfigError if it does not map."""
+        assert isinstance(ffn, MoELayer)
+        if ffn.capacity_factor is not None:
+            raise ConfigError(
+                f"Mixtral routes every token (dropless) but moe.capacity_factor is {ffn.capacity_factor}; dropped "
+                "tokens would make the exported logits differ: set moe.capacity_factor: null",
+                key="moe.capacity_factor",
+            )
+        to_mixtral_state_dict(ffn)  # refuses non-SwiGLU experts, biases and shared experts
+        return {
+            "num_local_experts": ffn.num_experts,
+            "num_experts_per_tok": ffn.top_k,
+            "intermediate_size": ffn.d_ff,
+            "router_jitter_noise": float(ffn.router.jitter),
+            "output_router_logits": False,
+            "sliding_window": None,
+        }
+
+    def to_hf(self, ffn: torch.nn.Module, prefix: str) -> dict[str, Tensor]:
+        assert isinstance(ffn, MoELayer)
+        return to_mixtral_state_dict(ffn, prefix=prefix + "block_sparse_moe.")
+
+    def load_hf(
+        self, ffn: torch.nn.Module, weights: Mapping[str, Tensor], prefix: str, config: Mapping[str, object]
+    ) -> None:
+        """Copy one Mixtral layer's router and experts into ``ffn``; ConfigError naming the moe field that differs."""
+        assert isinstance(ffn, MoELayer)
+        want = {
+            "moe.num_experts": (ffn.num_experts, config.get("num_local_experts")),
+            "moe.top_k": (ffn.top_k, config.get("num_experts_per_tok")),
+            "moe.d_ff": (ffn.d_ff, config.get("intermediate_size")),
+        }
+        for key, (have, need) in want.items():
+            if need is not None and have != need:
+                raise ConfigError(
+                    f"model.init_from: the Mixtral checkpoint needs {key}: {need} (the MoE layers have {have})", key=key
+                )
+        bank = ffn.experts
+        if not isinstance(bank, StackedExperts) or bank.activation != "swiglu" or bank.b1 is not None:
+            raise ConfigError(
+                "model.init_from: Mixtral experts are SwiGLU without bias; set moe.expert_ffn: swiglu",
+                key="moe.expert_ffn",
+            )
+        if ffn.shared is not None:
+            raise ConfigError(
+                "model.init_from: Mixtral has no shared experts; set moe.shared_experts: 0", key="moe.shared_experts"
+            )
+        fused = prefix + "mlp.experts.gate_up_proj"
+        if fused in weights:  # transformers 5's own layout
+            gate, w1, w2 = (
+                weights[prefix + "mlp.gate.weight"],
+                weights[fused],
+                weights[prefix + "mlp.experts.down_proj"],
+            )
+        else:
+            layer = from_mixtral_state_dict(weights, top_k=ffn.top_k, prefix=prefix + "block_sparse_moe.")
+            assert isinstance(layer.experts, StackedExperts)
+            gate, w1, w2 = layer.router.gate.weight, layer.experts.w1, layer.experts.w2
+        for name, src, dst in (("gate", gate, ffn.router.gate.weight), ("w1", w1, bank.w1), ("w2", w2, bank.w2)):
+            if src.shape != dst.shape:
+                raise CheckpointError(
+                    f"{prefix}: Mixtral {name} has shape {tuple(src.shape)}, the MoE layer {tuple(dst.shape)}",
+                    path=prefix,
+                )
+            with torch.no_grad():
+                dst.copy_(src)

@@ -1,4 +1,4 @@
-"""MoEPlugin: providers ``router:topk``, ``ffn:moe``, ``plot:moe_load`` and the MoE lifecycle."""
+"""MoEPlugin: providers ``router:topk``, ``ffn:moe``, ``plot:moe_load``, ``hf_ffn:mixtral`` and the MoE lifecycle."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from apt_plugin_moe._config import MoEConfig
 from apt_plugin_moe._experts import StackedExperts
 from apt_plugin_moe._layer import MoELayer
 from apt_plugin_moe._metrics import reduce_moe_stats
+from apt_plugin_moe._mixtral import MixtralConverter
 from apt_plugin_moe._plot import plot_expert_load
 from apt_plugin_moe._router import TopKRouter
 from apt_plugin_moe._upcycle import stack_ffns
@@ -58,7 +59,7 @@ class MoEPlugin(Plugin):
     name = "moe"
     version = "1.0.0"
     description = "Top-k Mixture-of-Experts FFN: fast sorted dispatch, balance/z losses, sparse upcycling, metrics."
-    providers = ("router:topk", "ffn:moe", "plot:moe_load")
+    providers = ("router:topk", "ffn:moe", "plot:moe_load", "hf_ffn:mixtral")
     config_model = MoEConfig
     state_version = 1
     config: MoEConfig  # validated once (by the plugin manager, or Plugin.__init__ from a mapping); read-only
@@ -73,11 +74,12 @@ class MoEPlugin(Plugin):
     # --- providers ----------------------------------------------------------------------
 
     def setup(self, registry: ProviderRegistry, hook_manager: HookManager) -> None:
-        """Register ``router:topk``, ``ffn:moe`` and ``plot:moe_load``."""
+        """Register ``router:topk``, ``ffn:moe``, ``plot:moe_load`` and ``hf_ffn:mixtral`` (apt export / init_from)."""
         super().setup(registry, hook_manager)
         registry.register("router", "topk", self.build_router)
         registry.register("ffn", "moe", self.build_ffn)
         registry.register("plot", "moe_load", plot_expert_load)
+        registry.register("hf_ffn", "mixtral", MixtralConverter)
 
     def build_router(self, d_model: int, num_experts: int, top_k: int, **opts: Any) -> TopKRouter:
         """Provider ``router:topk``: ``(d_model, num_experts, top_k, jitter=0.0) -> TopKRouter``."""

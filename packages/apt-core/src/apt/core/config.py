@@ -68,12 +68,37 @@ class ModelConfig(_Section):
     ffn: str = Field("gelu", description="Provider of kind 'ffn' ('gelu', 'swiglu', or a plugin's).")
     norm: str = Field("layernorm", description="Provider of kind 'norm' ('layernorm', 'rmsnorm').")
     tie_embeddings: bool = Field(True, description="Share the token embedding with the output head.")
+    position: Literal["learned", "rope"] = Field(
+        "learned", description="Position encoding: 'learned' embeddings (GPT-2) or rotary 'rope' (Llama)."
+    )
+    rope_theta: float = Field(10000.0, gt=0, description="RoPE base frequency (with position: rope).")
+    n_kv_head: int | None = Field(
+        None, gt=0, description="Key/value heads (grouped-query attention); None means n_head."
+    )
+    norm_eps: float | None = Field(
+        None, gt=0, description="Epsilon of the norms; None keeps the provider's (1e-5 LayerNorm, 1e-6 RMSNorm)."
+    )
+    init_from: str | None = Field(
+        None,
+        description=(
+            "Start from these weights: a local Hugging Face folder (GPT-2, Llama, Mixtral) or an APT run folder. "
+            "Shape fields not set here are taken from it."
+        ),
+    )
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> ModelConfig:
         if self.d_model % self.n_head:
             raise ValueError(
                 f"model.d_model ({self.d_model}) must be divisible by model.n_head ({self.n_head}); change one of them"
+            )
+        if self.n_kv_head is not None and self.n_head % self.n_kv_head:
+            raise ValueError(
+                f"model.n_head ({self.n_head}) must be divisible by model.n_kv_head ({self.n_kv_head}); change one"
+            )
+        if self.position == "rope" and (self.d_model // self.n_head) % 2:
+            raise ValueError(
+                f"model.position=rope needs an even head size, got d_model/n_head = {self.d_model // self.n_head}"
             )
         return self
 

@@ -37,6 +37,7 @@ CORE_KINDS: tuple[str, ...] = (
     "lr_scheduler",
     "plot",  # (records: list[dict], run_dir: Path) -> list[Path]; every one is called by `apt plot`
     "weights",  # (run_dir: Path) -> dict[str, Tensor]; chosen by `apt generate --weights NAME`
+    "hf_ffn",  # () -> apt.interop.HFBlockConverter; maps a plugin's FFN to/from a Hugging Face block
     "tokenizer",  # (path, texts, vocab_size) -> apt.data.Tokenizer; chosen by data.tokenizer
 )
 
@@ -44,6 +45,7 @@ CORE_KINDS: tuple[str, ...] = (
 _BUILTINS: tuple[tuple[str, str, str, bool], ...] = (
     ("attention", "causal", "apt.model._layers:CausalSelfAttention", True),
     ("ffn", "gelu", "apt.model._layers:MLP", True),
+    ("ffn", "gelu_tanh", "apt.model._layers:build_gelu_tanh_mlp", False),
     ("ffn", "swiglu", "apt.model._layers:SwiGLU", False),
     ("norm", "layernorm", "apt.model._layers:LayerNorm", True),
     ("norm", "rmsnorm", "apt.model._layers:RMSNorm", False),

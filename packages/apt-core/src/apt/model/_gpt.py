@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch import nn
 
+from apt.errors import ConfigError
+
 
 if TYPE_CHECKING:
     from apt.core import ModelConfig
@@ -48,12 +50,29 @@ class Block(nn.Module):
     def __init__(self, config: ModelConfig, registry: ProviderRegistry) -> None:
         super().__init__()
         c = config
-        self.ln_1 = registry.build("norm", c.norm, d_model=c.d_model, bias=c.bias)
-        self.attn = registry.build(
-            "attention", c.attention, d_model=c.d_model, n_head=c.n_head, block_size=c.block_size,
-            dropout=c.dropout, bias=c.bias,
-        )  # fmt: skip
-        self.ln_2 = registry.build("norm", c.norm, d_model=c.d_model, bias=c.bias)
+        # options beyond the providers' base signature are passed only when used, so that a
+        # plugin's provider that does not know them still builds the default model
+        attn_opts: dict[str, Any] = {}
+        if c.n_kv_head is not None and c.n_kv_head != c.n_head:
+            attn_opts["n_kv_head"] = c.n_kv_head
+        if c.position == "rope":
+            attn_opts["rope_theta"] = c.rope_theta
+        norm_opts: dict[str, Any] = {"eps": c.norm_eps} if c.norm_eps is not None else {}
+        self.ln_1 = registry.build("norm", c.norm, d_model=c.d_model, bias=c.bias, **norm_opts)
+        try:
+            self.attn = registry.build(
+                "attention", c.attention, d_model=c.d_model, n_head=c.n_head, block_size=c.block_size,
+                dropout=c.dropout, bias=c.bias, **attn_opts,
+            )  # fmt: skip
+        except TypeError as exc:
+            if not attn_opts:
+                raise
+            raise ConfigError(
+                f"the attention provider {c.attention!r} does not take {', '.join(sorted(attn_opts))} "
+                f"(asked for by model.position / model.n_kv_head): {exc}; use model.attention: causal",
+                key="model.attention",
+            ) from exc
+        self.ln_2 = registry.build("norm", c.norm, d_model=c.d_model, bias=c.bias, **norm_opts)
         self.ffn = registry.build("ffn", c.ffn, d_model=c.d_model, d_ff=c.ffn_hidden, dropout=c.dropout, bias=c.bias)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -73,10 +92,12 @@ class GPT(nn.Module):
         super().__init__()
         self.config = config
         self.wte = nn.Embedding(config.vocab_rows, config.d_model)  # token embedding
-        self.wpe = nn.Embedding(config.block_size, config.d_model)  # learned position embedding
+        # learned position embedding (GPT-2); with position=rope the attention rotates q and k instead
+        self.wpe = nn.Embedding(config.block_size, config.d_model) if config.position == "learned" else None
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config, registry) for _ in range(config.n_layer))
-        self.ln_f = registry.build("norm", config.norm, d_model=config.d_model, bias=config.bias)
+        norm_opts: dict[str, Any] = {"eps": config.norm_eps} if config.norm_eps is not None else {}
+        self.ln_f = registry.build("norm", config.norm, d_model=config.d_model, bias=config.bias, **norm_opts)
         self.lm_head = nn.Linear(config.d_model, config.vocab_rows, bias=False)
         if config.tie_embeddings:
             # Weight tying (Press & Wolf 2017, arXiv 1608.05859): the output head reuses the
@@ -101,7 +122,7 @@ class GPT(nn.Module):
     def num_params(self, non_embedding: bool = True) -> int:
         """Number of parameters (shared tensors counted once); position embeddings excluded by default."""
         n = sum(p.numel() for p in self.parameters())
-        return n - self.wpe.weight.numel() if non_embedding else n
+        return n - self.wpe.weight.numel() if non_embedding and self.wpe is not None else n
 
     def forward(self, idx: Tensor, targets: Tensor | None = None, return_hidden: bool = False) -> ModelOutput:
         """Run the model.
@@ -113,8 +134,11 @@ class GPT(nn.Module):
         B, T = idx.size()
         if T > self.config.block_size:
             raise ValueError(f"cannot forward a sequence of length {T}: model.block_size is {self.config.block_size}")
-        pos = torch.arange(T, dtype=torch.long, device=idx.device)  # (T,)
-        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
+        x = self.wte(idx)  # (B, T, C)
+        if self.wpe is not None:
+            pos = torch.arange(T, dtype=torch.long, device=idx.device)  # (T,)
+            x = x + self.wpe(pos)  # (B, T, C)
+        x = self.drop(x)
         for block in self.blocks:
             x = block(x)  # (B, T, C)
         h = self.ln_f(x)  # (B, T, C)

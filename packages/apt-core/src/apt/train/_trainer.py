@@ -33,6 +33,8 @@ from apt.errors import ConfigError
 from apt.errors import PluginConflictError
 from apt.errors import PluginError
 from apt.errors import UsageError
+from apt.interop import init_weights
+from apt.interop import resolve_init_from
 from apt.model import GPT
 from apt.model import ModelOutput
 from apt.plugins._config import read_only
@@ -62,6 +64,7 @@ from apt.train._results import checked_loss_terms
 from apt.train._rng import rng_state
 from apt.train._rng import seed_everything
 from apt.train._rng import set_rng_state
+from apt.train._weights import load_weights
 from apt.train._weights import save_weights
 
 
@@ -108,6 +111,8 @@ class Trainer:
     def __init__(
         self, config: APTConfig, plugin_manager: PluginManager | None = None, run_dir: str | Path | None = None
     ) -> None:
+        # model.init_from fixes the model's shape before anything is built or written
+        config = resolve_init_from(config)
         if plugin_manager is None:
             from apt.plugins import PluginManager
 
@@ -255,6 +260,9 @@ class Trainer:
                 )
             self.model = replacements[0]
         assert self.model is not None
+        if self.config.model.init_from is not None:
+            # after plugins built their layers (the MoE experts a Mixtral checkpoint fills)
+            load_weights(self.model, init_weights(self.model, self.config, self.registry))
         self.model.to(self.device)  # plugins may have added modules on the CPU
         # dropout and sampling noise differ per rank from here on
         torch.manual_seed(tc.seed + self.rank)

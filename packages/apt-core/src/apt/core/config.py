@@ -250,6 +250,16 @@ class APTConfig(BaseModel):
             Path(path).write_text(text, encoding="utf-8")
         return text
 
+    def to_run_yaml(self, path: str | Path) -> None:
+        """Write the configuration as a run folder records it (``config.yaml``).
+
+        ``training.resume`` is left out: it says how a run was continued, not what it
+        computes, and a recorded ``resume: latest`` would make the next fresh start resume.
+        """
+        data = self.to_dict()
+        data["training"].pop("resume", None)
+        Path(path).write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+
     def with_overrides(self, overrides: Iterable[str]) -> APTConfig:
         """A copy with dotted overrides applied: ``["training.max_epochs=3", "moe.top_k=1"]``.
 

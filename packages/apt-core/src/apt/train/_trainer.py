@@ -266,13 +266,24 @@ class Trainer:
                 "choose another folder with --run-dir (or run.dir / run.name)"
             ) from None
 
+    def _refuse_a_finished_run(self) -> None:
+        """A resume of a run that wrote its summary has nothing to train: say so and how to extend it."""
+        if self.run_dir is None or not (self.run_dir / "summary.json").is_file():
+            return  # killed after its last step but before its summary: the resume finishes it
+        tc = self.config.training
+        raise UsageError(
+            f"the run in {str(self.run_dir)!r} is finished (step {self.global_step}, epoch {self.epoch + 1} of "
+            f"training.max_epochs={tc.max_epochs}); nothing to train. To train it further, resume with "
+            f"--set training.max_epochs={tc.max_epochs + 1} (or more)"
+        )
+
     def _open_run_dir(self) -> None:
         """Write ``config.yaml`` and open ``metrics.jsonl`` in the run folder (rank 0)."""
         if self.run_dir is None or not self.is_global_zero:
             return
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            self.config.to_yaml(self.run_dir / "config.yaml")
+            self.config.to_run_yaml(self.run_dir / "config.yaml")
             if self.global_step > 0:  # resumed: records past the checkpoint belong to the abandoned run
                 set_aside_records_after(self.run_dir / "metrics.jsonl", self.global_step)
             self._metrics = MetricsWriter(self.run_dir / "metrics.jsonl")
@@ -353,6 +364,7 @@ class Trainer:
                         self.step_in_epoch = 0
                     else:  # at the end of the last epoch: only the end of the run is left
                         finished = True
+                        self._refuse_a_finished_run()
             self._open_run_dir()  # only now: a refused resume leaves the run folder as it was
             self._fire(_TRAIN_BEGIN, model=self.model, config=self.config, epoch=self.epoch, step=self.global_step)
             if finished:

@@ -26,6 +26,7 @@ import torch
 
 from apt.errors import AptError
 from apt.errors import CheckpointError
+from apt.errors import Preempted
 from apt.plugins import Plugin
 from apt_plugin_checkpoint._config import CheckpointConfig
 from apt_plugin_checkpoint._format import EncodedState
@@ -34,6 +35,7 @@ from apt_plugin_checkpoint._manifest import read_manifest
 from apt_plugin_checkpoint._retention import RetentionPolicy
 from apt_plugin_checkpoint._retention import best_checkpoints
 from apt_plugin_checkpoint._store import EMERGENCY
+from apt_plugin_checkpoint._store import PREEMPTED
 from apt_plugin_checkpoint._store import CheckpointStore
 from apt_plugin_checkpoint._store import LoadedCheckpoint
 from apt_plugin_checkpoint._store import load_checkpoint
@@ -195,8 +197,14 @@ class CheckpointPlugin(Plugin):
         if trainer is None:
             return
         try:
+            if isinstance(exception, Preempted) and self._running:
+                # stopped at a step boundary by SIGTERM/SIGUSR1: the state is exact, every rank is
+                # here (the trainer agreed on the stop), so it is a regular checkpoint that
+                # `latest` names and `--resume latest` continues bitwise
+                self._running = False
+                self._save(trainer, PREEMPTED)
             # not before training started (a failed resume, a bad config): nothing worth saving
-            if self.config.save_on_exception and self._running:
+            elif self.config.save_on_exception and self._running:
                 if getattr(trainer, "parallelism", "single") == "fsdp":
                     # the sharded state can only be gathered with every rank, and the others may not be here
                     logger.warning("no emergency checkpoint under FSDP2; the last regular checkpoint stands")
@@ -358,6 +366,8 @@ class CheckpointPlugin(Plugin):
         emergency = reason == EMERGENCY
         if emergency:
             name += "-exception"
+        elif reason == PREEMPTED:
+            name += "-preempted"
         fingerprint = encoded.tree["trainer"].get("fingerprint") if isinstance(encoded.tree["trainer"], dict) else None
         policy = RetentionPolicy(self.config.keep_last, self.config.keep_best, self.config.mode)
         monitor = self.config.monitor  # ranks every checkpoint, also those written under another monitor

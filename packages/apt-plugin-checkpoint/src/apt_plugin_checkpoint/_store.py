@@ -58,6 +58,7 @@ __all__ = [
     "EMERGENCY",
     "LATEST_FILE",
     "MANIFEST_MONITOR",
+    "PREEMPTED",
     "CheckpointFallbackWarning",
     "CheckpointStore",
     "LoadedCheckpoint",
@@ -66,6 +67,9 @@ __all__ = [
 LATEST_FILE = "latest"
 #: ``reason`` of a checkpoint written from ``on_exception``
 EMERGENCY = "exception"
+#: ``reason`` of a checkpoint written when SIGTERM/SIGUSR1 stopped the run at a step boundary
+#: (exact, so ``latest`` names it, unlike an emergency checkpoint)
+PREEMPTED = "preempted"
 logger = logging.getLogger("apt.checkpoint")
 
 

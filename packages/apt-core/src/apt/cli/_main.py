@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from apt.errors import PluginHookError
+from apt.errors import Preempted
 from apt.errors import UsageError
 
 
@@ -75,6 +76,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("apt: interrupted", file=sys.stderr)
         return 130
+    except Preempted as exc:
+        # SIGTERM/SIGUSR1: the run stopped at a step boundary (and its checkpoint plugin saved it)
+        print(f"apt: {exc}; continue with: apt train --run-dir RUN_DIR --resume latest", file=sys.stderr)
+        return exc.exit_status
 
 
 def _user_error(exc: BaseException) -> int:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
 from apt.cli._resume import merge_config_data
 from apt.cli._resume import newest_run_dir
 from apt.cli._resume import refuse_compute_changes
+from apt.errors import Preempted
 from apt.errors import UsageError
 
 
@@ -141,6 +143,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         trainer = Trainer(config, pm, run_dir=run_dir)
         summary = trainer.fit()
+    except Preempted as exc:
+        print(f"apt: {exc}; continue with: apt train --run-dir {run_dir} --resume latest", file=sys.stderr)
+        return exc.exit_status
     finally:
         pm.teardown_all()
     if trainer.is_global_zero:

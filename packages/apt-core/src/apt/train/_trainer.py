@@ -11,6 +11,7 @@ import contextlib
 import logging
 import math
 import os
+import signal
 import time
 from collections.abc import Iterator
 from collections.abc import Mapping
@@ -29,6 +30,7 @@ from apt.data import validation_windows
 from apt.errors import ConfigError
 from apt.errors import PluginConflictError
 from apt.errors import PluginError
+from apt.errors import Preempted
 from apt.errors import UsageError
 from apt.model import GPT
 from apt.model import ModelOutput
@@ -58,6 +60,7 @@ from apt.train._results import checked_loss_terms
 from apt.train._rng import rng_state
 from apt.train._rng import seed_everything
 from apt.train._rng import set_rng_state
+from apt.train._signals import PreemptionSignals
 from apt.train._weights import save_weights
 
 
@@ -163,6 +166,8 @@ class Trainer:
         self.last_metrics: dict[str, float] = {}
         self._stop_requests: list[tuple[str | None, str]] = []
         self.stop_reason: str | None = None
+        self._signals = PreemptionSignals()
+        self._preempted_by: int | None = None  # the signal every process agreed to stop for
         self._epoch_losses: list[float] = []
         self._train_loss = math.nan
         self._is_setup = False
@@ -370,11 +375,12 @@ class Trainer:
             if finished:
                 self._train_loss = self._epoch_mean_loss()
             else:
-                with self._progress_bar() as bar:
+                with self._progress_bar() as bar, self._signals.installed():
                     while True:
                         self._run_epoch(bar)
                         if self.stop_reason is not None or self.epoch + 1 >= tc.max_epochs:
                             break
+                        self._raise_if_preempted()  # the state of an epoch's end: exact
                         self.epoch += 1
                         self.step_in_epoch = 0
             self._fire(_TRAIN_END, model=self.model, epoch=self.epoch, step=self.global_step, metrics=self.last_metrics)
@@ -401,6 +407,7 @@ class Trainer:
             if pending is not None:
                 self._metrics.write(pending)
                 pending = None
+            self._raise_if_preempted()  # between steps, after the last one's validation: exact
             if self.plugin_manager.apply_schedule(self, epoch=epoch, step=self.global_step):
                 self.sync_optimizer()
             t_start = time.perf_counter()
@@ -566,16 +573,29 @@ class Trainer:
         self._stop_requests.append((source, reason))
 
     def _check_stop(self) -> None:
-        """Turn stop requests into ``stop_reason``; under torchrun any rank's request stops all."""
+        """Turn stop requests into ``stop_reason``, and preemption signals into a stop at the next
+        step boundary; under torchrun any rank's request (or signal) stops all."""
         asked = bool(self._stop_requests)
+        signalled = self._signals.received is not None
         if self.dist.enabled:
-            flag = torch.tensor([float(asked)], device=self.device)
-            asked = bool(all_reduce_sum(flag, self.dist).item() > 0)
+            flags = torch.tensor([float(asked), float(signalled)], device=self.device)
+            flags = all_reduce_sum(flags, self.dist)
+            asked, signalled = bool(flags[0].item() > 0), bool(flags[1].item() > 0)
+        if signalled and self._preempted_by is None:
+            self._preempted_by = self._signals.received or signal.SIGTERM
         if not asked or self.stop_reason is not None:
             return
         reasons = [f"{reason} (from {source})" if source else reason for source, reason in self._stop_requests]
         self.stop_reason = "; ".join(reasons) or "requested on another process"
         log.info("stopping at step %d: %s", self.global_step, self.stop_reason)
+
+    def _raise_if_preempted(self) -> None:
+        """Raise :class:`~apt.errors.Preempted` at a step boundary once a preemption signal came."""
+        if self._preempted_by is None and self._signals.received is not None and not self.dist.enabled:
+            self._preempted_by = self._signals.received  # arrived during validation or an epoch's end
+        if self._preempted_by is not None:
+            log.warning("preempted at step %d: stopping (on_exception may save the state)", self.global_step)
+            raise Preempted(self._preempted_by, self.global_step)
 
     def _loss_terms(
         self, batch: tuple[Tensor, Tensor], outputs: ModelOutput, epoch: int, step: int, micro_step: int

@@ -34,6 +34,8 @@ from apt.errors import Preempted
 from apt.errors import UsageError
 from apt.model import GPT
 from apt.model import ModelOutput
+from apt.train._console import ConsoleLines
+from apt.train._console import stdout_is_terminal
 from apt.train._distributed import DistInfo
 from apt.train._distributed import all_reduce_sum
 from apt.train._distributed import broadcast_object
@@ -167,6 +169,8 @@ class Trainer:
         self._stop_requests: list[tuple[str | None, str]] = []
         self.stop_reason: str | None = None
         self._signals = PreemptionSignals()
+        self._interactive = stdout_is_terminal()  # a progress bar on a terminal, plain lines elsewhere
+        self._console = ConsoleLines(config.training.total_steps, 0, enabled=False)
         self._preempted_by: int | None = None  # the signal every process agreed to stop for
         self._epoch_losses: list[float] = []
         self._train_loss = math.nan
@@ -371,6 +375,9 @@ class Trainer:
                         finished = True
                         self._refuse_a_finished_run()
             self._open_run_dir()  # only now: a refused resume leaves the run folder as it was
+            self._console = ConsoleLines(
+                tc.total_steps, self.global_step, enabled=self.is_global_zero and not self._interactive
+            )
             self._fire(_TRAIN_BEGIN, model=self.model, config=self.config, epoch=self.epoch, step=self.global_step)
             if finished:
                 self._train_loss = self._epoch_mean_loss()
@@ -425,14 +432,18 @@ class Trainer:
             validated = not last and self.global_step % tc.val_interval == 0
             if validated:
                 metrics.update(self.validate())
+                self._console.validation(self.global_step, epoch, metrics)
                 self._check_stop()
             if validated or self.global_step % tc.log_interval == 0 or last:
                 pending = {"step": self.global_step, "epoch": epoch, **metrics}
                 busy_s, busy_steps = 0.0, 0
+                if self.global_step % tc.log_interval == 0:
+                    self._console.step(self.global_step, epoch, metrics)
             self.last_metrics.update(metrics)
 
         # end of the epoch: validate, then on_epoch_end
         val = self.validate()
+        self._console.validation(self.global_step, epoch, val)
         self._train_loss = self._epoch_mean_loss()
         epoch_metrics: dict[str, Any] = {"train_loss": self._train_loss, **val}
         self.last_metrics.update(epoch_metrics)  # before on_epoch_end: a state saved there is complete
@@ -715,13 +726,13 @@ class Trainer:
         from tqdm.contrib.logging import logging_redirect_tqdm
 
         total = self.config.training.total_steps
-        # rank 0 only; disable=None lets tqdm hide itself when stderr is not a terminal
+        # rank 0 only, and only on a terminal (elsewhere ConsoleLines prints plain lines)
         bar = tqdm(
             total=total,
             initial=self.global_step,
             unit="step",
             dynamic_ncols=True,
-            disable=True if not self.is_global_zero else None,
+            disable=not (self.is_global_zero and self._interactive),
         )
         try:
             with logging_redirect_tqdm():

@@ -57,7 +57,7 @@ class ModelConfig(_Section):
     n_head: int = Field(4, gt=0, description="Attention heads per block.")
     d_model: int = Field(128, gt=0, description="Width of the residual stream.")
     d_ff: int | None = Field(None, gt=0, description="Hidden width of the FFN; None means 4 * d_model.")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout probability in training.")
     bias: bool = Field(False, description="Bias in linear layers and norms.")
     attention: str = Field("causal", description="Provider of kind 'attention'.")
     ffn: str = Field("gelu", description="Provider of kind 'ffn' ('gelu', 'swiglu', or a plugin's).")
@@ -81,22 +81,22 @@ class TrainingConfig(_Section):
     """The optimisation loop."""
 
     seed: int = Field(1337, ge=0, lt=2**63, description="Seeds every generator of the run.")
-    max_epochs: int = Field(2, gt=0)
+    max_epochs: int = Field(2, gt=0, description="Epochs to train; raise it to extend a finished run.")
     steps_per_epoch: int = Field(200, gt=0, description="Optimizer steps per epoch.")
     batch_size: int = Field(16, gt=0, description="Sequences per micro-batch (per process).")
     grad_accum: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
     optimizer: str = Field("adamw", description="Provider of kind 'optimizer'.")
-    lr: float = Field(3e-3, gt=0)
-    min_lr: float = Field(3e-4, ge=0)
-    weight_decay: float = Field(0.1, ge=0)
+    lr: float = Field(3e-3, gt=0, description="Peak learning rate (after warm-up).")
+    min_lr: float = Field(3e-4, ge=0, description="Learning rate at the end of the cosine decay.")
+    weight_decay: float = Field(0.1, ge=0, description="Decoupled weight decay of tensors with dim >= 2.")
     betas: tuple[float, float] = Field((0.9, 0.95), description="Adam's betas (SGD's momentum is the first).")
     lr_scheduler: str = Field("cosine", description="Provider of kind 'lr_scheduler'.")
-    warmup_steps: int = Field(20, ge=0)
+    warmup_steps: int = Field(20, ge=0, description="Steps of linear learning-rate warm-up.")
     grad_clip: float | None = Field(1.0, gt=0, description="Clip the global grad norm; None turns clipping off.")
     device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1' ...")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto = bf16 autocast on CUDA.")
     val_interval: int = Field(100, gt=0, description="Validate every N steps (and at each epoch end).")
-    val_batches: int = Field(8, gt=0)
+    val_batches: int = Field(8, gt=0, description="Fixed validation batches per validation.")
     log_interval: int = Field(10, gt=0, description="Write metrics.jsonl every N steps.")
     plugin_errors: Literal["isolate", "raise"] = Field(
         "isolate", description="'raise' makes every plugin critical: any hook error stops the run."
@@ -128,7 +128,7 @@ class DataConfig(_Section):
     """Where the text comes from."""
 
     path: str | None = Field(None, description="A UTF-8 text file or a folder of .txt files; None = embedded corpus.")
-    val_fraction: float = Field(0.1, gt=0.0, lt=0.5)
+    val_fraction: float = Field(0.1, gt=0.0, lt=0.5, description="Share of the text held out for validation.")
 
 
 class RunConfig(_Section):
@@ -153,8 +153,10 @@ class APTConfig(BaseModel):
     data: DataConfig = Field(default_factory=DataConfig)
     run: RunConfig = Field(default_factory=RunConfig)
     plugins: list[str] | None = Field(None, description="None: every installed plugin; a list: exactly those.")
-    disable_plugins: list[str] = Field(default_factory=list)
-    schedules: dict[str, Any] = Field(default_factory=dict)
+    disable_plugins: list[str] = Field(default_factory=list, description="Installed plugins not to load.")
+    schedules: dict[str, Any] = Field(
+        default_factory=dict, description="enable_<plugin>_at_epoch/step and parameter annealing (see the guide)."
+    )
 
     @field_validator("plugins", "disable_plugins", mode="before")
     @classmethod

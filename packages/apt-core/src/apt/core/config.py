@@ -30,6 +30,7 @@ from apt.errors import ConfigError
 __all__ = [
     "APTConfig",
     "DataConfig",
+    "EarlyStoppingConfig",
     "ModelConfig",
     "RunConfig",
     "TrainingConfig",
@@ -77,6 +78,15 @@ class ModelConfig(_Section):
         return self.d_ff if self.d_ff is not None else 4 * self.d_model
 
 
+class EarlyStoppingConfig(_Section):
+    """``training.early_stopping``: stop when a validation metric stops improving."""
+
+    monitor: str | None = Field(None, description="Validation metric to watch (e.g. 'val_loss'); None turns it off.")
+    patience: int = Field(3, gt=0, description="Validations without improvement before the run stops.")
+    min_delta: float = Field(0.0, ge=0.0, description="The least change that counts as an improvement.")
+    mode: Literal["min", "max"] = Field("min", description="'min': smaller is better; 'max': larger is better.")
+
+
 class TrainingConfig(_Section):
     """The optimisation loop."""
 
@@ -111,6 +121,7 @@ class TrainingConfig(_Section):
         description="DDP's find_unused_parameters; 'auto' turns it on when plugins changed the model's parameters.",
     )
     compile: bool = Field(False, description="torch.compile the model.")
+    early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
 
     @field_validator("betas")
     @classmethod

@@ -43,6 +43,7 @@ from apt.train._distributed import check_fingerprints
 from apt.train._distributed import init_distributed
 from apt.train._distributed import resolve_device
 from apt.train._distributed import shutdown_distributed
+from apt.train._early_stopping import EarlyStopping
 from apt.train._metrics import MetricsWriter
 from apt.train._metrics import bits_per_byte
 from apt.train._metrics import set_aside_records_after
@@ -168,6 +169,7 @@ class Trainer:
         self.last_metrics: dict[str, float] = {}
         self._stop_requests: list[tuple[str | None, str]] = []
         self.stop_reason: str | None = None
+        self._early_stopping = EarlyStopping(config.training.early_stopping)
         self._signals = PreemptionSignals()
         self._interactive = stdout_is_terminal()  # a progress bar on a terminal, plain lines elsewhere
         self._console = ConsoleLines(config.training.total_steps, 0, enabled=False)
@@ -433,6 +435,7 @@ class Trainer:
             if validated:
                 metrics.update(self.validate())
                 self._console.validation(self.global_step, epoch, metrics)
+                self._watch_early_stopping(metrics)
                 self._check_stop()
             if validated or self.global_step % tc.log_interval == 0 or last:
                 pending = {"step": self.global_step, "epoch": epoch, **metrics}
@@ -451,6 +454,7 @@ class Trainer:
             _EPOCH_END, model=self.model, epoch=epoch, step=self.global_step, metrics=dict(epoch_metrics)
         ):
             epoch_metrics.update(as_metrics(extra, plugin, _EPOCH_END))
+        self._watch_early_stopping(epoch_metrics)
         self._check_stop()
         self.last_metrics.update(epoch_metrics)
         record = pending if pending is not None else {"step": self.global_step, "epoch": epoch}
@@ -600,6 +604,11 @@ class Trainer:
         self.stop_reason = "; ".join(reasons) or "requested on another process"
         log.info("stopping at step %d: %s", self.global_step, self.stop_reason)
 
+    def _watch_early_stopping(self, metrics: Mapping[str, float]) -> None:
+        reason = self._early_stopping.update(metrics)
+        if reason is not None:
+            self.request_stop(reason, source="early_stopping")
+
     def _raise_if_preempted(self) -> None:
         """Raise :class:`~apt.errors.Preempted` at a step boundary once a preemption signal came."""
         if self._preempted_by is None and self._signals.received is not None and not self.dist.enabled:
@@ -645,6 +654,7 @@ class Trainer:
             "counters": {"epoch": self.epoch, "global_step": self.global_step, "step_in_epoch": self.step_in_epoch},
             "epoch_losses": list(self._epoch_losses),
             "last_metrics": dict(self.last_metrics),
+            "early_stopping": self._early_stopping.state_dict(),
             "config": self.config.to_dict(),
             "plugin_manager": pm.state_dict(),
             "fingerprint": pm.fingerprint(),
@@ -671,6 +681,7 @@ class Trainer:
         self.step_in_epoch = int(counters["step_in_epoch"])
         self._epoch_losses = [float(v) for v in state.get("epoch_losses", [])]
         self.last_metrics = {str(k): v for k, v in dict(state.get("last_metrics") or {}).items()}
+        self._early_stopping.load_state_dict(dict(state.get("early_stopping") or {}))
         # the plugins as they were when the state was taken; a toggle due at the restored
         # counters has not happened yet in that run, and fires before the next step as it would have
         pm.load_state_dict(dict(state.get("plugin_manager") or {}), trainer=self)

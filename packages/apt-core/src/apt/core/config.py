@@ -147,6 +147,18 @@ class RunConfig(_Section):
 
     name: str | None = Field(None, description="Run folder name; None derives one from the time.")
     dir: str = Field("runs", description="Parent folder of run folders.")
+    loggers: list[str] | None = Field(
+        None,
+        description="Metric loggers besides metrics.jsonl (always on): None = every logger a loaded plugin "
+        "provides (e.g. 'tensorboard'); a list = exactly those (core has 'csv').",
+    )
+
+    @field_validator("loggers", mode="before")
+    @classmethod
+    def _split_loggers(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
 
 
 class APTConfig(BaseModel):

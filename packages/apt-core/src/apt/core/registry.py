@@ -35,6 +35,7 @@ CORE_KINDS: tuple[str, ...] = (
     "lr_scheduler",
     "plot",  # (records: list[dict], run_dir: Path) -> list[Path]; every one is called by `apt plot`
     "weights",  # (run_dir: Path) -> dict[str, Tensor]; chosen by `apt generate --weights NAME`
+    "logger",  # (run_dir: Path, config, start_step: int) -> apt.train.MetricsLogger; see run.loggers
 )
 
 # Core's built-in providers, imported lazily: (kind, name, "module:attr", default)
@@ -48,6 +49,8 @@ _BUILTINS: tuple[tuple[str, str, str, bool], ...] = (
     ("optimizer", "sgd", "apt.train._optim:build_sgd", False),
     ("lr_scheduler", "cosine", "apt.train._optim:build_cosine", True),
     ("lr_scheduler", "constant", "apt.train._optim:build_constant", False),
+    ("logger", "jsonl", "apt.train._loggers:JSONLLogger", True),
+    ("logger", "csv", "apt.train._loggers:CSVLogger", False),
 )
 
 

@@ -44,9 +44,9 @@ from apt.train._distributed import init_distributed
 from apt.train._distributed import resolve_device
 from apt.train._distributed import shutdown_distributed
 from apt.train._early_stopping import EarlyStopping
-from apt.train._metrics import MetricsWriter
+from apt.train._loggers import MetricsLoggers
+from apt.train._loggers import open_loggers
 from apt.train._metrics import bits_per_byte
-from apt.train._metrics import set_aside_records_after
 from apt.train._metrics import write_json
 from apt.train._optim import param_groups
 from apt.train._optim import sync_param_groups
@@ -160,7 +160,7 @@ class Trainer:
         self._core_params: frozenset[str] = frozenset()  # the parameter names of the model before plugins
         self._forward: Any = None  # what the training step calls: the model, its DDP wrapper, or compiled
         self._val_batches: list[tuple[Tensor, Tensor]] = []
-        self._metrics = MetricsWriter(None)
+        self._metrics = MetricsLoggers()  # jsonl and the other loggers, opened when training starts
 
         # --- counters and run state
         self.epoch = 0
@@ -295,9 +295,7 @@ class Trainer:
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self.config.to_run_yaml(self.run_dir / "config.yaml")
-            if self.global_step > 0:  # resumed: records past the checkpoint belong to the abandoned run
-                set_aside_records_after(self.run_dir / "metrics.jsonl", self.global_step)
-            self._metrics = MetricsWriter(self.run_dir / "metrics.jsonl")
+            self._metrics = open_loggers(self.registry, self.config, self.run_dir, self.global_step)
         except OSError as exc:
             raise UsageError(
                 f"cannot write the run folder {str(self.run_dir)!r}: {exc.strerror or exc}; "

@@ -13,6 +13,8 @@ Order of the training lifecycle (one optimizer step with ``grad_accum`` micro-ba
       on_epoch_begin
         on_step_begin
           [per micro-batch]  on_compute_loss -> on_backward_begin -> backward -> on_backward_end
+          on_after_backward          (gradients final, NOT clipped yet)
+          [core: clip to training.grad_clip, measure grad_norm]
           on_before_optimizer_step -> optimizer.step() -> on_optimizer_step
         on_step_end
         [every training.val_interval steps]  on_validation_begin -> on_validation_end
@@ -142,13 +144,31 @@ class Hookspecs:
         """``backward`` of one micro-batch finished; gradients are accumulated in ``.grad``."""
 
     @hookspec
+    def on_after_backward(self, trainer: Any, model: Any, optimizer: Any, epoch: int, step: int) -> None:
+        """The last micro-batch's backward is done: this step's gradients are complete and not clipped.
+
+        Fires once per optimizer step, after ``on_backward_end`` of the last micro-batch:
+        ``.grad`` holds the mean over the ``grad_accum`` micro-batches and, under DDP, has
+        been all-reduced (FSDP2: reduce-scattered, each rank holds its shard). Right after
+        this hook the core clips the gradients to ``training.grad_clip`` (their global norm,
+        ``torch.nn.utils.clip_grad_norm_``) and measures ``grad_norm`` from what the
+        handlers left; ``on_before_optimizer_step`` then sees the clipped gradients.
+
+        Read the unclipped gradients here (per-layer norms, the histogram of a layer) or
+        change them (clip by value first, add noise, mask a layer). A plugin that changes
+        gradients changes what the run computes: keep it critical.
+
+        :param optimizer: the ``torch.optim.Optimizer`` that will step.
+        """
+
+    @hookspec
     def on_before_optimizer_step(
         self, trainer: Any, model: Any, optimizer: Any, epoch: int, step: int, grad_norm: float
     ) -> None:
         """Gradients are final (clipped) and the optimizer is about to step.
 
         :param optimizer: the ``torch.optim.Optimizer``.
-        :param grad_norm: the total gradient norm before clipping.
+        :param grad_norm: the total gradient norm before clipping (after ``on_after_backward``).
         """
 
     @hookspec
@@ -167,7 +187,10 @@ class Hookspecs:
         :param loss: the step's total loss (mean over micro-batches).
         :param metrics: what the trainer logs for this step (``loss``, ``lr``, ``loss/<term>`` ...).
         :returns: optionally a ``dict[str, float]`` of metrics to log with this step
-            (reduce per-step statistics here, once per optimizer step).
+            (reduce per-step statistics here, once per optimizer step). On a step that
+            is not logged (``training.log_interval``) they are not lost: the next logged
+            record holds each metric's mean over the steps since the previous record
+            that returned it.
         """
 
     # --- validation -------------------------------------------------------------------
@@ -248,6 +271,7 @@ class HookEvents:
     ON_COMPUTE_LOSS: Final = "on_compute_loss"
     ON_BACKWARD_BEGIN: Final = "on_backward_begin"
     ON_BACKWARD_END: Final = "on_backward_end"
+    ON_AFTER_BACKWARD: Final = "on_after_backward"
     ON_BEFORE_OPTIMIZER_STEP: Final = "on_before_optimizer_step"
     ON_OPTIMIZER_STEP: Final = "on_optimizer_step"
     ON_STEP_END: Final = "on_step_end"

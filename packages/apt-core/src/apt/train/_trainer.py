@@ -58,6 +58,7 @@ from apt.train._parallel import grad_norm_value
 from apt.train._parallel import load_model_state
 from apt.train._parallel import load_optimizer_state
 from apt.train._parallel import refuse_scheduled_model_plugins
+from apt.train._results import StepMeans
 from apt.train._results import as_metrics
 from apt.train._results import checked_loss_terms
 from apt.train._rng import rng_state
@@ -86,6 +87,7 @@ _EPOCH_BEGIN, _EPOCH_END = "on_epoch_begin", "on_epoch_end"
 _STEP_BEGIN, _STEP_END = "on_step_begin", "on_step_end"
 _COMPUTE_LOSS = "on_compute_loss"
 _BACKWARD_BEGIN, _BACKWARD_END = "on_backward_begin", "on_backward_end"
+_AFTER_BACKWARD = "on_after_backward"
 _BEFORE_OPT, _OPT_STEP = "on_before_optimizer_step", "on_optimizer_step"
 _VAL_BEGIN, _VAL_END = "on_validation_begin", "on_validation_end"
 _RESUME, _EXCEPTION = "on_resume", "on_exception"
@@ -170,6 +172,7 @@ class Trainer:
         self._stop_requests: list[tuple[str | None, str]] = []
         self.stop_reason: str | None = None
         self._early_stopping = EarlyStopping(config.training.early_stopping)
+        self._step_means = StepMeans()  # plugins' on_step_end metrics since the last logged record
         self._signals = PreemptionSignals()
         self._interactive = stdout_is_terminal()  # a progress bar on a terminal, plain lines elsewhere
         self._console = ConsoleLines(config.training.total_steps, 0, enabled=False)
@@ -427,6 +430,8 @@ class Trainer:
             bar.set_postfix(
                 loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}", tok_s=f"{tokens_per_s:.0f}", refresh=False
             )
+            if self.global_step % tc.log_interval == 0:
+                self._console.step(self.global_step, epoch, metrics)
             self._check_stop()
             last = self.step_in_epoch == tc.steps_per_epoch or self.stop_reason is not None
             validated = not last and self.global_step % tc.val_interval == 0
@@ -436,10 +441,9 @@ class Trainer:
                 self._watch_early_stopping(metrics)
                 self._check_stop()
             if validated or self.global_step % tc.log_interval == 0 or last:
+                metrics.update(self._step_means.pop_means())  # plugins' step metrics over the unlogged steps
                 pending = {"step": self.global_step, "epoch": epoch, **metrics}
                 busy_s, busy_steps = 0.0, 0
-                if self.global_step % tc.log_interval == 0:
-                    self._console.step(self.global_step, epoch, metrics)
             self.last_metrics.update(metrics)
 
         # end of the epoch: validate, then on_epoch_end
@@ -507,7 +511,11 @@ class Trainer:
                     self._fire(_BACKWARD_END, model=model, epoch=epoch, step=step, micro_step=micro_step)
             loss_sum += loss.detach().float()
 
-        # 5. clip; gradients are final
+        # 5. gradients are complete (accumulated, all-reduced) and unclipped: plugins may read or change them
+        if hooks.has_handlers(_AFTER_BACKWARD):
+            self._fire(_AFTER_BACKWARD, model=model, optimizer=self.optimizer, epoch=epoch, step=step)
+
+        # 6. clip; gradients are final
         if tc.grad_clip is not None:
             grad_norm = grad_norm_value(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip))
         else:
@@ -516,7 +524,7 @@ class Trainer:
         if hooks.has_handlers(_BEFORE_OPT):
             self._fire(_BEFORE_OPT, model=model, optimizer=self.optimizer, epoch=epoch, step=step, grad_norm=grad_norm)
 
-        # 6. update
+        # 7. update
         lr = float(self.optimizer.param_groups[0]["lr"])
         self.optimizer.step()
         self.lr_scheduler.step()
@@ -526,7 +534,7 @@ class Trainer:
         self.global_step += 1
         self.step_in_epoch += 1
 
-        # 7. the step's metrics: means over micro-batches (and over processes)
+        # 8. the step's metrics: means over micro-batches (and over processes)
         names = sorted(term_sums)
         packed = torch.stack([loss_sum, *(term_sums[n] for n in names)]) / accum  # (1 + n_terms,)
         if self.dist.enabled:
@@ -537,7 +545,7 @@ class Trainer:
         # with the counters above: a state_dict() taken from on_step_end holds this step entirely
         self._epoch_losses.append(values[0])
 
-        # 8. the step ends; plugins may add metrics
+        # 9. the step ends; plugins may add metrics (averaged over the steps a record covers)
         if hooks.has_handlers(_STEP_END):
             for plugin, extra in self._collect(
                 _STEP_END,
@@ -548,7 +556,9 @@ class Trainer:
                 loss=metrics["loss"],
                 metrics=dict(metrics),
             ):
-                metrics.update(as_metrics(extra, plugin, _STEP_END))
+                extra_metrics = as_metrics(extra, plugin, _STEP_END)
+                self._step_means.add(extra_metrics)
+                metrics.update(extra_metrics)
         return metrics
 
     @torch.no_grad()
@@ -653,6 +663,7 @@ class Trainer:
             "epoch_losses": list(self._epoch_losses),
             "last_metrics": dict(self.last_metrics),
             "early_stopping": self._early_stopping.state_dict(),
+            "step_means": self._step_means.state_dict(),
             "config": self.config.to_dict(),
             "plugin_manager": pm.state_dict(),
             "fingerprint": pm.fingerprint(),
@@ -680,6 +691,7 @@ class Trainer:
         self._epoch_losses = [float(v) for v in state.get("epoch_losses", [])]
         self.last_metrics = {str(k): v for k, v in dict(state.get("last_metrics") or {}).items()}
         self._early_stopping.load_state_dict(dict(state.get("early_stopping") or {}))
+        self._step_means.load_state_dict(dict(state.get("step_means") or {}))
         # the plugins as they were when the state was taken; a toggle due at the restored
         # counters has not happened yet in that run, and fires before the next step as it would have
         pm.load_state_dict(dict(state.get("plugin_manager") or {}), trainer=self)

@@ -506,6 +506,7 @@ class CheckpointPlugin(Plugin):
         if not isinstance(document, dict) or not isinstance(document.get("trainer"), dict):
             raise CheckpointError(f"{loaded.path} holds no trainer state", path=loaded.path)
         state: dict[str, Any] = document["trainer"]
+        _check_trainer_state(state, loaded.path)
         per_rank = document.get("per_rank")
         if not per_rank:
             return state
@@ -544,6 +545,44 @@ class CheckpointPlugin(Plugin):
                 f"checkpoint {loaded.path} was written with another plugin set or hook order "
                 f"(saved {saved!r}, now {current!r}); {fix}",
                 path=loaded.path,
+            )
+
+
+# what Trainer.load_state_dict reads, and the type each must have
+_TRAINER_KEYS: dict[str, type | tuple[type, ...]] = {
+    "model": dict,
+    "optimizer": dict,
+    "lr_scheduler": dict,
+    "rng": dict,
+    "data": dict,
+    "counters": dict,
+}
+_COUNTERS = ("epoch", "global_step", "step_in_epoch")
+
+
+def _check_trainer_state(state: dict[str, Any], path: Path) -> None:
+    """Refuse, in one line naming the file and the key, a trainer state of the wrong structure.
+
+    The manifest's hashes prove the files are what was written, not that what was written
+    is a trainer state (another tool's, an older format, a hand-edited one that was re-hashed).
+    """
+    where = path / "state.json"
+    for key, kind in _TRAINER_KEYS.items():
+        if not isinstance(state.get(key), kind):
+            got = "missing" if key not in state else f"a {type(state[key]).__name__}"
+            raise CheckpointError(
+                f"{where} is not a trainer state APT can resume: 'trainer.{key}' is {got}, not a mapping; "
+                "resume from another checkpoint (--resume PATH) or start a new run",
+                path=where,
+            )
+    counters = state["counters"]
+    for key in _COUNTERS:
+        value = counters.get(key)
+        if type(value) is not int or value < 0:
+            raise CheckpointError(
+                f"{where} is not a trainer state APT can resume: 'trainer.counters.{key}' is {value!r}, not a "
+                "count; resume from another checkpoint (--resume PATH) or start a new run",
+                path=where,
             )
 
 

@@ -155,4 +155,7 @@ def run(args: argparse.Namespace) -> int:
             f"final val_bpb {summary['val_bpb']:.4f} bits per byte after {summary['steps']} steps{stop}; "
             f"unigram baseline {summary['baseline_bpb']:.4f} bpb; {summary['wall_s']:.0f} s"
         )
+        for slow in summary.get("slow_hooks") or []:
+            owner = f" of plugin {slow['plugin']!r}" if slow.get("plugin") else ""
+            print(f"slow hook: {slow['handler']}{owner} took {100 * slow['share']:.0f}% of the training time")
     return 0

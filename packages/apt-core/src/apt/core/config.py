@@ -46,7 +46,8 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: `training.lr=.inf` would train NaN weights and write a summary that is not JSON
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelConfig(_Section):
@@ -122,6 +123,13 @@ class TrainingConfig(_Section):
     )
     compile: bool = Field(False, description="torch.compile the model.")
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
+    slow_hook_share: float = Field(
+        0.25,
+        gt=0,
+        le=1,
+        description="Warn (once, by name) about a hook handler taking more than this share of "
+        "the training time; it is also listed in summary.json (slow_hooks).",
+    )
 
     @field_validator("betas")
     @classmethod

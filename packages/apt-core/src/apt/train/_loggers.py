@@ -24,6 +24,7 @@ from typing import Protocol
 from typing import runtime_checkable
 
 from apt.errors import PluginError
+from apt.train._disk import naming_the_file
 from apt.train._metrics import MetricsWriter
 from apt.train._metrics import set_aside_records_after
 
@@ -56,10 +57,13 @@ class JSONLLogger:
         path = run_dir / "metrics.jsonl"
         if start_step > 0:  # resumed: records past the checkpoint belong to the abandoned run
             set_aside_records_after(path, start_step)
-        self._writer = MetricsWriter(path)
+        self.path = path
+        with naming_the_file(path):
+            self._writer = MetricsWriter(path)
 
     def log(self, record: Mapping[str, Any]) -> None:
-        self._writer.write(dict(record))
+        with naming_the_file(self.path):  # a full disk: one line naming metrics.jsonl
+            self._writer.write(dict(record))
 
     def close(self) -> None:
         self._writer.close()

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import math
 import os
+import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -36,6 +37,8 @@ from apt.model import GPT
 from apt.model import ModelOutput
 from apt.train._console import ConsoleLines
 from apt.train._console import stdout_is_terminal
+from apt.train._disk import check_free_space
+from apt.train._disk import naming_the_file
 from apt.train._distributed import DistInfo
 from apt.train._distributed import all_reduce_sum
 from apt.train._distributed import broadcast_object
@@ -65,6 +68,7 @@ from apt.train._rng import rng_state
 from apt.train._rng import seed_everything
 from apt.train._rng import set_rng_state
 from apt.train._signals import PreemptionSignals
+from apt.train._slow_hooks import SlowHookWatch
 from apt.train._weights import save_weights
 
 
@@ -172,6 +176,10 @@ class Trainer:
         self._stop_requests: list[tuple[str | None, str]] = []
         self.stop_reason: str | None = None
         self._early_stopping = EarlyStopping(config.training.early_stopping)
+        self._slow_hooks = SlowHookWatch(config.training.slow_hook_share)
+        self._loop_t0 = 0.0  # when the first step of this process started (slow-hook shares)
+        self._loop_step0 = 0
+        self._training_started = False  # a failure before it leaves the run folder as it was found
         self._step_means = StepMeans()  # plugins' on_step_end metrics since the last logged record
         self._signals = PreemptionSignals()
         self._interactive = stdout_is_terminal()  # a progress bar on a terminal, plain lines elsewhere
@@ -363,6 +371,7 @@ class Trainer:
         """
         t0 = time.perf_counter()
         tc = self.config.training
+        found = self._run_dir_entries()
         try:
             self.setup()
             finished = False
@@ -377,11 +386,16 @@ class Trainer:
                     else:  # at the end of the last epoch: only the end of the run is left
                         finished = True
                         self._refuse_a_finished_run()
-            self._open_run_dir()  # only now: a refused resume leaves the run folder as it was
+            self._check_disk_space()  # before anything is written
+            self._fire(_TRAIN_BEGIN, model=self.model, config=self.config, epoch=self.epoch, step=self.global_step)
+            # only now: a refused resume or a plugin refusing to start leaves the run folder as it was
+            self._open_run_dir()
             self._console = ConsoleLines(
                 tc.total_steps, self.global_step, enabled=self.is_global_zero and not self._interactive
             )
-            self._fire(_TRAIN_BEGIN, model=self.model, config=self.config, epoch=self.epoch, step=self.global_step)
+            self._training_started = True
+            self._loop_t0, self._loop_step0 = time.perf_counter(), self.global_step
+            self._slow_hooks.start(self.plugin_manager.statistics())
             if finished:
                 self._train_loss = self._epoch_mean_loss()
             else:
@@ -397,10 +411,39 @@ class Trainer:
             return self._finish(time.perf_counter() - t0)
         except BaseException as exc:
             self._on_exception(exc)
+            if not self._training_started:
+                self._restore_run_dir(found)
             raise
         finally:
             self._metrics.close()
             shutdown_distributed(self.dist)
+
+    def _run_dir_entries(self) -> set[str] | None:
+        """What the run folder holds before the run starts (None: it does not exist, or not rank 0's)."""
+        if self.run_dir is None or not self.is_global_zero or not self.run_dir.is_dir():
+            return None
+        return {p.name for p in self.run_dir.iterdir()}
+
+    def _restore_run_dir(self, found: set[str] | None) -> None:
+        """A run refused before its first step: remove what this start created in the run folder."""
+        if self.run_dir is None or not self.is_global_zero or not self.run_dir.is_dir():
+            return
+        for entry in self.run_dir.iterdir():
+            if found is None or entry.name not in found:
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+        if found is None:
+            with contextlib.suppress(OSError):
+                self.run_dir.rmdir()
+
+    def _check_disk_space(self) -> None:
+        """Refuse to start when the final weights cannot fit in the run folder (rank 0)."""
+        if self.run_dir is None or not self.is_global_zero:
+            return
+        assert self.model is not None
+        check_free_space(self.run_dir, sum(p.numel() * p.element_size() for p in self.model.parameters()))
 
     def _run_epoch(self, bar: Any) -> None:
         """One epoch: ``steps_per_epoch`` steps, validation every ``val_interval`` steps and at the end."""
@@ -443,6 +486,11 @@ class Trainer:
             if validated or self.global_step % tc.log_interval == 0 or last:
                 metrics.update(self._step_means.pop_means())  # plugins' step metrics over the unlogged steps
                 pending = {"step": self.global_step, "epoch": epoch, **metrics}
+                self._slow_hooks.check(
+                    self.plugin_manager.statistics(),
+                    time.perf_counter() - self._loop_t0,
+                    self.global_step - self._loop_step0,
+                )
                 busy_s, busy_steps = 0.0, 0
             self.last_metrics.update(metrics)
 
@@ -787,12 +835,15 @@ class Trainer:
                 for p in self.plugin_manager.loaded()
             ],
             "hooks": self.plugin_manager.statistics(),
+            "slow_hooks": self._slow_hooks.summary(),
             "run_dir": str(self.run_dir) if self.run_dir is not None else None,
         }
         weights = full_model_state(self.model) if self._sharded and self.run_dir is not None else None
         if self.run_dir is not None and self.is_global_zero:
-            save_weights(self.model, self.run_dir / "model.safetensors", state=weights)
-            write_json(self.run_dir / "summary.json", summary)
+            with naming_the_file(self.run_dir / "model.safetensors"):
+                save_weights(self.model, self.run_dir / "model.safetensors", state=weights)
+            with naming_the_file(self.run_dir / "summary.json"):
+                write_json(self.run_dir / "summary.json", summary)
         return summary
 
 

@@ -50,11 +50,11 @@ class PreemptionSignals:
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        previous: dict[int, Any] = {}
+        previous: dict[signal.Signals, Any] = {}
         for sig in PREEMPTION_SIGNALS:
             previous[sig] = signal.signal(sig, self._handle)
         try:
             yield
         finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+            for restored, handler in previous.items():
+                signal.signal(restored, handler)

@@ -9,7 +9,8 @@ Rules (each a fix for a plot that could not be read):
 - an indexed family (``load_e0`` ... ``load_e7``: one value per expert) is a heatmap, one
   small multiple per layer, never 17 lines on a 10-colour cycle;
 - more than 10 lines in a panel get an explicit palette sampled from a colormap;
-- counters (``align/num_updates``, ``epoch``: integers that only grow) and constants
+- counters (``align/num_updates``: named ``num_*``, ``*_count``, ``*_steps`` ... and integers
+  that only grow; ``epoch`` and ``step`` are the axes) and constants
   (``moe/aux_loss_weight``) are not drawn as metrics; constants are listed under the figure;
 - every y axis is labelled, with a unit where there is one; bits-per-byte panels show
   the unigram baseline of the run's text (``summary.json``'s ``baseline_bpb``).
@@ -55,10 +56,17 @@ def series(records: list[dict[str, Any]], key: str) -> tuple[list[float], list[f
     return [p[0] for p in points], [p[1] for p in points]
 
 
-def is_counter(values: list[float]) -> bool:
-    """Integers that never decrease and grow (update counts, epochs): bookkeeping, not a metric."""
+_COUNTER_NAME = re.compile(r"^(num_|n_)|(_count|_counter|_updates|_steps|_total)$|^(count|updates|steps)$")
+
+
+def is_counter(key: str, values: list[float]) -> bool:
+    """A counter (``align/num_updates``, ``x/n_steps``): named like one, integers that only grow.
+
+    Bookkeeping, not a metric: drawn, it runs to hundreds and flattens every other line.
+    """
     return (
-        len(values) > 2
+        _COUNTER_NAME.search(key.rsplit("/", 1)[-1]) is not None
+        and len(values) > 2
         and all(float(v).is_integer() for v in values)
         and all(b >= a for a, b in zip(values, values[1:], strict=False))
         and values[-1] > values[0]
@@ -98,7 +106,7 @@ def plan_group(prefix: str, keys: list[str], records: list[dict[str, Any]]) -> t
     indexed: dict[tuple[str, str], dict[str, str]] = defaultdict(dict)  # (middle, stem) -> {index: key}
     for key in keys:
         _, values = series(records, key)
-        if not values or key.endswith("val_bpb") or is_counter(values):
+        if not values or key.endswith("val_bpb") or is_counter(key, values):
             continue
         if is_constant(values):
             constants[key] = values[0]

@@ -690,7 +690,9 @@ class Trainer:
 
         Keys: ``model``, ``optimizer``, ``lr_scheduler``, ``grad_scaler``, ``rng``, ``data``
         (sampler), ``counters`` (``epoch``, ``global_step``, ``step_in_epoch``),
-        ``epoch_losses`` (the current epoch's step losses so far), ``config``,
+        ``epoch_losses`` (the current epoch's step losses so far), ``early_stopping`` (best
+        value, validations without improvement), ``step_means`` (plugins' step metrics not
+        yet logged), ``config``,
         ``plugin_manager`` (enabled flags, schedule), ``fingerprint`` and ``plugins``.
         Values are tensors and JSON-compatible data only. Under FSDP2 the model and optimizer
         entries are the full state gathered onto rank 0 (``{}`` on the other ranks), the

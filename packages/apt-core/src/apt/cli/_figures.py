@@ -122,7 +122,8 @@ def plan_group(prefix: str, keys: list[str], records: list[dict[str, Any]]) -> t
     panels: list[Panel] = []
     for leaf, lines in by_leaf.items():
         ordered = dict(sorted(lines.items(), key=lambda kv: _natural(kv[0])))
-        panels.append(Panel(title=f"{prefix}/{leaf}" if prefix != leaf else leaf, ylabel=y_label(leaf), lines=ordered))
+        title = f"{prefix}/{leaf}" if any("/" in key for key in ordered.values()) else leaf
+        panels.append(Panel(title=title, ylabel=y_label(leaf), lines=ordered))
     for (middle, stem), rows in sorted(indexed.items(), key=lambda kv: (_natural(kv[0][0]), kv[0][1])):
         if len(rows) == 1:  # one index alone is a plain series
             ((index, key),) = rows.items()
@@ -163,7 +164,7 @@ def draw_panel(ax: Any, panel: Panel, records: list[dict[str, Any]], fig: Any) -
         extent = (steps[0], steps[-1], len(panel.heatmap) - 0.5, -0.5)
         im = ax.imshow(grid, aspect="auto", interpolation="nearest", cmap="viridis", extent=extent)
         ax.set_yticks(range(len(panel.heatmap)), list(panel.heatmap), fontsize="x-small")
-        ax.set_ylabel("index")
+        ax.set_ylabel("index (" + panel.title.rsplit("/", 1)[-1].rstrip("*") + "N)", fontsize="small")
         fig.colorbar(im, ax=ax, label=panel.ylabel)
         return
     colours = palette(len(panel.lines))

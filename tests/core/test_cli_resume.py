@@ -66,6 +66,11 @@ def test_resume_refuses_a_change_of_what_the_run_computes(
     assert code == 2 and err.count("\n") == 1
     assert "model.d_model 32 -> 64" in err and "--force-config" in err
     assert sorted(p.name for p in run_dir.rglob("*")) == before
+    # a --config file applies on top of the run's config.yaml too, with the same check
+    other = tmp_path / "other.yaml"
+    other.write_text("training: {seed: 7}\n")
+    assert main(["train", "--run-dir", str(run_dir), "--resume", "latest", "--config", str(other)]) == 2
+    assert "training.seed 1234 -> 7" in capsys.readouterr().err
     # what does not change the computation may change: here the validation interval
     assert main(["train", "--run-dir", str(run_dir), "--resume", "latest", "--set", "training.val_interval=2"]) == 0
 

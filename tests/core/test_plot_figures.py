@@ -43,7 +43,8 @@ def test_per_expert_loads_are_heatmaps_one_per_layer_and_each_family_has_its_pan
     assert list(lines["moe/aux_loss"].lines) == ["all", "layer0", "layer1"]
     assert list(lines["moe/z_loss"].lines) == ["layer0", "layer1"]
     assert constants == {"moe/aux_loss_weight": 0.01}
-    assert all(p.ylabel for p in panels) and lines["moe/aux_loss"].ylabel == "aux_loss (nats)"
+    assert all(p.ylabel for p in panels) and lines["moe/aux_loss"].ylabel == "aux_loss"
+    assert lines["moe/z_loss"].labels == ["layer0", "layer1"]  # one colour per layer in every panel
 
 
 def test_counters_are_not_drawn_as_metrics() -> None:

@@ -31,18 +31,16 @@ __all__ = ["Panel", "is_constant", "is_counter", "plan_group", "series", "y_labe
 # core keys drawn elsewhere or pure bookkeeping
 NOT_SERIES = frozenset({"step", "epoch", "loss", "val_loss", "train_loss"})
 _INDEXED = re.compile(r"^(?P<stem>.*?[a-z_])(?P<index>\d+)$")
+# units of the names whose unit is known; a plugin's other series keep their bare name
 _UNITS = (
     ("tokens_per_s", "tokens / s"),
     ("grad_norm", "L2 norm (before clipping)"),
     ("lr", "learning rate"),
     ("bpb", "bits per byte"),
+    ("over_mean", "x mean"),
     ("frac", "fraction"),
     ("load", "fraction of slots"),
-    ("entropy", "nats"),
-    ("loss", "nats"),
-    ("kl", "nats"),
     ("decay", "EMA decay"),
-    ("drift", "relative L2"),
 )
 
 
@@ -60,14 +58,15 @@ _COUNTER_NAME = re.compile(r"^(num_|n_)|(_count|_counter|_updates|_steps|_total)
 
 
 def is_counter(key: str, values: list[float]) -> bool:
-    """A counter (``align/num_updates``, ``x/n_steps``): named like one, integers that only grow.
+    """A counter (``align/num_updates``, ``x/n_steps``): named like one, and only growing.
 
     Bookkeeping, not a metric: drawn, it runs to hundreds and flattens every other line.
+    (Not necessarily integers: a record holds the mean of a plugin's values over the
+    steps it covers.)
     """
     return (
         _COUNTER_NAME.search(key.rsplit("/", 1)[-1]) is not None
         and len(values) > 2
-        and all(float(v).is_integer() for v in values)
         and all(b >= a for a, b in zip(values, values[1:], strict=False))
         and values[-1] > values[0]
     )
@@ -93,6 +92,8 @@ class Panel:
     ylabel: str
     lines: dict[str, str] = field(default_factory=dict)
     heatmap: dict[str, str] = field(default_factory=dict)
+    #: every line label of the figure, in order: a label (layer2) has the same colour in every panel
+    labels: list[str] = field(default_factory=list)
 
 
 def plan_group(prefix: str, keys: list[str], records: list[dict[str, Any]]) -> tuple[list[Panel], dict[str, float]]:
@@ -120,10 +121,13 @@ def plan_group(prefix: str, keys: list[str], records: list[dict[str, Any]]) -> t
         else:
             by_leaf[leaf][middle] = key
     panels: list[Panel] = []
+    labels = sorted({m for lines in by_leaf.values() for m in lines if m != "all"}, key=_natural)
     for leaf, lines in by_leaf.items():
         ordered = dict(sorted(lines.items(), key=lambda kv: _natural(kv[0])))
         title = f"{prefix}/{leaf}" if any("/" in key for key in ordered.values()) else leaf
-        panels.append(Panel(title=title, ylabel=y_label(leaf), lines=ordered))
+        # a loss term is added to the cross-entropy: nats, already weighted
+        ylabel = f"{leaf} (nats, weighted)" if prefix == "loss" else y_label(leaf)
+        panels.append(Panel(title=title, ylabel=ylabel, lines=ordered, labels=labels))
     for (middle, stem), rows in sorted(indexed.items(), key=lambda kv: (_natural(kv[0][0]), kv[0][1])):
         if len(rows) == 1:  # one index alone is a plain series
             ((index, key),) = rows.items()
@@ -167,10 +171,11 @@ def draw_panel(ax: Any, panel: Panel, records: list[dict[str, Any]], fig: Any) -
         ax.set_ylabel("index (" + panel.title.rsplit("/", 1)[-1].rstrip("*") + "N)", fontsize="small")
         fig.colorbar(im, ax=ax, label=panel.ylabel)
         return
-    colours = palette(len(panel.lines))
-    for colour, (label, key) in zip(colours, panel.lines.items(), strict=True):
+    colours = palette(max(len(panel.labels), 1))
+    for n, (label, key) in enumerate(panel.lines.items()):
         xs, ys = series(records, key)
         aggregate = label == "all" and len(panel.lines) > 1
+        colour = colours[panel.labels.index(label)] if label in panel.labels else colours[n % len(colours)]
         ax.plot(
             xs, ys, "-" if len(xs) > 1 else "o", markersize=3, label="mean" if aggregate else label,
             color="black" if aggregate else colour, linewidth=2.0 if aggregate else 1.0,

@@ -46,6 +46,7 @@ def test_apt_eval_reproduces_the_runs_last_val_bpb_with_plugin_metrics(
     with fake_entry_points(FakeEntryPoint("demo", ValMetric)):
         assert main(["train", "--config", str(tiny_yaml), "--plugins", "demo", "--run-dir", str(run_dir)]) == 0
         summary = json.loads((run_dir / "summary.json").read_text())
+        files = sorted(p.name for p in run_dir.iterdir())
         last = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()][-1]
         capsys.readouterr()
         assert main(["eval", str(run_dir), "--json"]) == 0
@@ -58,8 +59,7 @@ def test_apt_eval_reproduces_the_runs_last_val_bpb_with_plugin_metrics(
         other.write_text("zzzz qqqq " * 2000, encoding="utf-8")
         assert main(["eval", str(run_dir), "--data", str(other), "--json"]) == 0
         assert json.loads(capsys.readouterr().out)["val_bpb"] != summary["val_bpb"]
-        assert sorted(p.name for p in run_dir.iterdir()) == ["config.yaml", "metrics.jsonl", "model.safetensors",
-                                                              "summary.json"]  # fmt: skip
+        assert sorted(p.name for p in run_dir.iterdir()) == files  # eval writes nothing
 
 
 def test_apt_eval_of_a_folder_without_a_run_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -87,3 +87,19 @@ def test_config_show_prints_a_runs_config_with_plugin_sections(
         shown = yaml.safe_load(capsys.readouterr().out)
     assert shown["demo"] == {"weight": 0.25} and shown["model"]["d_model"] == 32
     assert "resume" not in shown["training"]
+
+
+def test_apt_eval_of_a_bpe_run_uses_the_runs_tokenizer(
+    tiny_yaml: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A BPE run: eval loads the run's tokenizer.json (not a BPE retrained) and reproduces val_bpb."""
+    text = tmp_path / "text.txt"
+    text.write_text("def f(x):\n    return x + 1\n" * 400 + "class A:\n    pass\n" * 300, encoding="utf-8")
+    run_dir = tmp_path / "run"
+    args = ["train", "--config", str(tiny_yaml), "--no-plugins", "--run-dir", str(run_dir), "--set",
+            f"data.path={text}", "--set", "data.tokenizer=bpe", "--set", "data.tokenizer_vocab_size=300"]  # fmt: skip
+    assert main(args) == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    capsys.readouterr()
+    assert main(["eval", str(run_dir), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["val_bpb"] == summary["val_bpb"]

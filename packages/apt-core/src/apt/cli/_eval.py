@@ -58,6 +58,9 @@ def evaluate_run(run_dir: Path, weights: str | None = None, data: str | None = N
         if not Path(data).exists():
             raise UsageError(f"--data {data!r} does not exist; give a UTF-8 text file or a folder of .txt files")
         config.data.path = data
+    saved_tokenizer = run_dir / "tokenizer.json"
+    if config.data.tokenizer == "bpe" and config.data.tokenizer_path is None and saved_tokenizer.is_file():
+        config.data.tokenizer_path = str(saved_tokenizer)  # the run's own BPE, not one trained on --data
     pm = PluginManager()
     pm.load_from_config(config)
     try:

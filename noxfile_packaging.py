@@ -36,14 +36,10 @@ from nox.command import CommandFailed
 
 ROOT = Path(__file__).resolve().parent
 PACKAGES = (
-    "apt-core",
-    "apt-plugin-moe",
-    "apt-plugin-align",
-    "apt-plugin-checkpoint",
-    "apt-plugin-gradient",
-    "apt-plugin-tensorboard",
-)
-PLUGINS = ("align", "checkpoint", "gradient", "moe", "tensorboard")
+    "apt-core", "apt-plugin-moe", "apt-plugin-align", "apt-plugin-checkpoint", "apt-plugin-gradient",
+    "apt-plugin-retrieval", "apt-plugin-tensorboard",
+)  # fmt: skip
+PLUGINS = ("align", "checkpoint", "gradient", "moe", "retrieval", "tensorboard")
 TORCH = "torch==2.13.0"
 
 # A run small enough to finish in seconds on a CPU: two optimizer steps of a 1-layer GPT.

@@ -64,7 +64,9 @@ def evaluate_run(run_dir: Path, weights: str | None = None, data: str | None = N
     pm = PluginManager()
     pm.load_from_config(config)
     try:
-        trainer = Trainer(config, pm, run_dir=None)  # writes nothing
+        # the run folder, for plugins to read what the run left there (a datastore, stable weights);
+        # only fit() writes to it, and eval never calls fit()
+        trainer = Trainer(config, pm, run_dir=run_dir)
         trainer.setup()
         assert trainer.model is not None
         tc = config.training

@@ -33,6 +33,7 @@ PACKAGES = [
     "packages/apt-plugin-checkpoint",
     "packages/apt-plugin-gradient",
     "packages/apt-plugin-retrieval",
+    "packages/apt-plugin-tensorboard",
 ]
 
 

@@ -37,9 +37,9 @@ from nox.command import CommandFailed
 ROOT = Path(__file__).resolve().parent
 PACKAGES = (
     "apt-core", "apt-plugin-moe", "apt-plugin-align", "apt-plugin-checkpoint", "apt-plugin-gradient",
-    "apt-plugin-retrieval",
+    "apt-plugin-retrieval", "apt-plugin-tensorboard",
 )  # fmt: skip
-PLUGINS = ("align", "checkpoint", "gradient", "moe", "retrieval")
+PLUGINS = ("align", "checkpoint", "gradient", "moe", "retrieval", "tensorboard")
 TORCH = "torch==2.13.0"
 
 # A run small enough to finish in seconds on a CPU: two optimizer steps of a 1-layer GPT.
@@ -115,7 +115,7 @@ def _pip_install(session: nox.Session, python: str, wheelhouse: Path, *targets: 
 
 @nox.session(python=False)
 def packaging(session: nox.Session) -> None:
-    """Build the four wheels and sdists, check them, install them into a fresh venv and use them."""
+    """Build the wheels and sdists, check them, install them into a fresh venv and use them."""
     missing = [p for p in PACKAGES if not (ROOT / "packages" / p / "pyproject.toml").is_file()]
     if missing:
         session.error(f"missing packages: {', '.join(missing)} (expected packages/<name>/pyproject.toml)")

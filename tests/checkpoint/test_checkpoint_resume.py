@@ -197,7 +197,9 @@ def test_distinct_numpy_arrays_of_a_plugin_come_back_distinct_with_async_save(tm
         "checkpoint": {"async_save": True},
     }
     _trainer(tiny_config(["checkpoint", "histograms"], **sections), tmp_path, _Histograms).fit()
-    resumed = _trainer(tiny_config(["checkpoint", "histograms"], resume="latest", **sections), tmp_path, _Histograms)
+    # the first run finished: the resume extends it by an epoch (a finished run refuses to resume)
+    extended = {**sections, "training": {"max_epochs": 2, "steps_per_epoch": 2}}
+    resumed = _trainer(tiny_config(["checkpoint", "histograms"], resume="latest", **extended), tmp_path, _Histograms)
     resumed.fit()
     restored = resumed.plugin_manager.get_plugin("histograms").restored  # type: ignore[attr-defined]
     assert sorted(restored) == [f"layer{i}" for i in range(6)]

@@ -112,10 +112,10 @@ def test_bad_config_in_a_real_process_has_no_traceback(tmp_path: Path) -> None:
 
 
 def test_plot_writes_pngs(trained: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """`apt plot` draws loss.png and one figure per other series under RUN_DIR/plots."""
+    """`apt plot` draws loss.png, val_bpb.png and training.png (lr, grad_norm, tokens/s) under RUN_DIR/plots."""
     assert main(["plot", str(trained)]) == 0
     names = {p.name for p in (trained / "plots").iterdir()}
-    assert {"loss.png", "lr.png", "grad_norm.png", "val_bpb.png"} <= names
+    assert {"loss.png", "training.png", "val_bpb.png"} <= names
     assert (trained / "plots" / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

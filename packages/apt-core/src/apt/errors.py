@@ -22,6 +22,7 @@ else keeps its traceback because it is a bug.
     │   ├── CheckpointError             unreadable, corrupt or unsafe checkpoint
     │   └── DataError                   unreadable or inconsistent training data (has .path, .line)
     └── PluginHookError                 a plugin's hook raised during the run
+    Preempted (a BaseException)         SIGTERM/SIGUSR1 ended the run at a step boundary
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ __all__ = [
     "PluginLoadError",
     "PluginNotFoundError",
     "PluginValidationError",
+    "Preempted",
     "ProviderError",
     "ReadOnlyConfigError",
     "UsageError",
@@ -168,3 +170,28 @@ class PluginHookError(AptError):
         self.plugin = plugin
         self.hook = hook
         self.step = step
+
+
+class Preempted(BaseException):
+    """A preemption signal (SIGTERM, SIGUSR1) ended the run at a step boundary.
+
+    Raised by the Trainer after the step in progress (and its validation) finished, so the
+    training state is exact: ``on_exception`` handlers may save it as a regular checkpoint
+    (the checkpoint plugin marks it ``latest``). A ``BaseException``, like
+    ``KeyboardInterrupt``, so that ``except Exception`` does not swallow it.
+
+    :param signum: the signal's number.
+    :param step: the global step at which the run stopped.
+    """
+
+    def __init__(self, signum: int, step: int) -> None:
+        import signal
+
+        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}")
+        self.signum = signum
+        self.step = step
+
+    @property
+    def exit_status(self) -> int:
+        """``128 + signum``: what a shell reports for a process ended by that signal (143 for SIGTERM)."""
+        return 128 + self.signum

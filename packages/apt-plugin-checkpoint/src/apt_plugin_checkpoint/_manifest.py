@@ -156,7 +156,7 @@ def write_manifest(folder: Path, manifest: Manifest) -> None:
         os.fsync(f.fileno())
 
 
-def _read_regular_file(path: Path, folder: Path, limit: int | None = None) -> bytes:
+def _read_regular_file(path: Path, folder: Path, limit: int | None = None, expected_size: int | None = None) -> bytes:
     """Read a plain file that lives directly in ``folder`` (no symlink, no device, no fifo)."""
     try:
         info = os.lstat(path)
@@ -169,6 +169,13 @@ def _read_regular_file(path: Path, folder: Path, limit: int | None = None) -> by
         raise CheckpointError(f"{path} is outside the checkpoint folder {folder}", path=path)
     if limit is not None and info.st_size > limit:
         raise CheckpointError(f"{path} is {info.st_size} bytes, more than a manifest can be", path=path)
+    if expected_size is not None and info.st_size != expected_size:
+        # compared before reading: a huge file must not be read into memory (MemoryError) to find out
+        raise CheckpointError(
+            f"{path} has {info.st_size} bytes but the manifest says {expected_size}; the checkpoint is "
+            "truncated or was modified",
+            path=path,
+        )
     # O_NOFOLLOW: even if the file was swapped for a symlink after lstat, do not follow it.
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
     with os.fdopen(fd, "rb") as f:
@@ -192,8 +199,8 @@ def verify(folder: Path) -> tuple[Manifest, dict[str, bytes]]:
     contents = {}
     for name, expected in manifest.files.items():
         path = folder / name
-        data = _read_regular_file(path, folder)
-        if len(data) != expected.size:
+        data = _read_regular_file(path, folder, expected_size=expected.size)
+        if len(data) != expected.size:  # grew or shrank between the size check and the read
             raise CheckpointError(
                 f"{path} has {len(data)} bytes but the manifest says {expected.size}; the checkpoint is "
                 "truncated or was modified",

@@ -26,6 +26,7 @@ import torch
 
 from apt.errors import AptError
 from apt.errors import CheckpointError
+from apt.errors import Preempted
 from apt.plugins import Plugin
 from apt.plugins import TrainerView
 from apt_plugin_checkpoint._config import CheckpointConfig
@@ -35,6 +36,7 @@ from apt_plugin_checkpoint._manifest import read_manifest
 from apt_plugin_checkpoint._retention import RetentionPolicy
 from apt_plugin_checkpoint._retention import best_checkpoints
 from apt_plugin_checkpoint._store import EMERGENCY
+from apt_plugin_checkpoint._store import PREEMPTED
 from apt_plugin_checkpoint._store import CheckpointStore
 from apt_plugin_checkpoint._store import LoadedCheckpoint
 from apt_plugin_checkpoint._store import load_checkpoint
@@ -195,8 +197,14 @@ class CheckpointPlugin(Plugin):
         if trainer is None:
             return
         try:
+            if isinstance(exception, Preempted) and self._running:
+                # stopped at a step boundary by SIGTERM/SIGUSR1: the state is exact, every rank is
+                # here (the trainer agreed on the stop), so it is a regular checkpoint that
+                # `latest` names and `--resume latest` continues bitwise
+                self._running = False
+                self._save(trainer, PREEMPTED)
             # not before training started (a failed resume, a bad config): nothing worth saving
-            if self.config.save_on_exception and self._running:
+            elif self.config.save_on_exception and self._running:
                 if trainer.parallelism == "fsdp":
                     # the sharded state can only be gathered with every rank, and the others may not be here
                     logger.warning("no emergency checkpoint under FSDP2; the last regular checkpoint stands")
@@ -359,6 +367,8 @@ class CheckpointPlugin(Plugin):
         emergency = reason == EMERGENCY
         if emergency:
             name += "-exception"
+        elif reason == PREEMPTED:
+            name += "-preempted"
         fingerprint = encoded.tree["trainer"].get("fingerprint") if isinstance(encoded.tree["trainer"], dict) else None
         policy = RetentionPolicy(self.config.keep_last, self.config.keep_best, self.config.mode)
         monitor = self.config.monitor  # ranks every checkpoint, also those written under another monitor
@@ -497,6 +507,7 @@ class CheckpointPlugin(Plugin):
         if not isinstance(document, dict) or not isinstance(document.get("trainer"), dict):
             raise CheckpointError(f"{loaded.path} holds no trainer state", path=loaded.path)
         state: dict[str, Any] = document["trainer"]
+        _check_trainer_state(state, loaded.path)
         per_rank = document.get("per_rank")
         if not per_rank:
             return state
@@ -525,6 +536,44 @@ class CheckpointPlugin(Plugin):
             trainer.check_fingerprint(state.get("fingerprint"), strict=True)
         except AptError as exc:
             raise CheckpointError(f"checkpoint {loaded.path}: {exc}; {fix}", path=loaded.path) from None
+
+
+# what Trainer.load_state_dict reads, and the type each must have
+_TRAINER_KEYS: dict[str, type | tuple[type, ...]] = {
+    "model": dict,
+    "optimizer": dict,
+    "lr_scheduler": dict,
+    "rng": dict,
+    "data": dict,
+    "counters": dict,
+}
+_COUNTERS = ("epoch", "global_step", "step_in_epoch")
+
+
+def _check_trainer_state(state: dict[str, Any], path: Path) -> None:
+    """Refuse, in one line naming the file and the key, a trainer state of the wrong structure.
+
+    The manifest's hashes prove the files are what was written, not that what was written
+    is a trainer state (another tool's, an older format, a hand-edited one that was re-hashed).
+    """
+    where = path / "state.json"
+    for key, kind in _TRAINER_KEYS.items():
+        if not isinstance(state.get(key), kind):
+            got = "missing" if key not in state else f"a {type(state[key]).__name__}"
+            raise CheckpointError(
+                f"{where} is not a trainer state APT can resume: 'trainer.{key}' is {got}, not a mapping; "
+                "resume from another checkpoint (--resume PATH) or start a new run",
+                path=where,
+            )
+    counters = state["counters"]
+    for key in _COUNTERS:
+        value = counters.get(key)
+        if type(value) is not int or value < 0:
+            raise CheckpointError(
+                f"{where} is not a trainer state APT can resume: 'trainer.counters.{key}' is {value!r}, not a "
+                "count; resume from another checkpoint (--resume PATH) or start a new run",
+                path=where,
+            )
 
 
 def _gather_rank_states(trainer: TrainerView, state: Any) -> list[dict[str, Any]] | None:

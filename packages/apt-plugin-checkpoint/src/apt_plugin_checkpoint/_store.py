@@ -25,6 +25,7 @@ import enum
 import logging
 import os
 import shutil
+import stat
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -58,6 +59,7 @@ __all__ = [
     "EMERGENCY",
     "LATEST_FILE",
     "MANIFEST_MONITOR",
+    "PREEMPTED",
     "CheckpointFallbackWarning",
     "CheckpointStore",
     "LoadedCheckpoint",
@@ -66,7 +68,11 @@ __all__ = [
 LATEST_FILE = "latest"
 #: ``reason`` of a checkpoint written from ``on_exception``
 EMERGENCY = "exception"
+#: ``reason`` of a checkpoint written when SIGTERM/SIGUSR1 stopped the run at a step boundary
+#: (exact, so ``latest`` names it, unlike an emergency checkpoint)
+PREEMPTED = "preempted"
 logger = logging.getLogger("apt.checkpoint")
+_MAX_LATEST_BYTES = 512  # a checkpoint name and a newline
 
 
 class _ManifestMonitor(enum.Enum):
@@ -144,10 +150,27 @@ class CheckpointStore:
         ]
 
     def latest_name(self) -> str | None:
-        """What the ``latest`` pointer names, or None when there is no pointer."""
+        """What the ``latest`` pointer names, or None when there is no usable pointer.
+
+        The pointer is read only if it is a regular file of at most a few hundred bytes: a
+        FIFO would block the run forever, a device or a huge file would be read whole.
+        """
+        path = self.root / LATEST_FILE
         try:
-            text = (self.root / LATEST_FILE).read_text(encoding="utf-8").strip()
-        except (FileNotFoundError, UnicodeDecodeError):
+            info = os.lstat(path)
+        except FileNotFoundError:
+            return None
+        if not stat.S_ISREG(info.st_mode) or info.st_size > _MAX_LATEST_BYTES:
+            what = "not a regular file" if not stat.S_ISREG(info.st_mode) else f"{info.st_size} bytes"
+            logger.error(
+                "ignoring %s: it is %s, not a checkpoint name; using the newest checkpoint instead", path, what
+            )
+            return None
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+            with os.fdopen(fd, "rb") as f:
+                text = f.read(_MAX_LATEST_BYTES).decode("utf-8").strip()
+        except (OSError, UnicodeDecodeError):
             return None
         return text if text and "/" not in text and not text.startswith(".") else None
 

@@ -13,7 +13,7 @@ from apt.errors import CheckpointError
 from apt.errors import UsageError
 
 
-__all__ = ["InferenceHost", "load_run_model", "register", "run_tokenizer"]
+__all__ = ["InferenceHost", "last_schedule_point", "load_run_model", "register", "run_tokenizer"]
 
 
 def register(subparsers: Any) -> None:
@@ -99,7 +99,7 @@ class InferenceHost:
         return {"model": self.model.state_dict() if self.model is not None else {}}
 
 
-def _last_step(run_dir: Path, max_epochs: int, total_steps: int) -> tuple[int, int]:
+def last_schedule_point(run_dir: Path, max_epochs: int, total_steps: int) -> tuple[int, int]:
     """``(epoch, step)`` at which the run applied its schedule for the last time.
 
     That is the start of its last step: ``summary.json`` says where the run ended, which is
@@ -159,7 +159,7 @@ def load_run_model(run_dir: Path, weights: str | None = None) -> tuple[Any, Any]
     host.model = GPT(config.model, pm.registry)
     for replacement in pm.hook_manager.trigger("on_model_built", trainer=host, model=host.model, config=config):
         host.model = replacement
-    host.epoch, host.global_step = _last_step(run_dir, tc.max_epochs, tc.total_steps)
+    host.epoch, host.global_step = last_schedule_point(run_dir, tc.max_epochs, tc.total_steps)
     pm.apply_schedule(host, epoch=host.epoch, step=host.global_step)
     if weights is not None:
         if "weights" not in pm.registry.kinds() or not pm.registry.has("weights", weights):

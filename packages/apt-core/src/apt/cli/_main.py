@@ -19,13 +19,14 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from apt.errors import PluginHookError
+from apt.errors import Preempted
 from apt.errors import UsageError
 
 
 __all__ = ["build_parser", "console_main", "main"]
 
 # Command modules, imported lazily by name so that `apt --help` stays fast.
-_COMMANDS = ("_train", "_plot", "_generate", "_export", "_plugins", "_scaffold", "_data")
+_COMMANDS = ("_train", "_eval", "_config", "_plot", "_generate", "_export", "_plugins", "_scaffold", "_data")
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -75,6 +76,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("apt: interrupted", file=sys.stderr)
         return 130
+    except Preempted as exc:
+        # SIGTERM/SIGUSR1: the run stopped at a step boundary (and its checkpoint plugin saved it)
+        print(f"apt: {exc}; continue with: apt train --run-dir RUN_DIR --resume latest", file=sys.stderr)
+        return exc.exit_status
 
 
 def _user_error(exc: BaseException) -> int:

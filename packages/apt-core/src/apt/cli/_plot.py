@@ -1,8 +1,10 @@
 """``apt plot RUN_DIR``: draw a run's metrics to PNG files under ``RUN_DIR/plots/``.
 
-``loss.png`` shows the training and validation loss; every other series gets a figure:
-plain metrics (``lr``, ``grad_norm`` ...) one each, and prefixed ones one per prefix
-(``loss_terms.png`` for every ``loss/<term>``, ``moe.png`` for ``moe/...``). Plugins add
+``loss.png`` shows the training and validation loss; ``val_bpb.png`` every validation
+bits-per-byte series against the unigram baseline; ``training.png`` the plain series
+(``lr``, ``grad_norm``, ``tokens_per_s``), a panel each; one figure per prefix
+(``loss_terms.png`` for every ``loss/<term>``, ``moe.png`` for ``moe/...``) with a panel
+per series family (see :mod:`apt.cli._figures` for the rules). Plugins add
 their own figures by registering providers of kind ``plot``: a factory
 ``(records: list[dict], run_dir: Path) -> list[Path]`` that ``apt plot`` calls.
 """
@@ -16,15 +18,18 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from apt.cli._figures import NOT_SERIES
+from apt.cli._figures import draw_panel
+from apt.cli._figures import grid_shape
+from apt.cli._figures import palette
+from apt.cli._figures import plan_group
+from apt.cli._figures import series
 from apt.errors import UsageError
 
 
 __all__ = ["plot_run", "read_metrics", "register"]
 
 log = logging.getLogger("apt.cli")
-
-# Plotted in loss.png (or pure bookkeeping) rather than in a figure of their own.
-_NOT_SERIES = {"step", "epoch", "loss", "val_loss", "train_loss"}
 
 
 def register(subparsers: Any) -> None:
@@ -64,13 +69,17 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     return records
 
 
-def _series(records: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
-    points = [(r["step"], r[key]) for r in records if isinstance(r.get(key), int | float) and "step" in r]
-    return [p[0] for p in points], [p[1] for p in points]
+def _baseline_bpb(run_dir: Path) -> float | None:
+    """The unigram baseline of the run's text, from ``summary.json`` (None while the run is going)."""
+    try:
+        value = json.loads((run_dir / "summary.json").read_text(encoding="utf-8")).get("baseline_bpb")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return float(value) if isinstance(value, int | float) else None
 
 
 def plot_run(run_dir: Path, with_plugins: bool = True) -> list[Path]:
-    """Write every figure of ``run_dir`` and return their paths."""
+    """Write every figure of ``run_dir`` and return their paths (see :mod:`apt.cli._figures` for the rules)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -90,41 +99,58 @@ def plot_run(run_dir: Path, with_plugins: bool = True) -> list[Path]:
         plt.close(fig)
         written.append(path)
 
-    # loss.png: training loss per logged step, validation loss where measured
+    # loss.png: training loss per logged step, validation loss where measured, epoch means
     fig, ax = plt.subplots(figsize=(7, 4))
-    for key, style in (("loss", "-"), ("val_loss", "o-")):
-        xs, ys = _series(records, key)
+    for key, style, label in (("loss", "-", "train (step)"), ("val_loss", "o-", "validation"),
+                              ("train_loss", "s", "train (epoch mean)")):  # fmt: skip
+        xs, ys = series(records, key)
         if xs:
-            ax.plot(xs, ys, style, label="train" if key == "loss" else "validation", markersize=3)
-    ax.set(xlabel="step", ylabel="loss (nats per byte)", title=f"loss: {run_dir.name}")
+            ax.plot(xs, ys, style, label=label, markersize=4, linewidth=1.2)
+    ax.set(xlabel="step", ylabel="cross-entropy (nats per token)", title=f"loss: {run_dir.name}")
     ax.legend()
     ax.grid(alpha=0.3)
     save(fig, "loss")
 
-    # one figure per plain series, one per prefix of prefixed series
+    # bpb.png: every validation bits-per-byte series against the unigram baseline of the text
+    bpb_keys = list(dict.fromkeys(k for r in records for k in r if k.endswith("val_bpb")))
+    if bpb_keys:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for colour, key in zip(palette(len(bpb_keys)), bpb_keys, strict=True):
+            xs, ys = series(records, key)
+            ax.plot(xs, ys, "o-", markersize=4, label=key, color=colour)
+        baseline = _baseline_bpb(run_dir)
+        if baseline is not None:
+            ax.axhline(baseline, color="grey", linestyle="--", label=f"unigram baseline ({baseline:.3f})")
+        ax.set(xlabel="step", ylabel="bits per byte", title=f"validation bits per byte: {run_dir.name}")
+        ax.legend(fontsize="small")
+        ax.grid(alpha=0.3)
+        save(fig, "val_bpb")
+
+    # one figure per group: the plain series together ("training"), each prefix on its own
     groups: dict[str, list[str]] = defaultdict(list)
     for key in dict.fromkeys(k for r in records for k in r):
-        if key in _NOT_SERIES:
+        if key in NOT_SERIES:
             continue
-        prefix = key.split("/", 1)[0] if "/" in key else key
-        groups["loss_terms" if prefix == "loss" else prefix].append(key)
-    for name, keys in groups.items():
-        # deeper keys (moe/layer0/load_e1) get one panel per middle part (layer0), the rest share one
-        panels: dict[str, list[str]] = defaultdict(list)
-        for key in keys:
-            parts = key.split("/")
-            panels["/".join(parts[1:-1]) if len(parts) > 2 else name].append(key)
-        fig, axes = plt.subplots(len(panels), 1, figsize=(7, 3 * len(panels)), squeeze=False, sharex=True)
-        for ax, (title, panel_keys) in zip(axes[:, 0], panels.items(), strict=True):
-            for key in panel_keys:
-                xs, ys = _series(records, key)
-                ax.plot(xs, ys, "-" if len(xs) > 1 else "o", label=key.rsplit("/", 1)[-1], markersize=3)
-            ax.set(title=title)
-            if 1 < len(panel_keys) <= 16:
-                ax.legend(fontsize="x-small", ncol=2)
-            ax.grid(alpha=0.3)
-        axes[-1, 0].set(xlabel="step")
-        save(fig, name.replace("/", "_"))
+        groups[key.split("/", 1)[0] if "/" in key else "training"].append(key)
+    for prefix, keys in groups.items():
+        panels, constants = plan_group(prefix, keys, records)
+        if not panels:
+            continue
+        rows, cols = grid_shape(len(panels))
+        fig, axes = plt.subplots(rows, cols, figsize=(4.8 * cols, 2.8 * rows), squeeze=False, sharex=True)
+        flat = list(axes.flat)
+        for ax, panel in zip(flat, panels, strict=False):
+            draw_panel(ax, panel, records, fig)
+        for ax in flat[len(panels) :]:
+            ax.axis("off")
+        for ax in axes[-1]:
+            ax.set_xlabel("step")
+        fig.suptitle(f"{'loss terms' if prefix == 'loss' else prefix}: {run_dir.name}")
+        if constants:
+            note = "constant: " + ", ".join(f"{k} = {v:g}" for k, v in constants.items())
+            fig.text(0.01, -0.01, note, fontsize="small", ha="left", va="top", wrap=True)
+        fig.tight_layout()
+        save(fig, "loss_terms" if prefix == "loss" else prefix.replace("/", "_"))
 
     if with_plugins:
         written += _plugin_plots(run_dir, records)

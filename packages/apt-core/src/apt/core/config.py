@@ -30,6 +30,7 @@ from apt.errors import ConfigError
 __all__ = [
     "APTConfig",
     "DataConfig",
+    "EarlyStoppingConfig",
     "ModelConfig",
     "RunConfig",
     "TrainingConfig",
@@ -45,7 +46,8 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: `training.lr=.inf` would train NaN weights and write a summary that is not JSON
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelConfig(_Section):
@@ -62,7 +64,7 @@ class ModelConfig(_Section):
     n_head: int = Field(4, gt=0, description="Attention heads per block.")
     d_model: int = Field(128, gt=0, description="Width of the residual stream.")
     d_ff: int | None = Field(None, gt=0, description="Hidden width of the FFN; None means 4 * d_model.")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout probability in training.")
     bias: bool = Field(False, description="Bias in linear layers and norms.")
     attention: str = Field("causal", description="Provider of kind 'attention'.")
     ffn: str = Field("gelu", description="Provider of kind 'ffn' ('gelu', 'swiglu', or a plugin's).")
@@ -112,26 +114,35 @@ class ModelConfig(_Section):
         return self.vocab_size if self.vocab_size is not None else 256
 
 
+class EarlyStoppingConfig(_Section):
+    """``training.early_stopping``: stop when a validation metric stops improving."""
+
+    monitor: str | None = Field(None, description="Validation metric to watch (e.g. 'val_loss'); None turns it off.")
+    patience: int = Field(3, gt=0, description="Validations without improvement before the run stops.")
+    min_delta: float = Field(0.0, ge=0.0, description="The least change that counts as an improvement.")
+    mode: Literal["min", "max"] = Field("min", description="'min': smaller is better; 'max': larger is better.")
+
+
 class TrainingConfig(_Section):
     """The optimisation loop."""
 
     seed: int = Field(1337, ge=0, lt=2**63, description="Seeds every generator of the run.")
-    max_epochs: int = Field(2, gt=0)
+    max_epochs: int = Field(2, gt=0, description="Epochs to train; raise it to extend a finished run.")
     steps_per_epoch: int = Field(200, gt=0, description="Optimizer steps per epoch.")
     batch_size: int = Field(16, gt=0, description="Sequences per micro-batch (per process).")
     grad_accum: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
     optimizer: str = Field("adamw", description="Provider of kind 'optimizer'.")
-    lr: float = Field(3e-3, gt=0)
-    min_lr: float = Field(3e-4, ge=0)
-    weight_decay: float = Field(0.1, ge=0)
+    lr: float = Field(3e-3, gt=0, description="Peak learning rate (after warm-up).")
+    min_lr: float = Field(3e-4, ge=0, description="Learning rate at the end of the cosine decay.")
+    weight_decay: float = Field(0.1, ge=0, description="Decoupled weight decay of tensors with dim >= 2.")
     betas: tuple[float, float] = Field((0.9, 0.95), description="Adam's betas (SGD's momentum is the first).")
     lr_scheduler: str = Field("cosine", description="Provider of kind 'lr_scheduler'.")
-    warmup_steps: int = Field(20, ge=0)
+    warmup_steps: int = Field(20, ge=0, description="Steps of linear learning-rate warm-up.")
     grad_clip: float | None = Field(1.0, gt=0, description="Clip the global grad norm; None turns clipping off.")
     device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1' ...")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto = bf16 autocast on CUDA.")
     val_interval: int = Field(100, gt=0, description="Validate every N steps (and at each epoch end).")
-    val_batches: int = Field(8, gt=0)
+    val_batches: int = Field(8, gt=0, description="Fixed validation batches per validation.")
     log_interval: int = Field(10, gt=0, description="Write metrics.jsonl every N steps.")
     plugin_errors: Literal["isolate", "raise"] = Field(
         "isolate", description="'raise' makes every plugin critical: any hook error stops the run."
@@ -146,6 +157,14 @@ class TrainingConfig(_Section):
         description="DDP's find_unused_parameters; 'auto' turns it on when plugins changed the model's parameters.",
     )
     compile: bool = Field(False, description="torch.compile the model.")
+    early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
+    slow_hook_share: float = Field(
+        0.25,
+        gt=0,
+        le=1,
+        description="Warn (once, by name) about a hook handler taking more than this share of "
+        "the training time; it is also listed in summary.json (slow_hooks).",
+    )
 
     @field_validator("betas")
     @classmethod
@@ -183,6 +202,18 @@ class RunConfig(_Section):
 
     name: str | None = Field(None, description="Run folder name; None derives one from the time.")
     dir: str = Field("runs", description="Parent folder of run folders.")
+    loggers: list[str] | None = Field(
+        None,
+        description="Metric loggers besides metrics.jsonl (always on): None = every logger a loaded plugin "
+        "provides (e.g. 'tensorboard'); a list = exactly those (core has 'csv').",
+    )
+
+    @field_validator("loggers", mode="before")
+    @classmethod
+    def _split_loggers(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
 
 
 class APTConfig(BaseModel):
@@ -200,8 +231,10 @@ class APTConfig(BaseModel):
     data: DataConfig = Field(default_factory=DataConfig)
     run: RunConfig = Field(default_factory=RunConfig)
     plugins: list[str] | None = Field(None, description="None: every installed plugin; a list: exactly those.")
-    disable_plugins: list[str] = Field(default_factory=list)
-    schedules: dict[str, Any] = Field(default_factory=dict)
+    disable_plugins: list[str] = Field(default_factory=list, description="Installed plugins not to load.")
+    schedules: dict[str, Any] = Field(
+        default_factory=dict, description="enable_<plugin>_at_epoch/step and parameter annealing (see the guide)."
+    )
 
     @field_validator("plugins", "disable_plugins", mode="before")
     @classmethod
@@ -296,6 +329,16 @@ class APTConfig(BaseModel):
         if path is not None:
             Path(path).write_text(text, encoding="utf-8")
         return text
+
+    def to_run_yaml(self, path: str | Path) -> None:
+        """Write the configuration as a run folder records it (``config.yaml``).
+
+        ``training.resume`` is left out: it says how a run was continued, not what it
+        computes, and a recorded ``resume: latest`` would make the next fresh start resume.
+        """
+        data = self.to_dict()
+        data["training"].pop("resume", None)
+        Path(path).write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
 
     def with_overrides(self, overrides: Iterable[str]) -> APTConfig:
         """A copy with dotted overrides applied: ``["training.max_epochs=3", "moe.top_k=1"]``.

@@ -39,6 +39,7 @@ CORE_KINDS: tuple[str, ...] = (
     "weights",  # (run_dir: Path) -> dict[str, Tensor]; chosen by `apt generate --weights NAME`
     "hf_ffn",  # () -> apt.interop.HFBlockConverter; maps a plugin's FFN to/from a Hugging Face block
     "tokenizer",  # (path, texts, vocab_size) -> apt.data.Tokenizer; chosen by data.tokenizer
+    "logger",  # (run_dir: Path, config, start_step: int) -> apt.train.MetricsLogger; see run.loggers
 )
 
 # Core's built-in providers, imported lazily: (kind, name, "module:attr", default)
@@ -55,6 +56,8 @@ _BUILTINS: tuple[tuple[str, str, str, bool], ...] = (
     ("lr_scheduler", "constant", "apt.train._optim:build_constant", False),
     ("tokenizer", "byte", "apt.data._tokenizer:build_byte", True),
     ("tokenizer", "bpe", "apt.data._tokenizer:build_bpe", False),
+    ("logger", "jsonl", "apt.train._loggers:JSONLLogger", True),
+    ("logger", "csv", "apt.train._loggers:CSVLogger", False),
 )
 
 

@@ -245,7 +245,10 @@ class Hookspecs:
         :param loss: the step's total loss (mean over micro-batches).
         :param metrics: what the trainer logs for this step (``loss``, ``lr``, ``loss/<term>`` ...).
         :returns: optionally a ``dict[str, float]`` of metrics to log with this step
-            (reduce per-step statistics here, once per optimizer step).
+            (reduce per-step statistics here, once per optimizer step). On a step that
+            is not logged (``training.log_interval``) they are not lost: the next logged
+            record holds each metric's mean over the steps since the previous record
+            that returned it.
         """
 
     # --- validation -------------------------------------------------------------------

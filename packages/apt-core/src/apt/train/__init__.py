@@ -1,8 +1,11 @@
-"""The training engine: the Trainer, core optimizer / LR-schedule providers, weights I/O."""
+"""The training engine: the Trainer, core optimizer / LR-schedule / logger providers, weights I/O."""
 
 from __future__ import annotations
 
 from apt.train._distributed import DistInfo
+from apt.train._loggers import CSVLogger
+from apt.train._loggers import JSONLLogger
+from apt.train._loggers import MetricsLogger
 from apt.train._metrics import bits_per_byte
 from apt.train._metrics import default_run_dir
 from apt.train._optim import build_adamw
@@ -17,7 +20,10 @@ from apt.train._weights import save_weights
 
 
 __all__ = [
+    "CSVLogger",
     "DistInfo",
+    "JSONLLogger",
+    "MetricsLogger",
     "Trainer",
     "bits_per_byte",
     "build_adamw",

@@ -36,10 +36,23 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def _plain_json(value: Any) -> Any:
+    """``value`` with every non-finite float (at any depth) made JSON: NaN as null, inf as a string."""
+    if isinstance(value, dict):
+        return {str(k): _plain_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain_json(v) for v in value]
+    return _jsonable(value)
+
+
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write ``data`` as indented JSON (atomically: a partial file never replaces a good one)."""
+    """Write ``data`` as indented, strictly valid JSON (atomically: a partial file never replaces a good one).
+
+    Non-finite numbers become ``null`` (NaN) or ``"inf"``, since JSON has neither.
+    """
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_jsonable) + "\n", encoding="utf-8")
+    text = json.dumps(_plain_json(data), indent=2, default=_jsonable, allow_nan=False)
+    tmp.write_text(text + "\n", encoding="utf-8")
     tmp.replace(path)
 
 

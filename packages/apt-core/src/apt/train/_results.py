@@ -15,7 +15,7 @@ from apt.errors import PluginConflictError
 from apt.errors import PluginError
 
 
-__all__ = ["as_metrics", "checked_loss_terms"]
+__all__ = ["StepMeans", "as_metrics", "checked_loss_terms"]
 
 
 def checked_loss_terms(results: Iterable[tuple[str | None, Any]]) -> dict[str, Tensor]:
@@ -64,3 +64,32 @@ def as_metrics(result: Any, plugin: str | None, event: str) -> dict[str, float]:
             plugin=plugin,
         )
     return {str(k): float(v) for k, v in result.items()}
+
+
+class StepMeans:
+    """Plugins' per-step metrics between two logged records, handed out as means.
+
+    Only every ``training.log_interval``-th step is logged; a metric a plugin returned from
+    ``on_step_end`` on the steps in between is not dropped: the next record holds its
+    mean over the steps since the previous record that returned it.
+    """
+
+    def __init__(self) -> None:
+        self._sums: dict[str, list[float]] = {}  # name -> [sum, count]
+
+    def add(self, metrics: Mapping[str, float]) -> None:
+        for name, value in metrics.items():
+            acc = self._sums.setdefault(name, [0.0, 0.0])
+            acc[0] += value
+            acc[1] += 1
+
+    def pop_means(self) -> dict[str, float]:
+        means = {name: total / count for name, (total, count) in self._sums.items() if count}
+        self._sums = {}
+        return means
+
+    def state_dict(self) -> dict[str, list[float]]:
+        return {name: list(acc) for name, acc in self._sums.items()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._sums = {str(name): [float(acc[0]), float(acc[1])] for name, acc in state.items()}

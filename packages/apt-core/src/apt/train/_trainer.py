@@ -11,6 +11,8 @@ import contextlib
 import logging
 import math
 import os
+import shutil
+import signal
 import time
 from collections.abc import Iterator
 from collections.abc import Mapping
@@ -32,12 +34,17 @@ from apt.data import validation_windows
 from apt.errors import ConfigError
 from apt.errors import PluginConflictError
 from apt.errors import PluginError
+from apt.errors import Preempted
 from apt.errors import UsageError
 from apt.interop import init_weights
 from apt.interop import resolve_init_from
 from apt.model import GPT
 from apt.model import ModelOutput
 from apt.plugins._config import read_only
+from apt.train._console import ConsoleLines
+from apt.train._console import stdout_is_terminal
+from apt.train._disk import check_free_space
+from apt.train._disk import naming_the_file
 from apt.train._distributed import DistInfo
 from apt.train._distributed import all_reduce_sum
 from apt.train._distributed import broadcast_object
@@ -45,9 +52,10 @@ from apt.train._distributed import check_fingerprints
 from apt.train._distributed import init_distributed
 from apt.train._distributed import resolve_device
 from apt.train._distributed import shutdown_distributed
-from apt.train._metrics import MetricsWriter
+from apt.train._early_stopping import EarlyStopping
+from apt.train._loggers import MetricsLoggers
+from apt.train._loggers import open_loggers
 from apt.train._metrics import bits_per_byte
-from apt.train._metrics import set_aside_records_after
 from apt.train._metrics import write_json
 from apt.train._optim import param_groups
 from apt.train._optim import sync_param_groups
@@ -59,11 +67,14 @@ from apt.train._parallel import grad_norm_value
 from apt.train._parallel import load_model_state
 from apt.train._parallel import load_optimizer_state
 from apt.train._parallel import refuse_scheduled_model_plugins
+from apt.train._results import StepMeans
 from apt.train._results import as_metrics
 from apt.train._results import checked_loss_terms
 from apt.train._rng import rng_state
 from apt.train._rng import seed_everything
 from apt.train._rng import set_rng_state
+from apt.train._signals import PreemptionSignals
+from apt.train._slow_hooks import SlowHookWatch
 from apt.train._weights import load_weights
 from apt.train._weights import save_weights
 
@@ -170,7 +181,7 @@ class Trainer:
         self._core_params: frozenset[str] = frozenset()  # the parameter names of the model before plugins
         self._forward: Any = None  # what the training step calls: the model, its DDP wrapper, or compiled
         self._val_batches: list[tuple[Tensor, Tensor]] = []
-        self._metrics = MetricsWriter(None)
+        self._metrics = MetricsLoggers()  # jsonl and the other loggers, opened when training starts
 
         # --- counters and run state
         self.epoch = 0
@@ -182,6 +193,16 @@ class Trainer:
         #: optimizer steps vetoed by plugins (skipped: no update, no LR-schedule step), over the whole run
         self.skipped_steps = 0
         self.stop_reason: str | None = None
+        self._early_stopping = EarlyStopping(config.training.early_stopping)
+        self._slow_hooks = SlowHookWatch(config.training.slow_hook_share)
+        self._loop_t0 = 0.0  # when the first step of this process started (slow-hook shares)
+        self._loop_step0 = 0
+        self._training_started = False  # a failure before it leaves the run folder as it was found
+        self._step_means = StepMeans()  # plugins' on_step_end metrics since the last logged record
+        self._signals = PreemptionSignals()
+        self._interactive = stdout_is_terminal()  # a progress bar on a terminal, plain lines elsewhere
+        self._console = ConsoleLines(config.training.total_steps, 0, enabled=False)
+        self._preempted_by: int | None = None  # the signal every process agreed to stop for
         self._epoch_losses: list[float] = []
         self._train_loss = math.nan
         self._is_setup = False
@@ -300,17 +321,26 @@ class Trainer:
                 "choose another folder with --run-dir (or run.dir / run.name)"
             ) from None
 
+    def _refuse_a_finished_run(self) -> None:
+        """A resume of a run that wrote its summary has nothing to train: say so and how to extend it."""
+        if self.run_dir is None or not (self.run_dir / "summary.json").is_file():
+            return  # killed after its last step but before its summary: the resume finishes it
+        tc = self.config.training
+        raise UsageError(
+            f"the run in {str(self.run_dir)!r} is finished (step {self.global_step}, epoch {self.epoch + 1} of "
+            f"training.max_epochs={tc.max_epochs}); nothing to train. To train it further, resume with "
+            f"--set training.max_epochs={tc.max_epochs + 1} (or more)"
+        )
+
     def _open_run_dir(self) -> None:
         """Write ``config.yaml`` and open ``metrics.jsonl`` in the run folder (rank 0)."""
         if self.run_dir is None or not self.is_global_zero:
             return
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            self.config.to_yaml(self.run_dir / "config.yaml")
+            self.config.to_run_yaml(self.run_dir / "config.yaml")
             save_tokenizer(self.tokenizer, self.run_dir / "tokenizer.json")
-            if self.global_step > 0:  # resumed: records past the checkpoint belong to the abandoned run
-                set_aside_records_after(self.run_dir / "metrics.jsonl", self.global_step)
-            self._metrics = MetricsWriter(self.run_dir / "metrics.jsonl")
+            self._metrics = open_loggers(self.registry, self.config, self.run_dir, self.global_step)
         except OSError as exc:
             raise UsageError(
                 f"cannot write the run folder {str(self.run_dir)!r}: {exc.strerror or exc}; "
@@ -375,6 +405,7 @@ class Trainer:
         """
         t0 = time.perf_counter()
         tc = self.config.training
+        found = self._run_dir_entries()
         try:
             self.setup()
             finished = False
@@ -388,26 +419,65 @@ class Trainer:
                         self.step_in_epoch = 0
                     else:  # at the end of the last epoch: only the end of the run is left
                         finished = True
-            self._open_run_dir()  # only now: a refused resume leaves the run folder as it was
+                        self._refuse_a_finished_run()
+            self._check_disk_space()  # before anything is written
             self._fire(_TRAIN_BEGIN, model=self.model, config=self.config, epoch=self.epoch, step=self.global_step)
+            # only now: a refused resume or a plugin refusing to start leaves the run folder as it was
+            self._open_run_dir()
+            self._console = ConsoleLines(
+                tc.total_steps, self.global_step, enabled=self.is_global_zero and not self._interactive
+            )
+            self._training_started = True
+            self._loop_t0, self._loop_step0 = time.perf_counter(), self.global_step
+            self._slow_hooks.start(self.plugin_manager.statistics())
             if finished:
                 self._train_loss = self._epoch_mean_loss()
             else:
-                with self._progress_bar() as bar:
+                with self._progress_bar() as bar, self._signals.installed():
                     while True:
                         self._run_epoch(bar)
                         if self.stop_reason is not None or self.epoch + 1 >= tc.max_epochs:
                             break
+                        self._raise_if_preempted()  # the state of an epoch's end: exact
                         self.epoch += 1
                         self.step_in_epoch = 0
             self._fire(_TRAIN_END, model=self.model, epoch=self.epoch, step=self.global_step, metrics=self.last_metrics)
             return self._finish(time.perf_counter() - t0)
         except BaseException as exc:
             self._on_exception(exc)
+            if not self._training_started:
+                self._restore_run_dir(found)
             raise
         finally:
             self._metrics.close()
             shutdown_distributed(self.dist)
+
+    def _run_dir_entries(self) -> set[str] | None:
+        """What the run folder holds before the run starts (None: it does not exist, or not rank 0's)."""
+        if self.run_dir is None or not self.is_global_zero or not self.run_dir.is_dir():
+            return None
+        return {p.name for p in self.run_dir.iterdir()}
+
+    def _restore_run_dir(self, found: set[str] | None) -> None:
+        """A run refused before its first step: remove what this start created in the run folder."""
+        if self.run_dir is None or not self.is_global_zero or not self.run_dir.is_dir():
+            return
+        for entry in self.run_dir.iterdir():
+            if found is None or entry.name not in found:
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+        if found is None:
+            with contextlib.suppress(OSError):
+                self.run_dir.rmdir()
+
+    def _check_disk_space(self) -> None:
+        """Refuse to start when the final weights cannot fit in the run folder (rank 0)."""
+        if self.run_dir is None or not self.is_global_zero:
+            return
+        assert self.model is not None
+        check_free_space(self.run_dir, sum(p.numel() * p.element_size() for p in self.model.parameters()))
 
     def _run_epoch(self, bar: Any) -> None:
         """One epoch: ``steps_per_epoch`` steps, validation every ``val_interval`` steps and at the end."""
@@ -424,6 +494,7 @@ class Trainer:
             if pending is not None:
                 self._metrics.write(pending)
                 pending = None
+            self._raise_if_preempted()  # between steps, after the last one's validation: exact
             if self.plugin_manager.apply_schedule(self, epoch=epoch, step=self.global_step):
                 self.sync_optimizer()
             t_start = time.perf_counter()
@@ -436,19 +507,30 @@ class Trainer:
             bar.set_postfix(
                 loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}", tok_s=f"{tokens_per_s:.0f}", refresh=False
             )
+            if self.global_step % tc.log_interval == 0:
+                self._console.step(self.global_step, epoch, metrics)
             self._check_stop()
             last = self.step_in_epoch == tc.steps_per_epoch or self.stop_reason is not None
             validated = not last and self.global_step % tc.val_interval == 0
             if validated:
                 metrics.update(self.validate())
+                self._console.validation(self.global_step, epoch, metrics)
+                self._watch_early_stopping(metrics)
                 self._check_stop()
             if validated or self.global_step % tc.log_interval == 0 or last:
+                metrics.update(self._step_means.pop_means())  # plugins' step metrics over the unlogged steps
                 pending = {"step": self.global_step, "epoch": epoch, **metrics}
+                self._slow_hooks.check(
+                    self.plugin_manager.statistics(),
+                    time.perf_counter() - self._loop_t0,
+                    self.global_step - self._loop_step0,
+                )
                 busy_s, busy_steps = 0.0, 0
             self.last_metrics.update(metrics)
 
         # end of the epoch: validate, then on_epoch_end
         val = self.validate()
+        self._console.validation(self.global_step, epoch, val)
         self._train_loss = self._epoch_mean_loss()
         epoch_metrics: dict[str, Any] = {"train_loss": self._train_loss, **val}
         self.last_metrics.update(epoch_metrics)  # before on_epoch_end: a state saved there is complete
@@ -456,6 +538,7 @@ class Trainer:
             _EPOCH_END, model=self.model, epoch=epoch, step=self.global_step, metrics=dict(epoch_metrics)
         ):
             epoch_metrics.update(as_metrics(extra, plugin, _EPOCH_END))
+        self._watch_early_stopping(epoch_metrics)
         self._check_stop()
         self.last_metrics.update(epoch_metrics)
         record = pending if pending is not None else {"step": self.global_step, "epoch": epoch}
@@ -551,7 +634,7 @@ class Trainer:
         # with the counters above: a state_dict() taken from on_step_end holds this step entirely
         self._epoch_losses.append(values[0])
 
-        # 8. the step ends; plugins may add metrics
+        # 8. the step ends; plugins may add metrics (averaged over the steps a record covers)
         if hooks.has_handlers(_STEP_END):
             for plugin, extra in self._collect(
                 _STEP_END,
@@ -562,7 +645,9 @@ class Trainer:
                 loss=metrics["loss"],
                 metrics=dict(metrics),
             ):
-                metrics.update(as_metrics(extra, plugin, _STEP_END))
+                extra_metrics = as_metrics(extra, plugin, _STEP_END)
+                self._step_means.add(extra_metrics)
+                metrics.update(extra_metrics)
         return metrics
 
     @torch.no_grad()
@@ -656,16 +741,34 @@ class Trainer:
         return all_reduce_sum(t, self.dist).div_(self.world_size)
 
     def _check_stop(self) -> None:
-        """Turn stop requests into ``stop_reason``; under torchrun any rank's request stops all."""
+        """Turn stop requests into ``stop_reason``, and preemption signals into a stop at the next
+        step boundary; under torchrun any rank's request (or signal) stops all."""
         asked = bool(self._stop_requests)
+        signalled = self._signals.received is not None
         if self.dist.enabled:
-            flag = torch.tensor([float(asked)], device=self.device)
-            asked = bool(all_reduce_sum(flag, self.dist).item() > 0)
+            flags = torch.tensor([float(asked), float(signalled)], device=self.device)
+            flags = all_reduce_sum(flags, self.dist)
+            asked, signalled = bool(flags[0].item() > 0), bool(flags[1].item() > 0)
+        if signalled and self._preempted_by is None:
+            self._preempted_by = self._signals.received or signal.SIGTERM
         if not asked or self.stop_reason is not None:
             return
         reasons = [f"{reason} (from {source})" if source else reason for source, reason in self._stop_requests]
         self.stop_reason = "; ".join(reasons) or "requested on another process"
         log.info("stopping at step %d: %s", self.global_step, self.stop_reason)
+
+    def _watch_early_stopping(self, metrics: Mapping[str, float]) -> None:
+        reason = self._early_stopping.update(metrics)
+        if reason is not None:
+            self.request_stop(reason, source="early_stopping")
+
+    def _raise_if_preempted(self) -> None:
+        """Raise :class:`~apt.errors.Preempted` at a step boundary once a preemption signal came."""
+        if self._preempted_by is None and self._signals.received is not None and not self.dist.enabled:
+            self._preempted_by = self._signals.received  # arrived during validation or an epoch's end
+        if self._preempted_by is not None:
+            log.warning("preempted at step %d: stopping (on_exception may save the state)", self.global_step)
+            raise Preempted(self._preempted_by, self.global_step)
 
     def _loss_terms(
         self, batch: tuple[Tensor, Tensor], outputs: ModelOutput, epoch: int, step: int, micro_step: int
@@ -685,7 +788,9 @@ class Trainer:
         Keys: ``model``, ``optimizer``, ``lr_scheduler``, ``rng``, ``data``
         (sampler), ``counters`` (``epoch``, ``global_step``, ``step_in_epoch``),
         ``skipped_steps`` (vetoed optimizer steps so far),
-        ``epoch_losses`` (the current epoch's step losses so far), ``config``,
+        ``epoch_losses`` (the current epoch's step losses so far), ``early_stopping`` (best
+        value, validations without improvement), ``step_means`` (plugins' step metrics not
+        yet logged), ``config``,
         ``plugin_manager`` (enabled flags, schedule), ``fingerprint`` and ``plugins``.
         Values are tensors and JSON-compatible data only. Under FSDP2 the model and optimizer
         entries are the full state gathered onto rank 0 (``{}`` on the other ranks), the
@@ -705,6 +810,8 @@ class Trainer:
             "skipped_steps": self.skipped_steps,
             "epoch_losses": list(self._epoch_losses),
             "last_metrics": dict(self.last_metrics),
+            "early_stopping": self._early_stopping.state_dict(),
+            "step_means": self._step_means.state_dict(),
             "config": self.config.to_dict(),
             "plugin_manager": pm.state_dict(),
             "fingerprint": pm.fingerprint(),
@@ -732,6 +839,8 @@ class Trainer:
         self.skipped_steps = int(state.get("skipped_steps", 0))
         self._epoch_losses = [float(v) for v in state.get("epoch_losses", [])]
         self.last_metrics = {str(k): v for k, v in dict(state.get("last_metrics") or {}).items()}
+        self._early_stopping.load_state_dict(dict(state.get("early_stopping") or {}))
+        self._step_means.load_state_dict(dict(state.get("step_means") or {}))
         # the plugins as they were when the state was taken; a toggle due at the restored
         # counters has not happened yet in that run, and fires before the next step as it would have
         pm.load_state_dict(dict(state.get("plugin_manager") or {}), trainer=self)
@@ -785,13 +894,13 @@ class Trainer:
         from tqdm.contrib.logging import logging_redirect_tqdm
 
         total = self.config.training.total_steps
-        # rank 0 only; disable=None lets tqdm hide itself when stderr is not a terminal
+        # rank 0 only, and only on a terminal (elsewhere ConsoleLines prints plain lines)
         bar = tqdm(
             total=total,
             initial=self.global_step,
             unit="step",
             dynamic_ncols=True,
-            disable=True if not self.is_global_zero else None,
+            disable=not (self.is_global_zero and self._interactive),
         )
         try:
             with logging_redirect_tqdm():
@@ -826,12 +935,15 @@ class Trainer:
                 for p in self.plugin_manager.loaded()
             ],
             "hooks": self.plugin_manager.statistics(),
+            "slow_hooks": self._slow_hooks.summary(),
             "run_dir": str(self.run_dir) if self.run_dir is not None else None,
         }
         weights = full_model_state(self.model) if self._sharded and self.run_dir is not None else None
         if self.run_dir is not None and self.is_global_zero:
-            save_weights(self.model, self.run_dir / "model.safetensors", state=weights)
-            write_json(self.run_dir / "summary.json", summary)
+            with naming_the_file(self.run_dir / "model.safetensors"):
+                save_weights(self.model, self.run_dir / "model.safetensors", state=weights)
+            with naming_the_file(self.run_dir / "summary.json"):
+                write_json(self.run_dir / "summary.json", summary)
         return summary
 
 

@@ -31,6 +31,7 @@ PACKAGES = [
     "packages/apt-plugin-moe",
     "packages/apt-plugin-align",
     "packages/apt-plugin-checkpoint",
+    "packages/apt-plugin-vft",
 ]
 
 

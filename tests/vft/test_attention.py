@@ -35,7 +35,8 @@ def _reference(attn: TriVeinAttention, x: Tensor) -> Tensor:
         qt, kt, vt = q[..., cols] @ P.T, k[..., cols] @ P.T, v[..., cols] @ P.T  # (B, T, r)
         att = torch.softmax(qt @ kt.transpose(1, 2) / math.sqrt(r) + mask, dim=-1)  # (B, T, T)
         heads.append((att @ vt) @ P)  # (B, T, hs)
-    return torch.cat(heads, dim=-1) @ attn.c_proj.weight.T
+    out: Tensor = torch.cat(heads, dim=-1) @ attn.c_proj.weight.T
+    return out
 
 
 @pytest.mark.parametrize("fold", [True, False], ids=["folded", "unfolded"])

@@ -7,7 +7,7 @@
     from apt_plugin_vft import TriVeinAttention, VeinFlowFFN
     attn = TriVeinAttention(d_model=256, n_head=4, block_size=512, rank=16)
     y = attn(x)                        # (B, T, 256) -> (B, T, 256), causal
-    ffn = VeinFlowFFN(d_model=256, rank=32, hidden=128, tau=0.9)
+    ffn = VeinFlowFFN(d_model=256, rank=32, hidden=128, tau=0.95)
 """
 
 from __future__ import annotations

@@ -53,7 +53,7 @@ class VeinFlowFFN(nn.Module):
         stabilizer: bool = True,
         compensator: bool = True,
         compensator_rank: int = 4,
-        tau: float = 0.9,
+        tau: float = 0.95,
     ) -> None:
         super().__init__()
         if not 1 <= rank <= d_model:

@@ -108,6 +108,25 @@ def test_ortho_loss_term_and_its_gradient_restore_orthonormal_rows() -> None:
     assert VFTPlugin(VFTConfig(ortho_weight=0.0)).on_compute_loss(model=model) is None
 
 
+def test_metrics_are_summed_over_processes_before_the_ratios() -> None:
+    """on_step_end reduces (Σε, #over τ, #tokens) with trainer.all_reduce_sum, so the means are the global batch's."""
+    plugin, registry = _plugin(rank=4, ffn_rank=8, tau=0.95)
+    model = GPT(tiny_config(model={"ffn": "vft"}).model, registry)
+    model.train()
+    model(torch.randint(0, 256, (2, 16)))
+    local = [f.stats_tensor() for f in vein_modules(model)[1]]
+    assert all(t is not None for t in local)
+    # another process saw 32 tokens per layer, all of them at ε = 1 (over τ)
+    other = torch.tensor([[32.0, 32.0, 32.0], [32.0, 32.0, 32.0]], dtype=torch.float64)
+    metrics = plugin.on_step_end(trainer=SimpleNamespace(all_reduce_sum=lambda t: t + other), model=model)
+    assert metrics is not None
+    for i, t in enumerate(local):
+        eps_sum, over, count = t.tolist()
+        assert metrics[f"vft/layer{i}/eps_mean"] == pytest.approx((eps_sum + 32) / (count + 32))
+        assert metrics[f"vft/layer{i}/frac_over_tau"] == pytest.approx((over + 32) / (count + 32))
+    assert all(f.stats_tensor() is None for f in vein_modules(model)[1])  # read once, then reset
+
+
 def test_loaded_without_its_providers_the_plugin_adds_nothing() -> None:
     """A default model (causal attention, gelu FFN) gets no loss term and no metrics from vft."""
     plugin, registry = _plugin()

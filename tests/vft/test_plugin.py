@@ -162,6 +162,8 @@ def test_apt_train_with_tva_and_vft_logs_per_layer_eps_metrics(tmp_path: Path) -
         assert r["vft/eps_mean"] == pytest.approx(sum(e for e, _ in layers) / 2)
         assert r["vft/frac_over_tau"] == pytest.approx(sum(f for _, f in layers) / 2)
         assert r["loss/vft_ortho"] >= 0.0 and r["vft/ortho_err"] < 0.1
+    # the run's model comes back from its folder through the plugin's providers
+    assert main(["generate", "--run", str(run_dir), "--prompt", "def ", "--max-new-tokens", "5", "--seed", "0"]) == 0
 
 
 def test_a_bad_rank_on_the_command_line_exits_2_with_one_line(tmp_path: Path, capsys: Any) -> None:

@@ -35,8 +35,15 @@ from nox.command import CommandFailed
 
 
 ROOT = Path(__file__).resolve().parent
-PACKAGES = ("apt-core", "apt-plugin-moe", "apt-plugin-align", "apt-plugin-checkpoint", "apt-plugin-vft")
-PLUGINS = ("align", "checkpoint", "moe", "vft")
+PACKAGES = (
+    "apt-core",
+    "apt-plugin-moe",
+    "apt-plugin-align",
+    "apt-plugin-checkpoint",
+    "apt-plugin-gradient",
+    "apt-plugin-vft",
+)
+PLUGINS = ("align", "checkpoint", "gradient", "moe", "vft")
 TORCH = "torch==2.13.0"
 
 # A run small enough to finish in seconds on a CPU: two optimizer steps of a 1-layer GPT.
@@ -169,7 +176,7 @@ def packaging(session: nox.Session) -> None:
         listed = _plugins_listed(session, apt, work)
         if "moe" in listed:
             session.error("`apt plugins list` still shows 'moe' after `pip uninstall apt-plugin-moe`")
-        if not {"align", "checkpoint"} <= set(listed):
+        if not {"align", "checkpoint", "gradient"} <= set(listed):
             session.error(f"uninstalling moe also removed other plugins: {sorted(listed)}")
         (work / "tiny.yaml").write_text(TINY_TRAIN_CONFIG, encoding="utf-8")
         with session.chdir(work):

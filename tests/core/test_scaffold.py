@@ -7,6 +7,7 @@ in tests/packaging/test_scaffold_roundtrip.py.
 from __future__ import annotations
 
 import importlib
+import json
 import shutil
 import subprocess
 import sys
@@ -20,7 +21,6 @@ from apt.cli._scaffold import scaffold
 from apt.errors import ConfigError
 from apt.errors import UsageError
 from apt.plugins import PluginManager
-from apt.plugins._static import read_static_metadata
 from apt.testing import FakeEntryPoint
 from apt.testing import fake_entry_points
 from apt.testing import tiny_config
@@ -110,23 +110,38 @@ def test_cli_warns_when_the_name_is_taken(tmp_path: Path, capsys: pytest.Capture
     assert "warning: plugin name 'taken' is already used by the installed distribution apt-plugin-taken 2.0.0" in err
 
 
-def test_generated_plugin_metadata_is_readable_without_importing(tmp_path: Path) -> None:
-    """`apt plugins list` can read everything about a scaffolded plugin from its source."""
-    project = scaffold(ScaffoldNames.from_name("demo_static"), tmp_path)
-    sys.path.insert(0, str(project / "src"))
+def test_generated_plugin_is_listed_and_described(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`apt plugins list` shows a scaffolded plugin without importing it; `info` describes it through the kernel."""
+    project = scaffold(ScaffoldNames.from_name("demo_listed"), tmp_path)
+    monkeypatch.syspath_prepend(str(project / "src"))
     importlib.invalidate_caches()
+    ep = FakeEntryPoint(
+        "demo_listed",
+        None,
+        value="apt_plugin_demo_listed:DemoListedPlugin",
+        distribution="apt-plugin-demo-listed",
+        version="0.1.0",
+        summary="demo",
+    )
     try:
-        info = read_static_metadata("apt_plugin_demo_static:DemoStaticPlugin")
+        with fake_entry_points(ep):
+            assert main(["plugins", "list", "--json"]) == 0
+            [row] = json.loads(capsys.readouterr().out)
+            assert "apt_plugin_demo_listed" not in sys.modules and ep.loads == 0
+            assert main(["plugins", "info", "demo_listed", "--json"]) == 0
+            info = json.loads(capsys.readouterr().out)
     finally:
-        sys.path.remove(str(project / "src"))
-    assert info.complete, (info.error, info.unknown)
-    assert info.metadata["name"] == "demo_static"
-    assert info.metadata["version"] == "0.1.0"
-    assert info.metadata["api_version"] == ">=1,<2"
-    assert info.metadata["providers"] == ["ffn:demo_static_relu2"]
-    assert info.metadata["critical"] is False
-    assert info.hooks == ["on_load_checkpoint", "on_save_checkpoint", "on_step_end"]
-    assert "apt_plugin_demo_static" not in sys.modules
+        for name in [m for m in sys.modules if m.startswith("apt_plugin_demo_listed")]:
+            sys.modules.pop(name)
+    assert row["target"] == "apt_plugin_demo_listed:DemoListedPlugin" and row["status"] == "available"
+    assert info["status"] == "loaded"
+    plugin = info["plugin"]
+    assert (plugin["name"], plugin["version"], plugin["api_version"]) == ("demo_listed", "0.1.0", ">=1,<2")
+    assert plugin["providers"] == ["ffn:demo_listed_relu2"] and plugin["critical"] is False
+    assert plugin["hooks"] == ["on_load_checkpoint", "on_save_checkpoint", "on_step_end"]
+    assert plugin["file"].startswith(str(project / "src"))
 
 
 def test_generated_plugin_loads_validates_and_registers_its_provider(

@@ -32,8 +32,8 @@ def losses(run: Any) -> list[float]:
 # --- hooks ------------------------------------------------------------------------------
 
 # One optimizer step with `grad_accum` micro-batches, as documented in apt.plugins.hookspecs.
-STEP = r"on_step_begin (on_compute_loss on_backward_begin on_backward_end ){%d}on_before_optimizer_step " \
-       r"on_optimizer_step on_step_end (on_validation_begin on_validation_end )?"  # fmt: skip
+STEP = r"on_step_begin (on_compute_loss on_backward_begin on_backward on_backward_end ){%d}on_after_backward " \
+       r"on_before_optimizer_step on_optimizer_step on_step_end (on_validation_begin on_validation_end )?"  # fmt: skip
 
 
 def test_every_hook_fires_in_the_documented_order() -> None:

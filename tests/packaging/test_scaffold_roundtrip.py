@@ -34,13 +34,17 @@ def test_scaffolded_plugin_installs_is_discovered_and_its_tests_pass(
     assert listed.returncode == 0, listed.stderr
     rows = {row["name"]: row for row in json.loads(listed.stdout)}
     row = rows["roundtrip_demo"]
-    assert row["distribution"] == "apt-plugin-roundtrip-demo" and row["dist_version"] == "0.1.0"
-    assert row["status"] == "available"
-    assert row["providers"] == ["ffn:roundtrip_demo_relu2"]
-    assert row["hooks"] == ["on_load_checkpoint", "on_save_checkpoint", "on_step_end"]
-    assert row["unknown"] == []
-    # read from the installed copy in the venv, not from the project folder
-    assert row["file"].startswith(str(venv.path)), row["file"]
+    assert row["distribution"] == "apt-plugin-roundtrip-demo" and row["version"] == "0.1.0"
+    assert row["status"] == "available" and row["target"] == "apt_plugin_roundtrip_demo:RoundtripDemoPlugin"
+    assert row["summary"].startswith("An APT plugin: ")  # the scaffold's pyproject description
+    # `info` imports it through the kernel: what the loaded plugin registers
+    info = _apt(venv, "plugins", "info", "roundtrip_demo", "--json", cwd=work)
+    assert info.returncode == 0, info.stderr
+    plugin = json.loads(info.stdout)["plugin"]
+    assert plugin["providers"] == ["ffn:roundtrip_demo_relu2"]
+    assert plugin["hooks"] == ["on_load_checkpoint", "on_save_checkpoint", "on_step_end"]
+    # imported from the installed copy in the venv, not from the project folder
+    assert plugin["file"].startswith(str(venv.path)), plugin["file"]
 
     tests = subprocess.run(
         [str(venv.python), "-m", "pytest", "-q", "-p", "no:cacheprovider", str(project / "tests")],

@@ -18,7 +18,8 @@ else keeps its traceback because it is a bug.
     │   ├── PluginConflictError         two plugins that cannot run together
     │   ├── ProviderError               unknown kind, duplicate provider
     │   ├── HookError                   unknown event, bad handler registration
-    │   └── CheckpointError             unreadable, corrupt or unsafe checkpoint
+    │   ├── CheckpointError             unreadable, corrupt or unsafe checkpoint
+    │   └── DataError                   unreadable or inconsistent training data (has .path, .line)
     └── PluginHookError                 a plugin's hook raised during the run
 """
 
@@ -31,6 +32,7 @@ __all__ = [
     "AptError",
     "CheckpointError",
     "ConfigError",
+    "DataError",
     "HookError",
     "PluginConflictError",
     "PluginDependencyError",
@@ -125,6 +127,15 @@ class CheckpointError(UsageError):
     def __init__(self, message: str, *, path: Any = None) -> None:
         super().__init__(message)
         self.path = path
+
+
+class DataError(UsageError):
+    """Input text or prepared data cannot be used; ``.path`` names the file, ``.line`` the line (1-based) if known."""
+
+    def __init__(self, message: str, *, path: Any = None, line: int | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.line = line
 
 
 class PluginHookError(AptError):

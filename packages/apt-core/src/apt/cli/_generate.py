@@ -13,7 +13,7 @@ from apt.errors import CheckpointError
 from apt.errors import UsageError
 
 
-__all__ = ["InferenceHost", "load_run_model", "register"]
+__all__ = ["InferenceHost", "load_run_model", "register", "run_tokenizer"]
 
 
 def register(subparsers: Any) -> None:
@@ -55,6 +55,7 @@ class InferenceHost:
     optimizer: Any = None
     lr_scheduler: Any = None
     device: Any = field(default="cpu")
+    tokenizer: Any = None  # the run's tokenizer (its tokenizer.json; byte for older runs)
 
     @property
     def registry(self) -> Any:
@@ -87,6 +88,15 @@ def _last_step(run_dir: Path, max_epochs: int, total_steps: int) -> tuple[int, i
     return max(epochs - 1, 0), max(steps - 1, 0)
 
 
+def run_tokenizer(run_dir: Path) -> Any:
+    """The tokenizer a run trained with: its ``tokenizer.json``, or bytes for runs from before it was saved."""
+    from apt.data import ByteTokenizer
+    from apt.data import load_tokenizer
+
+    saved = run_dir / "tokenizer.json"
+    return load_tokenizer(saved) if saved.is_file() else ByteTokenizer()
+
+
 def load_run_model(run_dir: Path, weights: str | None = None) -> tuple[Any, Any]:
     """Rebuild the model of ``run_dir`` as it was at the end of training and load its weights.
 
@@ -116,6 +126,7 @@ def load_run_model(run_dir: Path, weights: str | None = None) -> tuple[Any, Any]
     pm.setup_all()
     tc = config.training
     host = InferenceHost(config=config, plugin_manager=pm, run_dir=run_dir, device=torch.device("cpu"))
+    host.tokenizer = run_tokenizer(run_dir)
     pm.apply_schedule(host, epoch=0, step=0)
     torch.manual_seed(tc.seed)
     host.model = GPT(config.model, pm.registry)
@@ -155,8 +166,11 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--seed must be in [0, 2**63), got {args.seed}")
     model, pm = load_run_model(args.run, args.weights)
     try:
-        tok = ByteTokenizer()
-        ids = tok.encode(args.prompt) or [ord("\n")]  # an empty prompt starts a new line
+        tok = run_tokenizer(args.run)
+        if isinstance(tok, ByteTokenizer):
+            ids = tok.encode(args.prompt) or [ord("\n")]  # an empty prompt starts a new line
+        else:  # an empty prompt starts a new document
+            ids = tok.encode(args.prompt) or ([tok.eos_id] if tok.eos_id is not None else tok.encode("\n"))
         idx = torch.tensor([ids], dtype=torch.long)  # (1, T)
         generator = torch.Generator().manual_seed(args.seed)
         out = model.generate(
@@ -165,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
             temperature=args.temperature,
             top_k=args.top_k,
             generator=generator,
-            vocab_limit=tok.vocab_size,  # a padded vocabulary's extra ids are no bytes
+            vocab_limit=tok.vocab_size,  # a padded vocabulary's extra ids are no tokens
         )
         print(tok.decode(out[0].tolist()))
     finally:

@@ -25,7 +25,7 @@ from apt.errors import UsageError
 __all__ = ["build_parser", "console_main", "main"]
 
 # Command modules, imported lazily by name so that `apt --help` stays fast.
-_COMMANDS = ("_train", "_plot", "_generate", "_plugins", "_scaffold")
+_COMMANDS = ("_train", "_plot", "_generate", "_plugins", "_scaffold", "_data")
 
 
 class ArgumentParser(argparse.ArgumentParser):

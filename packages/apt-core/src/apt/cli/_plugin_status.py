@@ -1,202 +1,105 @@
 """What ``apt plugins`` reports: metadata rows, load results and order explanations.
 
-``static_rows`` reads metadata only (entry points, and the plugin classes' literal
-attributes parsed by :mod:`apt.plugins._static`); ``load_all``, ``apply_check`` and
-``order_report`` load plugins through the kernel exactly as a run would. The commands in
+``metadata_rows`` reads installed distributions' metadata only (no plugin code, no
+torch). ``load_all``, ``apply_check`` and ``order_report`` load plugins through the
+kernel's :class:`~apt.plugins.PluginManager` exactly as a run would. No rule of the
+kernel is repeated here: selection asks :func:`~apt.plugins.unselected_reason`, a name
+claimed by two distributions is what :meth:`PluginManager.discover` reports, and every
+import, validation, requirement and setup result is the manager's own. The commands in
 :mod:`apt.cli._plugins` print what these return.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from contextlib import nullcontext
 from typing import TYPE_CHECKING
 from typing import Any
+
+from apt.errors import ConfigError
+from apt.errors import PluginConflictError
+from apt.errors import PluginError
 
 
 if TYPE_CHECKING:
     from apt.core import APTConfig
-    from apt.plugins import PluginEntryPoint
     from apt.plugins import PluginManager
 
 
-__all__ = ["apply_check", "load_all", "order_report", "static_rows"]
+__all__ = ["apply_check", "describe_loaded", "load_all", "metadata_rows", "order_report"]
 
 
-def _autoload_disabled() -> bool:
-    from apt.plugins import AUTOLOAD_ENV
+def metadata_rows(config: APTConfig) -> list[dict[str, Any]]:
+    """One row per installed ``apt.plugins`` entry point, from distribution metadata only.
 
-    return os.environ.get(AUTOLOAD_ENV, "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def _entry_points() -> list[PluginEntryPoint]:
-    from apt.plugins import discover_entry_points
-
-    return discover_entry_points()
-
-
-def static_rows(config: APTConfig) -> list[dict[str, Any]]:
-    """One row per installed plugin entry point, from metadata and source only (no plugin import).
-
-    :param config: decides ``disabled`` (``plugins`` / ``disable_plugins``); the
-        ``APT_DISABLE_PLUGIN_AUTOLOAD`` environment variable is honoured too.
-    :returns: dicts with the keys of :data:`_COLUMNS` plus ``value``, ``dist_version``,
-        ``description``, ``critical``, ``api_version``, ``file``, ``reason`` and ``unknown``.
+    :param config: decides ``disabled`` (``plugins`` / ``disable_plugins``, and the
+        ``APT_DISABLE_PLUGIN_AUTOLOAD`` switch), as the kernel decides it for a run.
+    :returns: dicts with ``name``, ``distribution``, ``version`` (the distribution's),
+        ``summary``, ``target`` (the entry point's ``module:Class``), ``status``
+        (``available`` / ``disabled`` / ``failed``), ``reason`` (why not available), and
+        ``plugin`` / ``failure`` (None here; filled by :func:`apply_check`).
     """
-    from packaging.requirements import InvalidRequirement
-    from packaging.requirements import Requirement
-    from packaging.specifiers import InvalidSpecifier
-    from packaging.specifiers import SpecifierSet
+    from apt.plugins import PluginManager
+    from apt.plugins import discover_entry_points
+    from apt.plugins import unselected_reason
 
-    from apt.plugins import PLUGIN_API_VERSION
-    from apt.plugins._static import read_static_metadata
-
-    eps = _entry_points()
-    names = [ep.name for ep in eps]
+    # the kernel's discovery: a name claimed by several distributions fails there
+    discovery = PluginManager()
+    discovery.discover()
     rows: list[dict[str, Any]] = []
-    for ep in eps:
-        info = read_static_metadata(ep.value)
-        meta = info.metadata
-        row: dict[str, Any] = {
-            "name": ep.name,
-            # the class's own version when readable, else the distribution's
-            "version": meta["version"] if "version" not in info.unknown and info.error is None else ep.version,
-            "distribution": ep.distribution,
-            "dist_version": ep.version,
-            "value": ep.value,
-            "status": "available",
-            "reason": None,
-            "description": meta["description"],
-            "priority": meta["priority"],
-            "critical": meta["critical"],
-            "requires": list(meta["requires"]),
-            "conflicts": list(meta["conflicts"]),
-            "providers": list(meta["providers"]),
-            "hooks": list(info.hooks),
-            "api_version": meta["api_version"],
-            "file": str(info.file) if info.file else None,
-            "unknown": list(info.unknown),
-            "note": None,
-        }
-        problem = None
-        if info.error is not None and info.missing:
-            problem = f"{info.error}; reinstall its distribution"
-        elif info.error is not None:
-            # not readable statically (a class made at runtime, say): that is no failure
-            row["note"] = f"metadata not readable without importing ({info.error}); see --check"
-        elif names.count(ep.name) > 1:
-            others = ", ".join(f"{e.distribution} {e.version}" for e in eps if e.name == ep.name)
-            problem = f"plugin name {ep.name!r} is provided by several distributions ({others}); uninstall all but one"
-        elif info.suspicious:
-            problem = (
-                f"method {info.suspicious[0]} looks like a hook but matches none (see `apt plugins info {ep.name}`)"
-            )
-        elif "name" not in info.unknown and meta["name"] not in (None, ep.name):
-            problem = f"its class calls itself {meta['name']!r} but the entry point is named {ep.name!r}"
-        elif "api_version" not in info.unknown:
-            try:
-                if not SpecifierSet(meta["api_version"]).contains(PLUGIN_API_VERSION, prereleases=True):
-                    problem = f"supports plugin API {meta['api_version']}, apt-core provides {PLUGIN_API_VERSION}"
-            except InvalidSpecifier:
-                problem = f"api_version {meta['api_version']!r} is not a version specifier"
-        if problem is not None:
-            row["status"], row["reason"] = f"failed: {problem}", problem
-        else:
-            reason = _disabled_reason(ep.name, config)
-            if reason is not None:
-                row["status"], row["reason"] = "disabled", reason
-        rows.append(row)
-
-    # A requirement that will not be there fails its dependents, transitively.
-    by_name = {r["name"]: r for r in rows}
-    changed = True
-    while changed:
-        changed = False
-        for row in rows:
-            if row["status"] != "available":
-                continue
-            for spec in row["requires"]:
-                try:
-                    req = Requirement(spec)
-                except InvalidRequirement:
-                    problem = f"{spec!r} in requires is not a plugin name with an optional version specifier"
-                else:
-                    dep = by_name.get(req.name)
-                    if dep is None:
-                        problem = f"requires {spec!r}, which is not installed"
-                    elif dep["status"] != "available":
-                        problem = f"requires {req.name!r}, which is {dep['status'].split(':')[0]}"
-                    elif req.specifier and "version" not in dep["unknown"]:
-                        ok = req.specifier.contains(str(dep["version"]), prereleases=True)
-                        problem = None if ok else f"requires {spec!r} but {req.name} {dep['version']} is installed"
-                    else:
-                        problem = None
-                if problem is not None:
-                    row["status"], row["reason"] = f"failed: {problem}", problem
-                    changed = True
-                    break
+    for ep in discover_entry_points(discovery.entry_point_group):
+        failure = discovery.failures.get(ep.name)
+        reason = failure.message if failure is not None else unselected_reason(ep.name, config)
+        status = "available" if reason is None else "failed" if failure is not None else "disabled"
+        rows.append(
+            {
+                "name": ep.name,
+                "distribution": ep.distribution,
+                "version": ep.version,
+                "summary": ep.summary,
+                "target": ep.value,
+                "status": status,
+                "reason": reason,
+                "plugin": None,
+                "failure": None,
+            }
+        )
     return rows
-
-
-def _disabled_reason(name: str, config: APTConfig) -> str | None:
-    from apt.plugins import AUTOLOAD_ENV
-
-    if name in config.disable_plugins:
-        return "listed in disable_plugins"
-    if config.plugins is not None:
-        return None if name in config.plugins else "not named in the config's plugins: list"
-    if _autoload_disabled():
-        return f"{AUTOLOAD_ENV} is set and the config does not name it"
-    return None
-
-
-@contextmanager
-def _autoload_env_removed() -> Iterator[None]:
-    """Check every installed plugin even when the environment turns autoloading off."""
-    from apt.plugins import AUTOLOAD_ENV
-
-    saved = os.environ.pop(AUTOLOAD_ENV, None)
-    try:
-        yield
-    finally:
-        if saved is not None:
-            os.environ[AUTOLOAD_ENV] = saved
 
 
 def load_all(config: APTConfig, *, every_installed: bool) -> tuple[PluginManager, dict[str, dict[str, Any]]]:
     """Load and set up plugins through a fresh :class:`~apt.plugins.PluginManager`.
 
     :param config: plugin sections and selection.
-    :param every_installed: ignore ``plugins`` / ``disable_plugins`` / the autoload switch
-        and try every installed plugin (``doctor``); otherwise load what a run would.
+    :param every_installed: try every installed plugin, as if the config named them all
+        (``doctor``, ``info``); otherwise load what a run with ``config`` would.
     :returns: the manager (set up) and ``{name: failure dict}`` for every plugin that did
         not load: stage (import / validate / config / conflict / requires / setup), error,
-        distribution, version and requirement chain.
+        distribution, version and requirement chain, as the manager recorded them.
     """
-    from apt.errors import ConfigError
-    from apt.errors import PluginConflictError
-    from apt.errors import PluginError
     from apt.plugins import PluginManager
 
     failures: dict[str, dict[str, Any]] = {}
     data = config.to_dict()
-    if every_installed:
-        data["plugins"], data["disable_plugins"] = None, []
-    excluded: list[str] = list(data.get("disable_plugins") or [])
-    with _autoload_env_removed() if every_installed else nullcontext(), _quiet_kernel_log():
-        # Errors that stop a whole load (a bad config section, a conflict) belong to one
-        # plugin: record it, leave it out, and try again with the others.
-        for _ in range(64):
+    excluded: list[str] = []
+    with _quiet_kernel_log():
+        # The manager records a plugin that fails to import, validate, find its requirements
+        # or set up, and goes on with the others. A bad config section or a conflict stops
+        # the whole load instead: it belongs to one plugin, so record that plugin, leave it
+        # out, and load again.
+        while True:
             pm = PluginManager()
+            if every_installed:
+                # naming every plugin selects each one whatever the autoload switch says
+                data["plugins"] = [n for n in pm.available() if n not in excluded]
+                data["disable_plugins"] = []
+            else:
+                data["disable_plugins"] = [*config.disable_plugins, *excluded]
             try:
-                pm.load_from_config(type(config).from_dict({**data, "disable_plugins": excluded}))
-                pm.setup_all()
-                break
-            except (ConfigError, PluginConflictError, PluginError) as exc:
-                culprit = _culprit(exc, excluded)
+                _load_and_set_up(pm, type(config).from_dict(data))
+            except (ConfigError, PluginError) as exc:
+                culprit = _culprit(exc)
                 if culprit is None or culprit in excluded or culprit not in pm.available():
                     raise
                 stage = (
@@ -208,9 +111,34 @@ def load_all(config: APTConfig, *, every_installed: bool) -> tuple[PluginManager
                 )
                 failures[culprit] = _failure_dict(pm, culprit, stage, exc)
                 excluded.append(culprit)
+                continue
+            break
         for name, failure in pm.failures.items():
             failures.setdefault(name, failure.as_dict())
     return pm, failures
+
+
+def _load_and_set_up(pm: PluginManager, config: APTConfig) -> None:
+    """Load and set up plugins as a run does, without raising a failure the manager recorded.
+
+    The manager tries every selected plugin and records each failure; for a plugin the
+    config names explicitly it raises afterwards (a run stops there), which these commands
+    do not: they report it.
+    """
+    for step in (lambda: pm.load_from_config(config), pm.setup_all):
+        try:
+            step()
+        except PluginError as exc:
+            if not _recorded(pm, exc):
+                raise
+
+
+def _recorded(pm: PluginManager, exc: PluginError) -> bool:
+    """Whether ``exc`` reports failures the manager recorded after trying every plugin.
+
+    That is a plugin error naming a recorded plugin, or (several at once) naming none.
+    """
+    return exc.plugin in pm.failures if exc.plugin else bool(pm.failures)
 
 
 @contextmanager
@@ -225,7 +153,7 @@ def _quiet_kernel_log() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _culprit(exc: BaseException, excluded: list[str]) -> str | None:
+def _culprit(exc: BaseException) -> str | None:
     plugin = getattr(exc, "plugin", None)
     if plugin:
         return str(plugin)
@@ -247,59 +175,45 @@ def _failure_dict(pm: PluginManager, name: str, stage: str, exc: BaseException) 
     }
 
 
-def apply_check(rows: list[dict[str, Any]], config: APTConfig) -> PluginManager:
+def describe_loaded(pm: PluginManager, name: str) -> dict[str, Any]:
+    """What the kernel knows of a loaded plugin: its metadata, hooks, API version and source file."""
+    import inspect
+
+    plugin = pm.get_plugin(name)
+    try:
+        file: str | None = inspect.getsourcefile(type(plugin))
+    except (TypeError, OSError):  # a class made where no file exists
+        file = None
+    return {**pm.describe(name), "api_version": plugin.api_version, "file": file}
+
+
+def apply_check(rows: list[dict[str, Any]], config: APTConfig, *, every_installed: bool = False) -> PluginManager:
     """Replace the metadata-only status by what loading through the kernel shows.
 
-    A loaded plugin's row gets every metadata field from the loaded plugin (what the
-    kernel itself uses: ``get_name()``, ``get_version()``, ``is_critical()``, the class
-    attributes, the registered handlers), so nothing read from source stays behind and
-    ``unknown`` is empty. A plugin that did not load keeps what the source showed.
+    A loaded plugin's row becomes ``loaded`` and gets ``plugin``: what
+    :func:`describe_loaded` says. One that did not load becomes ``failed`` with the
+    manager's failure (stage, cause, requirement chain) in ``failure``. One the kernel
+    did not select keeps its metadata status.
     """
-    pm, failures = load_all(config, every_installed=False)
+    pm, failures = load_all(config, every_installed=every_installed)
     loaded = set(pm.list_loaded())
     for row in rows:
         name = row["name"]
         if name in loaded:
             row["status"], row["reason"] = "loaded", None
-            cls = type(pm.get_plugin(name))
-            described = pm.describe(name)  # get_metadata() plus the registered hooks
-            row.update(
-                name=described["name"],
-                version=described["version"],
-                description=described["description"],
-                priority=described["priority"],
-                critical=described["critical"],
-                requires=list(described["requires"]),
-                conflicts=list(described["conflicts"]),
-                providers=list(described["providers"]),
-                hooks=list(described["hooks"]),
-                api_version=cls.api_version,
-                file=_source_file(cls) or row["file"],
-                unknown=[],
-                note=None,
-            )
+            row["plugin"] = describe_loaded(pm, name)
         elif name in failures:
-            reason = failures[name]["error"]
-            row["status"], row["reason"] = f"failed: {reason}", reason
+            row["status"], row["reason"] = "failed", failures[name]["error"]
+            row["failure"] = failures[name]
         elif row["status"] == "available":
             row["status"], row["reason"] = "disabled", "not selected by the kernel"
     return pm
 
 
-def _source_file(cls: type) -> str | None:
-    """The file a loaded class was defined in (None for one made where no file exists)."""
-    import inspect
-
-    try:
-        return inspect.getsourcefile(cls)
-    except (TypeError, OSError):
-        return None
-
-
 def order_report(pm: PluginManager, event: str | None = None) -> dict[str, list[dict[str, Any]]]:
     """For each event with handlers: the handlers in dispatch order, each with the reason for its place.
 
-    The order is the kernel's (``HookManager._sort_key``): higher priority first; among
+    The order is the kernel's (``hook_manager.ordered(event)``): higher priority first; among
     equal priorities, the owning plugins' resolved position (requirements first, then
     higher effective plugin priority, then plugin name); then registration order. A
     requirement inherits the priority of what requires it, so it can never run later.

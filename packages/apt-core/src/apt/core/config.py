@@ -51,7 +51,12 @@ class _Section(BaseModel):
 class ModelConfig(_Section):
     """The GPT's shape and the providers it is built from."""
 
-    vocab_size: int = Field(256, gt=0, description="Vocabulary size; 256 for the byte tokenizer.")
+    vocab_size: int | None = Field(
+        None,
+        gt=0,
+        description="Rows of the token embedding; None follows the tokenizer, rounded up to a multiple of 64 "
+        "(256 for the byte tokenizer).",
+    )
     block_size: int = Field(128, gt=0, description="Context length in tokens.")
     n_layer: int = Field(4, gt=0, description="Number of transformer blocks.")
     n_head: int = Field(4, gt=0, description="Attention heads per block.")
@@ -75,6 +80,11 @@ class ModelConfig(_Section):
     @property
     def ffn_hidden(self) -> int:
         return self.d_ff if self.d_ff is not None else 4 * self.d_model
+
+    @property
+    def vocab_rows(self) -> int:
+        """``vocab_size``, or the byte tokenizer's 256 while it is unset (the trainer sets it from the tokenizer)."""
+        return self.vocab_size if self.vocab_size is not None else 256
 
 
 class TrainingConfig(_Section):
@@ -127,8 +137,20 @@ class TrainingConfig(_Section):
 class DataConfig(_Section):
     """Where the text comes from."""
 
-    path: str | None = Field(None, description="A UTF-8 text file or a folder of .txt files; None = embedded corpus.")
-    val_fraction: float = Field(0.1, gt=0.0, lt=0.5)
+    path: str | None = Field(
+        None,
+        description="A folder made by `apt data prepare`, a UTF-8 text file, or a folder of .txt files; "
+        "None = the embedded corpus.",
+    )
+    val_fraction: float = Field(0.1, gt=0.0, lt=0.5, description="Share of text files kept for validation.")
+    tokenizer: str | None = Field(
+        None,
+        description="Provider of kind 'tokenizer' ('byte', 'bpe'); None: a prepared folder's own, else 'byte'.",
+    )
+    tokenizer_path: str | None = Field(None, description="A tokenizer.json to load (else bpe trains on the text).")
+    tokenizer_vocab_size: int | None = Field(
+        None, gt=257, description="Vocabulary of a BPE trained on the text (None: 4096)."
+    )
 
 
 class RunConfig(_Section):

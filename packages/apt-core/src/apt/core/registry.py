@@ -35,6 +35,7 @@ CORE_KINDS: tuple[str, ...] = (
     "lr_scheduler",
     "plot",  # (records: list[dict], run_dir: Path) -> list[Path]; every one is called by `apt plot`
     "weights",  # (run_dir: Path) -> dict[str, Tensor]; chosen by `apt generate --weights NAME`
+    "tokenizer",  # (path, texts, vocab_size) -> apt.data.Tokenizer; chosen by data.tokenizer
 )
 
 # Core's built-in providers, imported lazily: (kind, name, "module:attr", default)
@@ -48,6 +49,8 @@ _BUILTINS: tuple[tuple[str, str, str, bool], ...] = (
     ("optimizer", "sgd", "apt.train._optim:build_sgd", False),
     ("lr_scheduler", "cosine", "apt.train._optim:build_cosine", True),
     ("lr_scheduler", "constant", "apt.train._optim:build_constant", False),
+    ("tokenizer", "byte", "apt.data._tokenizer:build_byte", True),
+    ("tokenizer", "bpe", "apt.data._tokenizer:build_bpe", False),
 )
 
 

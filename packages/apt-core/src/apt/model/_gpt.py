@@ -71,12 +71,12 @@ class GPT(nn.Module):
     def __init__(self, config: ModelConfig, registry: ProviderRegistry) -> None:
         super().__init__()
         self.config = config
-        self.wte = nn.Embedding(config.vocab_size, config.d_model)  # token embedding
+        self.wte = nn.Embedding(config.vocab_rows, config.d_model)  # token embedding
         self.wpe = nn.Embedding(config.block_size, config.d_model)  # learned position embedding
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config, registry) for _ in range(config.n_layer))
         self.ln_f = registry.build("norm", config.norm, d_model=config.d_model, bias=config.bias)
-        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_rows, bias=False)
         if config.tie_embeddings:
             # Weight tying (Press & Wolf 2017, arXiv 1608.05859): the output head reuses the
             # token embedding, which saves V*C parameters and trains better at small scale.

@@ -32,6 +32,8 @@ from apt.plugins.manager import AUTOLOAD_ENV
 from apt.plugins.manager import PluginFailure
 from apt.plugins.manager import PluginManager
 from apt.plugins.manager import PluginTeardownError
+from apt.plugins.manager import autoload_disabled
+from apt.plugins.manager import unselected_reason
 
 
 __all__ = [
@@ -51,6 +53,7 @@ __all__ = [
     "PluginManager",
     "PluginTeardownError",
     "after_epoch",
+    "autoload_disabled",
     "before_epoch",
     "discover_entry_points",
     "every_n_epochs",
@@ -60,6 +63,7 @@ __all__ = [
     "hookimpl",
     "hookspec",
     "plugin_manager",
+    "unselected_reason",
 ]
 
 #: The process-wide hook manager.

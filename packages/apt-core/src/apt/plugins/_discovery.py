@@ -35,6 +35,8 @@ class PluginEntryPoint:
     distribution: str | None = None
     version: str | None = None
     entry_point: Any = field(default=None, compare=False, repr=False)
+    #: the distribution's one-line summary (its ``Summary`` metadata), read without importing
+    summary: str | None = field(default=None, compare=False)
 
     def load(self) -> type[Plugin]:
         """Import the plugin's code and return its Plugin class (errors name the plugin)."""
@@ -94,9 +96,10 @@ def discover_entry_points(group: str = ENTRY_POINT_GROUP) -> list[PluginEntryPoi
         dist = getattr(ep, "dist", None)
         dist_name = dist.metadata["Name"] if dist is not None else None
         version = dist.version if dist is not None else None
+        summary = dist.metadata.get("Summary") if dist is not None else None
         key = (ep.name, dist_name)
         if key not in found:  # the same distribution seen twice on sys.path: keep the first
-            found[key] = PluginEntryPoint(ep.name, ep.value, dist_name, version, ep)
+            found[key] = PluginEntryPoint(ep.name, ep.value, dist_name, version, ep, summary or None)
     return sorted(found.values(), key=lambda e: (e.name, e.distribution or ""))
 
 

@@ -37,6 +37,9 @@ __all__ = ["PLUGIN_API_VERSION", "Plugin"]
 #: range they support in :attr:`Plugin.api_version`.
 PLUGIN_API_VERSION = "1.0"
 
+# events whose handlers change the loss, the model or its gradients: their plugins are critical by default
+_CHANGES_THE_RUN = ("on_compute_loss", "on_model_built", "on_backward", "on_after_backward")
+
 
 class Plugin:
     """Base class of every APT plugin.
@@ -56,7 +59,8 @@ class Plugin:
     ``critical``
         if a handler raises, stop the run (``True``) or disable this plugin and go on
         (``False``). ``None`` (default) means critical when the plugin adds loss terms
-        or changes the model (defines ``on_compute_loss`` or ``on_model_built``).
+        or changes the model or its gradients (defines ``on_compute_loss``, ``on_model_built``,
+        ``on_backward`` or ``on_after_backward``).
     ``providers``
         ``"kind:name"`` strings of the providers :meth:`setup` registers (informative,
         shown by ``apt plugins list``).
@@ -123,15 +127,15 @@ class Plugin:
     def is_critical(self) -> bool:
         """Whether an error in one of this plugin's handlers stops the run.
 
-        Unless ``critical`` says otherwise: a plugin that handles ``on_compute_loss`` or
-        ``on_model_built`` (by a method of that name or an ``@hook`` one), since the run
-        would silently change without it.
+        Unless ``critical`` says otherwise: a plugin that handles ``on_compute_loss``,
+        ``on_model_built``, ``on_backward`` or ``on_after_backward`` (by a method of that
+        name or an ``@hook`` one), since the run would silently change without it.
         """
         if self.critical is not None:
             return self.critical
         from apt.plugins.manager import handled_events  # the manager module imports this one
 
-        return not handled_events(type(self)).isdisjoint(("on_compute_loss", "on_model_built"))
+        return not handled_events(type(self)).isdisjoint(_CHANGES_THE_RUN)
 
     # --- lifecycle --------------------------------------------------------------------
 

@@ -13,7 +13,9 @@ Order of the training lifecycle (one optimizer step with ``grad_accum`` micro-ba
       on_epoch_begin
         on_step_begin
           [per micro-batch]  on_compute_loss -> on_backward_begin -> backward -> on_backward_end
-          on_before_optimizer_step -> optimizer.step() -> on_optimizer_step
+                             (backward: a plugin answering on_backward, else loss.backward())
+          on_after_backward -> core clipping -> on_before_optimizer_step
+          -> optimizer.step() -> on_optimizer_step   (skipped if a plugin vetoed the step)
         on_step_end
         [every training.val_interval steps]  on_validation_begin -> on_validation_end
       on_epoch_end          (after the epoch-end validation)
@@ -137,9 +139,48 @@ class Hookspecs:
     def on_backward_begin(self, trainer: Any, model: Any, loss: Any, epoch: int, step: int, micro_step: int) -> None:
         """About to call ``backward`` on one micro-batch's total loss (already scaled by 1/grad_accum)."""
 
+    @hookspec(firstresult=True)
+    def on_backward(
+        self, trainer: Any, model: Any, loss: Any, terms: Any, epoch: int, step: int, micro_step: int
+    ) -> Any:
+        """Take over the backward pass of one micro-batch; the first handler answering ``True`` owns it.
+
+        Without an answer the trainer calls ``loss.backward()``. A handler that answers
+        ``True`` must leave the micro-batch's contribution to the gradients where the
+        optimizer will find them by the end of ``on_after_backward`` (accumulated in
+        ``.grad``, or kept aside and written there in ``on_after_backward``), and release
+        the graph. This lets a plugin compute one gradient per named loss term from the one
+        forward pass (gradient surgery such as PCGrad, term-gradient diagnostics).
+
+        Under DDP the gradient all-reduce runs inside ``loss.backward()`` on the last
+        micro-batch; a handler that takes over must then reduce the gradients itself, or
+        answer ``None`` there and let the trainer do the backward.
+
+        :param loss: the micro-batch's total loss, already scaled by ``1/grad_accum``.
+        :param terms: ``dict[str, Tensor]``: the named parts of ``loss``, each scaled by
+            ``1/grad_accum`` so that they sum to ``loss``: ``"lm"`` (the language-model
+            loss) and every ``on_compute_loss`` term under its name.
+        :param micro_step: index of the micro-batch inside the step.
+        :returns: ``True`` when the handler did the backward, else ``None``.
+        """
+
     @hookspec
     def on_backward_end(self, trainer: Any, model: Any, epoch: int, step: int, micro_step: int) -> None:
         """``backward`` of one micro-batch finished; gradients are accumulated in ``.grad``."""
+
+    @hookspec
+    def on_after_backward(self, trainer: Any, model: Any, optimizer: Any, epoch: int, step: int) -> None:
+        """The last micro-batch's backward finished: gradients are final, not yet clipped.
+
+        Fires once per optimizer step, after every micro-batch's backward (gradients
+        accumulated over ``grad_accum`` micro-batches and, under DDP, all-reduced), and
+        **before** the core's gradient clipping (``training.grad_clip``) and its
+        ``grad_norm``. Handlers may change ``.grad`` in place (clipping, surgery) or veto
+        the step with ``trainer.skip_optimizer_step(reason)``. A plugin handling this
+        event changes gradients: it is critical by default.
+
+        :param optimizer: the ``torch.optim.Optimizer``.
+        """
 
     @hookspec
     def on_before_optimizer_step(
@@ -147,13 +188,16 @@ class Hookspecs:
     ) -> None:
         """Gradients are final (clipped) and the optimizer is about to step.
 
+        A handler may still veto this step with ``trainer.skip_optimizer_step(reason)``.
+
         :param optimizer: the ``torch.optim.Optimizer``.
-        :param grad_norm: the total gradient norm before clipping.
+        :param grad_norm: the total gradient norm before the core's clipping (after
+            ``on_after_backward`` handlers changed the gradients).
         """
 
     @hookspec
     def on_optimizer_step(self, trainer: Any, model: Any, optimizer: Any, epoch: int, step: int, lr: float) -> None:
-        """The optimizer applied an update (EMA updates belong here).
+        """The optimizer applied an update (EMA updates belong here). Not fired for a vetoed step.
 
         :param lr: the learning rate used for this update.
         """
@@ -247,7 +291,9 @@ class HookEvents:
     ON_STEP_BEGIN: Final = "on_step_begin"
     ON_COMPUTE_LOSS: Final = "on_compute_loss"
     ON_BACKWARD_BEGIN: Final = "on_backward_begin"
+    ON_BACKWARD: Final = "on_backward"
     ON_BACKWARD_END: Final = "on_backward_end"
+    ON_AFTER_BACKWARD: Final = "on_after_backward"
     ON_BEFORE_OPTIMIZER_STEP: Final = "on_before_optimizer_step"
     ON_OPTIMIZER_STEP: Final = "on_optimizer_step"
     ON_STEP_END: Final = "on_step_end"

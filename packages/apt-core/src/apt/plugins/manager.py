@@ -58,11 +58,41 @@ from apt.plugins.hookspecs import ALIASES
 from apt.plugins.hookspecs import HOOK_NAMES
 
 
-__all__ = ["AUTOLOAD_ENV", "PluginFailure", "PluginManager", "PluginTeardownError"]
+__all__ = [
+    "AUTOLOAD_ENV",
+    "PluginFailure",
+    "PluginManager",
+    "PluginTeardownError",
+    "autoload_disabled",
+    "unselected_reason",
+]
 
 log = logging.getLogger("apt.plugins")
 
 AUTOLOAD_ENV = "APT_DISABLE_PLUGIN_AUTOLOAD"
+
+
+# --- selection: the one place the config and the autoload switch pick plugins ----------
+# (load_from_config and `apt plugins list` both ask these, so the two never disagree)
+
+
+def autoload_disabled() -> bool:
+    """Whether ``APT_DISABLE_PLUGIN_AUTOLOAD`` is set to ``1``, ``true``, ``yes`` or ``on``."""
+    return os.environ.get(AUTOLOAD_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def unselected_reason(name: str, config: APTConfig) -> str | None:
+    """Why a run with ``config`` would not load the installed plugin ``name``; None if it would.
+
+    Reads the config and the environment only: no plugin code is imported.
+    """
+    if name in config.disable_plugins:
+        return "listed in disable_plugins"
+    if config.plugins is not None:
+        return None if name in config.plugins else "not named in the config's plugins: list"
+    if autoload_disabled():
+        return f"{AUTOLOAD_ENV} is set and the config does not name it"
+    return None
 
 
 class PluginTeardownError(AptError):
@@ -306,14 +336,13 @@ class PluginManager:
                 raise self._not_found(name, "config")
         self.schedule.check_plugins(known)
         if config.plugins is not None:
-            selected = list(dict.fromkeys(config.plugins))
-            self._explicit |= set(selected)
-        elif os.environ.get(AUTOLOAD_ENV, "").strip().lower() in ("1", "true", "yes", "on"):
-            log.info("%s is set: loading no plugins unless the config names them", AUTOLOAD_ENV)
-            selected = []
+            candidates = list(dict.fromkeys(config.plugins))
+            self._explicit |= set(candidates)
         else:
-            selected = sorted(n for n in known if n not in self.failures)
-        selected = [n for n in selected if n not in set(config.disable_plugins)]
+            if autoload_disabled():
+                log.info("%s is set: loading no plugins unless the config names them", AUTOLOAD_ENV)
+            candidates = sorted(n for n in known if n not in self.failures)
+        selected = [n for n in candidates if unselected_reason(n, config) is None]
 
         errors: list[BaseException] = []
         for name in selected:

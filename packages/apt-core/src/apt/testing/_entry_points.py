@@ -19,8 +19,8 @@ __all__ = ["FakeEntryPoint", "fake_entry_points"]
 
 
 class _FakeDist:
-    def __init__(self, name: str, version: str) -> None:
-        self.metadata = {"Name": name}
+    def __init__(self, name: str, version: str, summary: str | None) -> None:
+        self.metadata = {"Name": name} if summary is None else {"Name": name, "Summary": summary}
         self.version = version
 
 
@@ -28,7 +28,10 @@ class FakeEntryPoint:
     """Stands in for an ``importlib.metadata.EntryPoint`` of the ``apt.plugins`` group.
 
     :param target: what ``load()`` returns (a Plugin class or module), or an exception
-        instance that ``load()`` raises (to test a plugin whose import fails).
+        instance that ``load()`` raises (to test a plugin whose import fails); None:
+        ``load()`` imports ``value`` (``module`` or ``module:Class``) as a real entry
+        point does, so that a test can see whether plugin code was imported.
+    :param summary: the distribution's ``Summary`` metadata (shown by ``apt plugins list``).
     """
 
     def __init__(
@@ -40,18 +43,21 @@ class FakeEntryPoint:
         version: str = "1.0.0",
         group: str = ENTRY_POINT_GROUP,
         value: str | None = None,
+        summary: str | None = None,
     ) -> None:
         self.name = name
         self.group = group
         self.target = target
         self.value = value or f"fake_{name}:{getattr(target, '__name__', 'Plugin')}"
-        self.dist = _FakeDist(distribution or f"apt-plugin-{name}", version)
+        self.dist = _FakeDist(distribution or f"apt-plugin-{name}", version, summary)
         self.loads = 0
 
     def load(self) -> Any:
         self.loads += 1
         if isinstance(self.target, BaseException):
             raise self.target
+        if self.target is None:
+            return importlib.metadata.EntryPoint(self.name, self.value, self.group).load()
         return self.target
 
 

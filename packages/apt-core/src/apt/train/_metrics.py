@@ -16,7 +16,10 @@ _LN2 = math.log(2.0)
 
 
 def bits_per_byte(loss_nats: float) -> float:
-    """Cross-entropy per byte token in bits: with a byte tokenizer, one token is one byte."""
+    """Cross-entropy per token in bits: bits per byte with the byte tokenizer (one token is one byte).
+
+    Other tokenizers scale it by tokens per byte (the trainer does, for ``val_bpb``).
+    """
     return loss_nats / _LN2
 
 

@@ -24,7 +24,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from apt.data import BatchSource
-from apt.data import TextDataset
+from apt.data import load_dataset
+from apt.data import padded_vocab_size
+from apt.data import save_tokenizer
+from apt.data import val_tokens_per_byte
 from apt.data import validation_windows
 from apt.errors import ConfigError
 from apt.errors import PluginConflictError
@@ -80,6 +83,7 @@ _EPOCH_BEGIN, _EPOCH_END = "on_epoch_begin", "on_epoch_end"
 _STEP_BEGIN, _STEP_END = "on_step_begin", "on_step_end"
 _COMPUTE_LOSS = "on_compute_loss"
 _BACKWARD_BEGIN, _BACKWARD_END = "on_backward_begin", "on_backward_end"
+_BACKWARD, _AFTER_BACKWARD = "on_backward", "on_after_backward"
 _BEFORE_OPT, _OPT_STEP = "on_before_optimizer_step", "on_optimizer_step"
 _VAL_BEGIN, _VAL_END = "on_validation_begin", "on_validation_end"
 _RESUME, _EXCEPTION = "on_resume", "on_exception"
@@ -132,18 +136,24 @@ class Trainer:
         self.run_dir: Path | None = Path(agreed) if agreed is not None else None
 
         # --- data (the generator is seeded identically on every rank; each keeps its slice)
-        self.data = TextDataset.from_config(config)
-        if config.model.vocab_size < self.data.tokenizer.vocab_size:
+        # (a prepared folder's memory-mapped shards, or text tokenized here)
+        self.data = load_dataset(config, plugin_manager.registry)
+        #: the run's tokenizer (saved as ``tokenizer.json`` in the run folder, used by ``apt generate``)
+        self.tokenizer = self.data.tokenizer
+        if config.model.vocab_size is None:  # follows the tokenizer, padded for fast matmuls
+            config.model.vocab_size = padded_vocab_size(self.tokenizer.vocab_size)
+        if config.model.vocab_size < self.tokenizer.vocab_size:
             raise ConfigError(
-                f"model.vocab_size is {config.model.vocab_size}, but the tokenizer ({self.data.tokenizer}) makes "
-                f"token ids up to {self.data.tokenizer.vocab_size - 1}; set model.vocab_size to at least "
-                f"{self.data.tokenizer.vocab_size}",
+                f"model.vocab_size is {config.model.vocab_size}, but the tokenizer ({self.tokenizer}) makes "
+                f"token ids up to {self.tokenizer.vocab_size - 1}; set model.vocab_size to at least "
+                f"{self.tokenizer.vocab_size} (or leave it unset to follow the tokenizer)",
                 key="model.vocab_size",
             )
         self.batches = BatchSource(
             self.data.train, config.model.block_size, tc.batch_size, tc.grad_accum,
-            seed=tc.seed, rank=self.rank, world_size=self.world_size,
+            seed=tc.seed, rank=self.rank, world_size=self.world_size, fingerprint=self.data.fingerprint,
         )  # fmt: skip
+        self._val_tokens_per_byte = 1.0  # set with the validation windows (exactly 1 for the byte tokenizer)
 
         # --- built by setup()
         self.model: nn.Module | None = None
@@ -162,6 +172,9 @@ class Trainer:
         self.step_in_epoch = 0
         self.last_metrics: dict[str, float] = {}
         self._stop_requests: list[tuple[str | None, str]] = []
+        self._skip_requests: list[str] = []  # vetoes of the coming optimizer step
+        #: optimizer steps vetoed by plugins (skipped: no update, no LR-schedule step), over the whole run
+        self.skipped_steps = 0
         self.stop_reason: str | None = None
         self._epoch_losses: list[float] = []
         self._train_loss = math.nan
@@ -246,6 +259,9 @@ class Trainer:
         self._val_batches = validation_windows(
             self.data.val, self.config.model.block_size, tc.batch_size, tc.val_batches, self.rank, self.world_size
         )
+        self._val_tokens_per_byte = val_tokens_per_byte(
+            self.tokenizer, self.data.val, self.config.model.block_size, tc.batch_size, tc.val_batches, self.world_size
+        )
         self._is_setup = True
         n_params = sum(p.numel() for p in self.model.parameters())
         log.info(
@@ -273,6 +289,7 @@ class Trainer:
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self.config.to_yaml(self.run_dir / "config.yaml")
+            save_tokenizer(self.tokenizer, self.run_dir / "tokenizer.json")
             if self.global_step > 0:  # resumed: records past the checkpoint belong to the abandoned run
                 set_aside_records_after(self.run_dir / "metrics.jsonl", self.global_step)
             self._metrics = MetricsWriter(self.run_dir / "metrics.jsonl")
@@ -447,6 +464,7 @@ class Trainer:
             self._fire(_STEP_BEGIN, model=model, batch=(x, y), epoch=epoch, step=step)
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         want_terms = hooks.has_handlers(_COMPUTE_LOSS)
+        plugin_backward = hooks.has_handlers(_BACKWARD)
         loss_sum = torch.zeros((), device=self.device)  # sum over micro-batches of the total loss
         term_sums: dict[str, Tensor] = {}
         for micro_step, (xb, yb) in enumerate(self.batches.micro_batches(x, y)):
@@ -460,9 +478,11 @@ class Trainer:
                     out: ModelOutput = self._forward(xb, yb, return_hidden=want_terms)
                 assert out.loss is not None
                 loss = out.loss
+                terms: dict[str, Tensor] = {}
                 # 3. plugins add named loss terms
                 if want_terms:
-                    for name, term in self._loss_terms((xb, yb), out, epoch, step, micro_step).items():
+                    terms = self._loss_terms((xb, yb), out, epoch, step, micro_step)
+                    for name, term in terms.items():
                         loss = loss + term
                         t = term.detach().float()
                         term_sums[name] = term_sums[name] + t if name in term_sums else t
@@ -470,12 +490,16 @@ class Trainer:
                 scaled = loss / accum
                 if hooks.has_handlers(_BACKWARD_BEGIN):
                     self._fire(_BACKWARD_BEGIN, model=model, loss=scaled, epoch=epoch, step=step, micro_step=micro_step)
-                scaled.backward()
+                # a plugin may take over the backward (one gradient per named term from this one forward)
+                if not (plugin_backward and self._plugin_backward(scaled, out.loss, terms, epoch, step, micro_step)):
+                    scaled.backward()
                 if hooks.has_handlers(_BACKWARD_END):
                     self._fire(_BACKWARD_END, model=model, epoch=epoch, step=step, micro_step=micro_step)
             loss_sum += loss.detach().float()
 
-        # 5. clip; gradients are final
+        # 5. gradients are final (accumulated, all-reduced): plugins see them before the core clips
+        if hooks.has_handlers(_AFTER_BACKWARD):
+            self._fire(_AFTER_BACKWARD, model=model, optimizer=self.optimizer, epoch=epoch, step=step)
         if tc.grad_clip is not None:
             grad_norm = grad_norm_value(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip))
         else:
@@ -484,12 +508,14 @@ class Trainer:
         if hooks.has_handlers(_BEFORE_OPT):
             self._fire(_BEFORE_OPT, model=model, optimizer=self.optimizer, epoch=epoch, step=step, grad_norm=grad_norm)
 
-        # 6. update
+        # 6. update, unless a plugin vetoed it (then weights, optimizer state and LR schedule stay as they were)
         lr = float(self.optimizer.param_groups[0]["lr"])
-        self.optimizer.step()
-        self.lr_scheduler.step()
+        skipped = self._step_vetoed()
+        if not skipped:
+            self.optimizer.step()
+            self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        if hooks.has_handlers(_OPT_STEP):
+        if not skipped and hooks.has_handlers(_OPT_STEP):
             self._fire(_OPT_STEP, model=model, optimizer=self.optimizer, epoch=epoch, step=step, lr=lr)
         self.global_step += 1
         self.step_in_epoch += 1
@@ -502,6 +528,8 @@ class Trainer:
         values = packed.tolist()
         metrics: dict[str, float] = {"loss": values[0], "lr": lr, "grad_norm": grad_norm}
         metrics.update({f"loss/{n}": v for n, v in zip(names, values[1:], strict=True)})
+        if self.skipped_steps:  # once a step was vetoed: the running count, and whether this one was
+            metrics.update(skipped_steps=float(self.skipped_steps), step_skipped=float(skipped))
         # with the counters above: a state_dict() taken from on_step_end holds this step entirely
         self._epoch_losses.append(values[0])
 
@@ -534,7 +562,8 @@ class Trainer:
             total[1] += 1
         all_reduce_sum(total, self.dist)
         val_loss = float(total[0] / total[1])
-        metrics = {"val_loss": val_loss, "val_bpb": bits_per_byte(val_loss)}
+        # loss summed over target tokens / the bytes they cover: comparable across tokenizers
+        metrics = {"val_loss": val_loss, "val_bpb": bits_per_byte(val_loss) * self._val_tokens_per_byte}
         for plugin, extra in self._collect(
             _VAL_END, model=model, epoch=self.epoch, step=self.global_step, metrics=dict(metrics)
         ):
@@ -552,6 +581,61 @@ class Trainer:
         :param source: who asks (a plugin name).
         """
         self._stop_requests.append((source, reason))
+
+    def skip_optimizer_step(self, reason: str) -> None:
+        """Veto the coming optimizer step (from ``on_step_begin`` up to ``on_before_optimizer_step``).
+
+        The step's gradients are dropped: ``optimizer.step()``, the LR-schedule step and
+        ``on_optimizer_step`` do not happen, so weights, optimizer state (Adam moments and
+        step counts) and the LR schedule stay as they were. The step still counts as taken
+        (``global_step`` advances and its batch is consumed), so a resume continues exactly.
+        The veto is counted in ``skipped_steps`` (the metrics ``skipped_steps`` and
+        ``step_skipped``, and the summary). Under torchrun a veto on any rank skips the step
+        on every rank.
+
+        :param reason: why, logged (a plugin should name itself and the culprit).
+        """
+        self._skip_requests.append(reason)
+
+    def _step_vetoed(self) -> bool:
+        """Consume the vetoes of this step; ``True`` when it is skipped (on every rank if any rank vetoed)."""
+        vetoed = bool(self._skip_requests)
+        if self.dist.enabled:
+            flag = torch.tensor([float(vetoed)], device=self.device)
+            vetoed = bool(all_reduce_sum(flag, self.dist).item() > 0)
+        if vetoed:
+            self.skipped_steps += 1
+            log.warning(
+                "step %d skipped: %s", self.global_step, "; ".join(self._skip_requests) or "vetoed on another process"
+            )
+        self._skip_requests.clear()
+        return vetoed
+
+    def _plugin_backward(
+        self, loss: Tensor, lm: Tensor, terms: dict[str, Tensor], epoch: int, step: int, micro_step: int
+    ) -> bool:
+        """``on_backward``: whether a plugin did this micro-batch's backward (``loss`` is already scaled)."""
+        if "lm" in terms:
+            raise PluginError(
+                "a plugin returned a loss term named 'lm' from on_compute_loss, the name on_backward gives the "
+                "language-model loss; rename the term (prefix it with the plugin's name)"
+            )
+        accum = self.config.training.grad_accum
+        scaled = {name: term / accum for name, term in {"lm": lm, **terms}.items()}
+        answers = self._fire(
+            _BACKWARD, model=self.model, loss=loss, terms=scaled, epoch=epoch, step=step, micro_step=micro_step
+        )
+        return bool(answers and answers[0] is True)
+
+    def all_reduce_sum(self, t: Tensor) -> Tensor:
+        """Sum ``t`` over the processes, in place (returned; the identity with one process)."""
+        return all_reduce_sum(t, self.dist)
+
+    def all_reduce_mean(self, t: Tensor) -> Tensor:
+        """Mean of ``t`` over the processes, in place (returned; the identity with one process)."""
+        if not self.dist.enabled:
+            return t
+        return all_reduce_sum(t, self.dist).div_(self.world_size)
 
     def _check_stop(self) -> None:
         """Turn stop requests into ``stop_reason``; under torchrun any rank's request stops all."""
@@ -582,6 +666,7 @@ class Trainer:
 
         Keys: ``model``, ``optimizer``, ``lr_scheduler``, ``grad_scaler``, ``rng``, ``data``
         (sampler), ``counters`` (``epoch``, ``global_step``, ``step_in_epoch``),
+        ``skipped_steps`` (vetoed optimizer steps so far),
         ``epoch_losses`` (the current epoch's step losses so far), ``config``,
         ``plugin_manager`` (enabled flags, schedule), ``fingerprint`` and ``plugins``.
         Values are tensors and JSON-compatible data only. Under FSDP2 the model and optimizer
@@ -600,6 +685,7 @@ class Trainer:
             "rng": rng_state(),
             "data": self.batches.state_dict(),
             "counters": {"epoch": self.epoch, "global_step": self.global_step, "step_in_epoch": self.step_in_epoch},
+            "skipped_steps": self.skipped_steps,
             "epoch_losses": list(self._epoch_losses),
             "last_metrics": dict(self.last_metrics),
             "config": self.config.to_dict(),
@@ -626,6 +712,7 @@ class Trainer:
         counters = state["counters"]
         self.epoch, self.global_step = int(counters["epoch"]), int(counters["global_step"])
         self.step_in_epoch = int(counters["step_in_epoch"])
+        self.skipped_steps = int(state.get("skipped_steps", 0))
         self._epoch_losses = [float(v) for v in state.get("epoch_losses", [])]
         self.last_metrics = {str(k): v for k, v in dict(state.get("last_metrics") or {}).items()}
         # the plugins as they were when the state was taken; a toggle due at the restored
@@ -715,6 +802,7 @@ class Trainer:
             "wall_s": wall_s,
             "tokens": self.global_step * self.tokens_per_step,
             "stop_reason": self.stop_reason,
+            "skipped_steps": self.skipped_steps,
             "params": sum(p.numel() for p in self.model.parameters()),
             "device": str(self.device),
             "world_size": self.world_size,

@@ -32,6 +32,7 @@ PACKAGES = [
     "packages/apt-plugin-align",
     "packages/apt-plugin-checkpoint",
     "packages/apt-plugin-gradient",
+    "packages/apt-plugin-retrieval",
     "packages/apt-plugin-vft",
 ]
 
@@ -44,7 +45,8 @@ def _install(session: nox.Session, *extra: str) -> None:
 @nox.session(python="3.11")
 def tests(session: nox.Session) -> None:
     """Run the test suite (pass pytest arguments after --)."""
-    _install(session, "pyarrow", "datasets")  # apt data prepare's Parquet and save_to_disk sources
+    # apt data prepare's Parquet and save_to_disk sources; the retrieval plugin's index (faiss-cpu)
+    _install(session, "pyarrow", "datasets", "faiss-cpu")
     # APT_RUN_SLOW=1: also the 10-SIGKILL resume test (about a minute)
     session.run(
         "python", "-m", "pytest", "tests", "-q", "-p", "no:cacheprovider", *session.posargs, env={"APT_RUN_SLOW": "1"}

@@ -36,14 +36,10 @@ from nox.command import CommandFailed
 
 ROOT = Path(__file__).resolve().parent
 PACKAGES = (
-    "apt-core",
-    "apt-plugin-moe",
-    "apt-plugin-align",
-    "apt-plugin-checkpoint",
-    "apt-plugin-gradient",
-    "apt-plugin-vft",
-)
-PLUGINS = ("align", "checkpoint", "gradient", "moe", "vft")
+    "apt-core", "apt-plugin-moe", "apt-plugin-align", "apt-plugin-checkpoint", "apt-plugin-gradient",
+    "apt-plugin-retrieval", "apt-plugin-vft",
+)  # fmt: skip
+PLUGINS = ("align", "checkpoint", "gradient", "moe", "retrieval", "vft")
 TORCH = "torch==2.13.0"
 
 # A run small enough to finish in seconds on a CPU: two optimizer steps of a 1-layer GPT.

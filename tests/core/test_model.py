@@ -109,3 +109,22 @@ def test_generate() -> None:
     a = model.generate(idx, 10, generator=torch.Generator().manual_seed(3))
     b = model.generate(idx, 10, generator=torch.Generator().manual_seed(3))
     assert torch.equal(a, b)
+
+
+def test_generate_logprobs_fn_adjusts_every_step() -> None:
+    """logprobs_fn sees the cropped context and the model's log-probabilities, and its output is sampled."""
+    model = make()
+    model.eval()
+    seen: list[tuple[int, float]] = []
+
+    def force_seven(idx: torch.Tensor, logprobs: torch.Tensor) -> torch.Tensor:
+        seen.append((idx.size(1), float(logprobs.exp().sum())))
+        out = torch.full_like(logprobs, float("-inf"))
+        out[:, 7] = 0.0  # all mass on token 7
+        return out
+
+    idx = torch.randint(0, 256, (2, 5))
+    out = model.generate(idx, 20, temperature=0.8, logprobs_fn=force_seven)
+    assert torch.equal(out[:, 5:], torch.full((2, 20), 7))
+    assert len(seen) == 20 and max(t for t, _ in seen) == model.config.block_size
+    assert all(abs(total - 2.0) < 1e-4 for _, total in seen)  # two rows of probabilities summing to 1

@@ -32,6 +32,12 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--weights", metavar="NAME", help="a 'weights' provider to take weights from (e.g. align's 'stable')"
     )
+    p.add_argument(
+        "--retrieval",
+        action="store_true",
+        help="mix a kNN-LM into each next-token distribution (the run's 'logprobs:retrieval' provider, "
+        "from apt-plugin-retrieval)",
+    )
     p.set_defaults(func=run)
 
 
@@ -165,7 +171,10 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= args.seed < 2**63:
         raise UsageError(f"--seed must be in [0, 2**63), got {args.seed}")
     model, pm = load_run_model(args.run, args.weights)
+    logprobs_fn = None
     try:
+        if args.retrieval:
+            logprobs_fn = _logprobs_provider(pm, "retrieval", model, args.run)
         tok = run_tokenizer(args.run)
         if isinstance(tok, ByteTokenizer):
             ids = tok.encode(args.prompt) or [ord("\n")]  # an empty prompt starts a new line
@@ -180,8 +189,27 @@ def run(args: argparse.Namespace) -> int:
             top_k=args.top_k,
             generator=generator,
             vocab_limit=tok.vocab_size,  # a padded vocabulary's extra ids are no tokens
+            logprobs_fn=logprobs_fn,
         )
         print(tok.decode(out[0].tolist()))
     finally:
+        close = getattr(logprobs_fn, "close", None)
+        if close is not None:
+            close()
         pm.teardown_all()
     return 0
+
+
+def _logprobs_provider(pm: Any, name: str, model: Any, run_dir: Path) -> Any:
+    """Build the ``logprobs:NAME`` provider of the run's plugins (see ``GPT.generate``'s ``logprobs_fn``).
+
+    A provider of kind ``logprobs`` is a factory ``(model, run_dir) -> fn`` where
+    ``fn(idx, logprobs) -> logprobs`` adjusts each next-token distribution; if ``fn`` has a
+    ``close()`` method it is called after sampling.
+    """
+    if "logprobs" not in pm.registry.kinds() or not pm.registry.has("logprobs", name):
+        raise UsageError(
+            f"--{name}: no 'logprobs' provider {name!r} among the run's plugins; train the run with the "
+            f"{name} plugin (pip install apt-plugin-{name}; plugins: [{name}])"
+        )
+    return pm.registry.build("logprobs", name, model=model, run_dir=run_dir)

@@ -9,6 +9,7 @@ model asks the provider registry for ``model.attention``, ``model.ffn`` and
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from typing import Any
@@ -133,12 +134,19 @@ class GPT(nn.Module):
         top_k: int | None = None,
         generator: torch.Generator | None = None,
         vocab_limit: int | None = None,
+        logprobs_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
     ) -> Tensor:
         """Sample ``max_new_tokens`` tokens after ``idx`` ``(B, T)``; returns ``(B, T + max_new_tokens)``.
 
         ``temperature == 0`` picks the most likely token (greedy); ``top_k`` keeps only the
         k most likely tokens before sampling; ``vocab_limit`` only ids below it (a vocabulary
         padded beyond what the tokenizer can decode). Put the model in eval mode first.
+
+        ``logprobs_fn(idx_cond, logprobs)`` is the hook through which a plugin adjusts the
+        next-token distribution (``apt generate --retrieval`` passes the ``logprobs:retrieval``
+        provider, a kNN-LM): it gets the context just run ``(B, T')`` and the model's
+        log-probabilities ``(B, V)`` of the next token, right after this step's forward, and
+        returns new log-probabilities ``(B, V)``; temperature, ``top_k`` and sampling apply to those.
         """
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
@@ -147,6 +155,10 @@ class GPT(nn.Module):
             logits = self(idx_cond).logits[:, -1, :].float()  # (B, V) for the last position only
             if vocab_limit is not None:
                 logits[:, vocab_limit:] = float("-inf")
+            if logprobs_fn is not None:
+                logits = logprobs_fn(idx_cond, F.log_softmax(logits, dim=-1))  # (B, V) log-probabilities
+                if vocab_limit is not None:
+                    logits[:, vocab_limit:] = float("-inf")
             if temperature == 0:
                 next_id = logits.argmax(dim=-1, keepdim=True)  # (B, 1)
             else:

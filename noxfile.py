@@ -34,6 +34,7 @@ PACKAGES = [
     "packages/apt-plugin-gradient",
     "packages/apt-plugin-retrieval",
     "packages/apt-plugin-tensorboard",
+    "packages/apt-plugin-vft",
 ]
 
 

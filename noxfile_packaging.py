@@ -3,13 +3,13 @@
 ``noxfile.py`` imports :func:`packaging` from here, so ``nox -s packaging`` runs it. It
 proves what a user gets from PyPI, with no source tree anywhere on the path:
 
-1. build the wheel and sdist of apt-core and the three plugin packages (``python -m build``);
+1. build the wheel and sdist of apt-core and each plugin package (``PACKAGES``, ``python -m build``);
 2. check their metadata (``twine check``);
 3. create a fresh venv, install ``torch==2.13.0`` first (a plain ``torch`` requirement
    would pull a multi-GB CUDA build; set ``APT_TORCH_INDEX_URL`` to use another index,
-   e.g. ``https://download.pytorch.org/whl/cpu``), then the four wheels;
-4. from an empty temporary folder, ``apt plugins list --json`` finds moe, align and
-   checkpoint (read from metadata: listing imports no plugin code);
+   e.g. ``https://download.pytorch.org/whl/cpu``), then the wheels of PACKAGES;
+4. from an empty temporary folder, ``apt plugins list --json`` finds every plugin of ``PLUGINS``
+   (read from metadata: listing imports no plugin code);
 5. ``pip uninstall -y apt-plugin-moe``: it is gone from the list, and a tiny ``apt train``
    still runs to completion with the remaining plugins.
 
@@ -37,9 +37,9 @@ from nox.command import CommandFailed
 ROOT = Path(__file__).resolve().parent
 PACKAGES = (
     "apt-core", "apt-plugin-moe", "apt-plugin-align", "apt-plugin-checkpoint", "apt-plugin-gradient",
-    "apt-plugin-retrieval", "apt-plugin-tensorboard",
+    "apt-plugin-retrieval", "apt-plugin-tensorboard", "apt-plugin-vft",
 )  # fmt: skip
-PLUGINS = ("align", "checkpoint", "gradient", "moe", "retrieval", "tensorboard")
+PLUGINS = ("align", "checkpoint", "gradient", "moe", "retrieval", "tensorboard", "vft")
 TORCH = "torch==2.13.0"
 
 # A run small enough to finish in seconds on a CPU: two optimizer steps of a 1-layer GPT.
@@ -115,7 +115,7 @@ def _pip_install(session: nox.Session, python: str, wheelhouse: Path, *targets: 
 
 @nox.session(python=False)
 def packaging(session: nox.Session) -> None:
-    """Build the wheels and sdists, check them, install them into a fresh venv and use them."""
+    """Build every package's wheel and sdist, check them, install them into a fresh venv and use them."""
     missing = [p for p in PACKAGES if not (ROOT / "packages" / p / "pyproject.toml").is_file()]
     if missing:
         session.error(f"missing packages: {', '.join(missing)} (expected packages/<name>/pyproject.toml)")

@@ -11,6 +11,7 @@ from typing import Any
 import pluggy
 import pytest
 from apt.core import APTConfig
+from apt.errors import ConfigError
 from apt.errors import PluginHookError
 from apt.errors import ReadOnlyConfigError
 from apt.plugins import HookManager
@@ -257,3 +258,22 @@ def test_the_plugins_read_only_what_the_view_declares() -> None:
                     undeclared.append(f"{path.name}:{node.lineno}: trainer not annotated TrainerView")
     assert undeclared == []
     assert {"global_step", "config", "request_stop", "all_reduce_sum", "is_distributed"} <= members
+
+
+@pytest.mark.parametrize("package", ["moe", "align", "checkpoint", "gradient", "retrieval", "tensorboard", "vft"])
+def test_a_plugin_built_from_a_mapping_is_validated_once_by_the_kernel(package: str) -> None:
+    """Direct construction ``XPlugin({...})``: Plugin.__init__ validates the mapping (no plugin re-validates),
+    the config is the plugin's ``config_model`` and read-only, and a bad key is named with its section."""
+    import importlib
+
+    module = importlib.import_module(f"apt_plugin_{package}")
+    cls = next(c for c in vars(module).values() if isinstance(c, type) and issubclass(c, Plugin) and c is not Plugin)
+    model = cls.config_model
+    assert model is not None
+    plugin = cls({})
+    assert isinstance(plugin.config, model)
+    field = next(iter(model.model_fields))
+    with pytest.raises(ReadOnlyConfigError):
+        setattr(plugin.config, field, getattr(plugin.config, field))
+    with pytest.raises(ConfigError, match=f"unknown config key '{package}.no_such_key'"):
+        cls({"no_such_key": 1})

@@ -26,11 +26,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from typing import Any
 
-from pydantic import ValidationError
 from torch import Tensor
 from torch import nn
 
-from apt.errors import ConfigError
 from apt.errors import UsageError
 from apt.model import GPT
 from apt.model import unwrap_model
@@ -89,14 +87,7 @@ class RetrievalPlugin(Plugin):
     config: RetrievalConfig
 
     def __init__(self, config: RetrievalConfig | dict[str, Any] | None = None) -> None:
-        if not isinstance(config, RetrievalConfig):
-            try:
-                config = RetrievalConfig(**(config or {}))
-            except ValidationError as exc:
-                err = exc.errors()[0]
-                key = ".".join(["retrieval", *(str(p) for p in err["loc"])])
-                raise ConfigError(f"config key {key!r}: {err['msg']} (got {err.get('input')!r})", key=key) from None
-        super().__init__(config)
+        super().__init__(config)  # validated once (by the plugin manager, or here from a mapping); read-only
         self.store: Datastore | None = None
         self.tuned: tuple[float, float] | None = None  # (lmbda, T) for self.store
         self._training = False

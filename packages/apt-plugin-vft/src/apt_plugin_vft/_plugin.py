@@ -57,14 +57,11 @@ class VFTPlugin(Plugin):
     providers = ("attention:tva", "ffn:vft")
     config_model = VFTConfig
 
+    config: VFTConfig
+
     def __init__(self, config: VFTConfig | dict[str, Any] | None = None) -> None:
-        if config is None:
-            config = VFTConfig.model_validate({})
-        elif not isinstance(config, VFTConfig):
-            config = VFTConfig.model_validate(config)
-        super().__init__(config)
-        self.config: VFTConfig = config
-        self.tau = config.tau
+        super().__init__(config)  # validated once (by the plugin manager, or here from a mapping); read-only
+        self.tau = self.config.tau
 
     # --- providers ----------------------------------------------------------------------
 

@@ -646,3 +646,43 @@ def test_order_explains_a_tie_by_the_resolved_plugin_position(
         "priority 5 (given at registration); same priority as hb: later in the plugin order (plugin priority 0 < hb's 10)"
     )
     assert epoch_end[2]["reason"] == "priority 5 (given at registration); same priority as ha: by name"
+
+
+def test_order_explains_after_and_before_by_the_kernels_rule(modules: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``after`` and ``before`` order plugins as ``requires`` does (the kernel's order_edges), and say so."""
+    _write(
+        modules,
+        {
+            "cli_ab": """
+            from apt.plugins import Plugin
+
+            class Amy(Plugin):
+                name = "amy"
+                def on_step_end(self, **kw): pass
+            class Zed(Plugin):
+                name = "zed"
+                before = ("amy",)
+                def on_step_end(self, **kw): pass
+            class Bob(Plugin):
+                name = "bob"
+                priority = 7
+                after = ("cat",)
+                def on_step_end(self, **kw): pass
+            class Cat(Plugin):
+                name = "cat"
+                def on_step_end(self, **kw): pass
+            """
+        },
+    )
+    eps = [_source_entry_point(n, f"cli_ab:{n.title()}") for n in ("amy", "zed", "bob", "cat")]
+    with fake_entry_points(*eps):
+        report = json.loads(_run(capsys, "plugins", "order", "--json")[1])
+    assert report["plugins"] == ["cat", "bob", "zed", "amy"]
+    rows = report["order"]["on_step_end"]
+    assert [(r["plugin"], r["priority"]) for r in rows] == [("cat", 7), ("bob", 7), ("zed", 0), ("amy", 0)]
+    assert [r["reason"] for r in rows] == [
+        "priority 7 (own 0, raised because bob runs after it)",
+        "priority 7; after cat (after)",
+        "priority 0",
+        "priority 0; after zed (zed's before)",
+    ]

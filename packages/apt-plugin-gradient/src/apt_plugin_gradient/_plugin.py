@@ -25,11 +25,9 @@ from typing import Any
 
 import torch
 from apt.errors import CheckpointError
-from apt.errors import ConfigError
 from apt.errors import UsageError
 from apt.plugins import Plugin
 from apt.plugins import TrainerView
-from pydantic import ValidationError
 from torch import Tensor
 from torch import nn
 
@@ -74,14 +72,7 @@ class GradientPlugin(Plugin):
     config: GradientConfig
 
     def __init__(self, config: GradientConfig | dict[str, Any] | None = None) -> None:
-        if not isinstance(config, GradientConfig):
-            try:
-                config = GradientConfig(**(config or {}))
-            except ValidationError as exc:
-                err = exc.errors()[0]
-                key = ".".join(["gradient", *(str(p) for p in err["loc"])])
-                raise ConfigError(f"config key {key!r}: {err['msg']} (got {err.get('input')!r})", key=key) from None
-        super().__init__(config)
+        super().__init__(config)  # validated once (by the plugin manager, or here from a mapping); read-only
         c = self.config
         self.autoclip = AutoClip(c.clip.autoclip_percentile, c.clip.autoclip_history)
         self.zscore = ZScoreClip(c.clip.zscore_alpha, c.clip.zscore_threshold, c.clip.zscore_warmup, c.clip.zscore_mode)

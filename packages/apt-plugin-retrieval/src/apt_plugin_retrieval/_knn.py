@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 from torch import nn
 
+from apt.model import GPT
 from apt.model import unwrap_model
 
 
@@ -52,10 +53,10 @@ def mix_log_probs(log_lm: Tensor, log_knn: Tensor, lmbda: float) -> Tensor:
 
 
 def _ffn_of_last_block(model: nn.Module) -> nn.Module:
-    blocks = getattr(model, "blocks", None)
-    if not isinstance(blocks, nn.ModuleList) or len(blocks) == 0 or not hasattr(blocks[-1], "ffn"):
-        raise TypeError(f"{type(model).__name__} has no blocks[-1].ffn; use retrieval.key: final_hidden")
-    ffn = blocks[-1].get_submodule("ffn")
+    """``model.blocks[-1].ffn`` of an :class:`apt.model.GPT` (a MoE layer when moe replaced it)."""
+    if not isinstance(model, GPT) or len(model.blocks) == 0:
+        raise TypeError(f"{type(model).__name__} is not an apt GPT with blocks; use retrieval.key: final_hidden")
+    ffn: nn.Module = model.blocks[-1].get_submodule("ffn")
     return ffn
 
 

@@ -26,13 +26,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from typing import Any
 
-import torch
-from pydantic import ValidationError
+from torch import Tensor
 from torch import nn
 
-from apt.errors import ConfigError
 from apt.errors import UsageError
+from apt.model import GPT
+from apt.model import unwrap_model
 from apt.plugins import Plugin
+from apt.plugins import TrainerView
 from apt_plugin_retrieval._config import RetrievalConfig
 from apt_plugin_retrieval._datastore import MANIFEST_FILE
 from apt_plugin_retrieval._datastore import Datastore
@@ -52,6 +53,8 @@ from apt_plugin_retrieval._knn import weights_sha256
 
 if TYPE_CHECKING:
     from apt.core import ProviderRegistry
+    from apt.data import PreparedDataset
+    from apt.data import TextDataset
     from apt.plugins import HookManager
 
 
@@ -84,14 +87,7 @@ class RetrievalPlugin(Plugin):
     config: RetrievalConfig
 
     def __init__(self, config: RetrievalConfig | dict[str, Any] | None = None) -> None:
-        if not isinstance(config, RetrievalConfig):
-            try:
-                config = RetrievalConfig(**(config or {}))
-            except ValidationError as exc:
-                err = exc.errors()[0]
-                key = ".".join(["retrieval", *(str(p) for p in err["loc"])])
-                raise ConfigError(f"config key {key!r}: {err['msg']} (got {err.get('input')!r})", key=key) from None
-        super().__init__(config)
+        super().__init__(config)  # validated once (by the plugin manager, or here from a mapping); read-only
         self.store: Datastore | None = None
         self.tuned: tuple[float, float] | None = None  # (lmbda, T) for self.store
         self._training = False
@@ -110,44 +106,55 @@ class RetrievalPlugin(Plugin):
 
     # --- where things are ---------------------------------------------------------------
 
-    def folder(self, trainer: Any) -> Path:
+    def folder(self, trainer: TrainerView) -> Path:
         """``<run_dir>/<retrieval.folder>``; a temporary folder when the trainer writes no files."""
-        run_dir = getattr(trainer, "run_dir", None)
-        if run_dir is not None:
-            return Path(run_dir) / self.config.folder
+        if trainer.run_dir is not None:
+            return Path(trainer.run_dir) / self.config.folder
         if self._scratch is None:
             self._scratch = Path(tempfile.mkdtemp(prefix="apt-retrieval-"))
         return self._scratch / self.config.folder
 
     @staticmethod
-    def _dataset(trainer: Any) -> Any:
-        data = getattr(trainer, "data", None)
-        if data is None:  # a host without the trainer's data (apt eval's may have it; rebuild it otherwise)
-            from apt.data import TextDataset
+    def _dataset(trainer: TrainerView) -> TextDataset | PreparedDataset:
+        """The run's training data, which the datastore is built from (``apt train`` and ``apt eval`` have it)."""
+        if trainer.data is None:
+            raise UsageError(
+                "retrieval: this command has no training data to build the datastore from; "
+                "run apt train or apt eval on the run first"
+            )
+        return trainer.data
 
-            data = TextDataset.from_config(trainer.config, getattr(trainer, "registry", None))
-        return data
+    @classmethod
+    def _train_tokens(cls, trainer: TrainerView) -> Tensor:
+        """The training split as one tensor; a prepared (sharded) folder is refused with the fix."""
+        tokens = cls._dataset(trainer).train
+        if not isinstance(tokens, Tensor):
+            raise UsageError(
+                f"retrieval: data.path {trainer.config.data.path!r} is a prepared folder; the datastore is built "
+                "from text data only: point data.path at the text file, or drop retrieval from plugins"
+            )
+        return tokens
 
     @staticmethod
-    def _tokenizer_id(data: Any) -> dict[str, Any]:
+    def _tokenizer_id(data: TextDataset | PreparedDataset) -> dict[str, Any]:
         tok = data.tokenizer
         return {"repr": repr(tok), "vocab_size": int(tok.vocab_size)}
 
     # --- training -----------------------------------------------------------------------
 
-    def on_train_begin(self, trainer: Any, model: nn.Module) -> None:
+    def on_train_begin(self, trainer: TrainerView, model: nn.Module) -> None:
         """Refuse, before the first step, a datastore index that would not fit in memory."""
         self._training = True
-        if not getattr(trainer, "is_global_zero", True):
+        if not trainer.is_global_zero:
             return
-        data = self._dataset(trainer)
-        n = len(data.train) - 1
-        dim = int(getattr(getattr(trainer.config, "model", None), "d_model", 0)) or None
-        if dim is not None:
-            spec = plan_index(n, dim, self.config)
-            check_memory(spec, n, dim, self.config.memory_limit_mb, self.folder(trainer))
+        n = len(self._train_tokens(trainer)) - 1
+        dim = trainer.config.model.d_model
+        spec = plan_index(n, dim, self.config)
+        check_memory(spec, n, dim, self.config.memory_limit_mb, self.folder(trainer))
 
-    def on_validation_end(self, trainer: Any, model: nn.Module, metrics: dict[str, float]) -> dict[str, float] | None:
+    def on_validation_end(
+        self, trainer: TrainerView, model: nn.Module, metrics: dict[str, float]
+    ) -> dict[str, float] | None:
         """``retrieval/val_bpb`` (all validation windows, tuned lmbda and T) and the held-out comparison.
 
         ``retrieval/heldout_val_bpb`` and ``retrieval/heldout_lm_bpb`` are the kNN-LM and the
@@ -155,7 +162,7 @@ class RetrievalPlugin(Plugin):
         are scaled to bits per byte by the core's own ratio (``val_bpb / val_loss * ln 2``:
         exactly 1 for the byte tokenizer).
         """
-        if not getattr(trainer, "is_global_zero", True):
+        if not trainer.is_global_zero:
             return None  # one process builds and scores (its own share of the windows)
         try:
             store = self._store_for(trainer, model)
@@ -169,10 +176,10 @@ class RetrievalPlugin(Plugin):
             return None
         return self._evaluate(trainer, model, store, _bytes_scale(metrics))
 
-    def on_train_end(self, trainer: Any, model: nn.Module) -> None:
+    def on_train_end(self, trainer: TrainerView, model: nn.Module) -> None:
         """Make the datastore match the final weights (the last validation usually did already)."""
         self._training = False
-        if not getattr(trainer, "is_global_zero", True):
+        if not trainer.is_global_zero:
             return
         wh = weights_sha256(model)
         if self.store is not None and self.store.weights_sha256 == wh:
@@ -181,13 +188,13 @@ class RetrievalPlugin(Plugin):
 
     # --- datastore ----------------------------------------------------------------------
 
-    def _due(self, trainer: Any) -> bool:
+    def _due(self, trainer: TrainerView) -> bool:
         tc = trainer.config.training
         epoch_end = trainer.step_in_epoch >= tc.steps_per_epoch
-        last = getattr(trainer, "stop_reason", None) is not None or (epoch_end and trainer.epoch + 1 >= tc.max_epochs)
+        last = trainer.stop_reason is not None or (epoch_end and trainer.epoch + 1 >= tc.max_epochs)
         return last or (self.config.build == "epoch" and epoch_end)
 
-    def _store_for(self, trainer: Any, model: nn.Module) -> Datastore | None:
+    def _store_for(self, trainer: TrainerView, model: nn.Module) -> Datastore | None:
         """The datastore of the current weights: in memory, in the run folder, or built now if due."""
         wh = weights_sha256(model)
         if self.store is not None and self.store.weights_sha256 == wh:
@@ -210,7 +217,7 @@ class RetrievalPlugin(Plugin):
             return self._safe_build(trainer, model) if self._due(trainer) else None
         return self._build(trainer, model)
 
-    def _open(self, trainer: Any, folder: Path) -> Datastore:
+    def _open(self, trainer: TrainerView, folder: Path) -> Datastore:
         data = self._dataset(trainer)
         self.store = Datastore.open(
             folder, dim=trainer.config.model.d_model, tokenizer=self._tokenizer_id(data),
@@ -219,27 +226,28 @@ class RetrievalPlugin(Plugin):
         self.tuned = _read_tuned(folder / TUNED_FILE, self.store.weights_sha256)
         return self.store
 
-    def _build(self, trainer: Any, model: nn.Module) -> Datastore:
+    def _build(self, trainer: TrainerView, model: nn.Module) -> Datastore:
         from tqdm.auto import tqdm
 
         data = self._dataset(trainer)
         cfg = trainer.config
         folder = self.folder(trainer)
-        n_windows = -(-(len(data.train) - 1) // (self.config.stride or cfg.model.block_size))
+        tokens = self._train_tokens(trainer)
+        n_windows = -(-(len(tokens) - 1) // (self.config.stride or cfg.model.block_size))
         with tqdm(
             total=n_windows, unit="window", desc="retrieval datastore", dynamic_ncols=True,
             disable=None if self.config.progress else True,
         ) as bar:  # fmt: skip
             self.store = build_datastore(
-                folder, model, data.train, self.config,
+                folder, model, tokens, self.config,
                 block_size=cfg.model.block_size, tokenizer=self._tokenizer_id(data),
-                weights_sha256=weights_sha256(model), device=getattr(trainer, "device", "cpu"),
-                dtype=getattr(trainer, "dtype", torch.float32), progress=bar.update,
+                weights_sha256=weights_sha256(model), device=trainer.device,
+                dtype=trainer.dtype, progress=bar.update,
             )  # fmt: skip
         self.tuned = None
         return self.store
 
-    def _safe_build(self, trainer: Any, model: nn.Module) -> Datastore | None:
+    def _safe_build(self, trainer: TrainerView, model: nn.Module) -> Datastore | None:
         """A build during training: a failure is logged, never raised (the run's weights come first)."""
         try:
             return self._build(trainer, model)
@@ -249,13 +257,15 @@ class RetrievalPlugin(Plugin):
 
     # --- evaluation ---------------------------------------------------------------------
 
-    def _evaluate(self, trainer: Any, model: nn.Module, store: Datastore, scale: float = 1.0) -> dict[str, float]:
+    def _evaluate(
+        self, trainer: TrainerView, model: nn.Module, store: Datastore, scale: float = 1.0
+    ) -> dict[str, float]:
         from apt.train import bits_per_byte
 
         cfg = self.config
         scored = score_batches(
             model, list(trainer.val_batches), store, k=cfg.k, key=cfg.key, recompute=cfg.recompute_distances,
-            device=getattr(trainer, "device", "cpu"), dtype=getattr(trainer, "dtype", torch.float32),
+            device=trainer.device, dtype=trainer.dtype,
         )  # fmt: skip
         if self.tuned is None:
             if cfg.tune:
@@ -288,7 +298,8 @@ class RetrievalPlugin(Plugin):
         :raises RetrievalError: no datastore, or one built by other weights than ``model``'s.
         """
         folder = Path(run_dir) / self.config.folder
-        d_model = getattr(getattr(model, "config", None), "d_model", None)
+        inner = unwrap_model(model)
+        d_model = inner.config.d_model if isinstance(inner, GPT) else None  # another model: no width check
         store = Datastore.open(folder, dim=d_model, memory_limit_mb=self.config.memory_limit_mb)
         wh = weights_sha256(model)
         if store.weights_sha256 != wh:

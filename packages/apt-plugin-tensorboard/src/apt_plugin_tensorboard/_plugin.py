@@ -79,11 +79,7 @@ class TensorBoardPlugin(Plugin):
     providers = ("logger:tensorboard",)
     config_model = TensorBoardConfig
 
-    def __init__(self, config: TensorBoardConfig | dict[str, Any] | None = None) -> None:
-        if not isinstance(config, TensorBoardConfig):
-            config = TensorBoardConfig(**(config or {}))
-        super().__init__(config)
-        self.config: TensorBoardConfig = config
+    config: TensorBoardConfig  # validated once (by the plugin manager, or by Plugin.__init__ from a mapping)
 
     def setup(self, registry: ProviderRegistry, hook_manager: HookManager) -> None:
         super().setup(registry, hook_manager)

@@ -9,6 +9,7 @@ from apt.core import ProviderRegistry
 from apt.errors import ConfigError
 from apt.plugins import HookManager
 from apt.plugins import Plugin
+from apt.plugins import TrainerView
 from torch import Tensor
 from torch import nn
 
@@ -56,14 +57,11 @@ class VFTPlugin(Plugin):
     providers = ("attention:tva", "ffn:vft")
     config_model = VFTConfig
 
+    config: VFTConfig
+
     def __init__(self, config: VFTConfig | dict[str, Any] | None = None) -> None:
-        if config is None:
-            config = VFTConfig.model_validate({})
-        elif not isinstance(config, VFTConfig):
-            config = VFTConfig.model_validate(config)
-        super().__init__(config)
-        self.config: VFTConfig = config
-        self.tau = config.tau
+        super().__init__(config)  # validated once (by the plugin manager, or here from a mapping); read-only
+        self.tau = self.config.tau
 
     # --- providers ----------------------------------------------------------------------
 
@@ -109,11 +107,12 @@ class VFTPlugin(Plugin):
 
     # --- training -----------------------------------------------------------------------
 
-    def on_step_begin(self, trainer: Any = None, model: Any = None, epoch: int = 0, step: int = 0) -> None:
+    def on_step_begin(
+        self, trainer: TrainerView | None = None, model: Any = None, epoch: int = 0, step: int = 0
+    ) -> None:
         """Read the annealed ``vft_tau`` (if scheduled), hand it to the layers, reset their statistics."""
-        schedule = getattr(trainer, "schedule", None)
-        if schedule is not None and schedule.has_param(TAU_SCHEDULE):
-            tau = float(schedule.get_param(TAU_SCHEDULE, epoch=epoch, step=step))
+        if trainer is not None and trainer.schedule.has_param(TAU_SCHEDULE):
+            tau = float(trainer.schedule.get_param(TAU_SCHEDULE, epoch=epoch, step=step))
             if not 0.0 <= tau <= 1.0:
                 raise ConfigError(
                     f"schedules.{TAU_SCHEDULE} gives tau = {tau} at step {step}; the relative off-manifold rate is in "
@@ -137,7 +136,9 @@ class VFTPlugin(Plugin):
         penalty = torch.stack([orthogonality_error(v) for v in veins]).sum()
         return {"vft_ortho": self.config.ortho_weight * penalty}
 
-    def on_step_end(self, trainer: Any = None, model: Any = None, **kwargs: Any) -> dict[str, float] | None:
+    def on_step_end(
+        self, trainer: TrainerView | None = None, model: Any = None, **kwargs: Any
+    ) -> dict[str, float] | None:
         """The step's ``vft/`` metrics from the layers' on-device accumulators (one host read)."""
         if model is None:
             return None
@@ -170,12 +171,10 @@ def _veins(model: nn.Module) -> list[nn.Parameter]:
     return [m.vein for m in attns] + [m.vein for m in ffns]
 
 
-def _all_reduce_sum(trainer: Any, t: Tensor) -> Tensor:
-    """Sum ``t`` over processes: the trainer's ``all_reduce_sum`` when it has one, else torch.distributed."""
-    reduce = getattr(trainer, "all_reduce_sum", None)
-    if callable(reduce):
-        out: Tensor = reduce(t)
-        return out
+def _all_reduce_sum(trainer: TrainerView | None, t: Tensor) -> Tensor:
+    """Sum ``t`` over processes: the trainer's ``all_reduce_sum``; torch.distributed when called without one."""
+    if trainer is not None:
+        return trainer.all_reduce_sum(t)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.all_reduce(t)
     return t

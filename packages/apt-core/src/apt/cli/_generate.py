@@ -67,10 +67,8 @@ class InferenceHost:
     dtype: Any = None
     val_batches: list[Any] = field(default_factory=list)
     tokenizer: Any = None  # the run's tokenizer (its tokenizer.json; byte for older runs)
-
-    @property
-    def registry(self) -> Any:
-        return self.plugin_manager.registry
+    data: None = None  # the run's data is not loaded outside training
+    stop_reason: str | None = None  # nothing stops outside training
 
     @property
     def schedule(self) -> Any:

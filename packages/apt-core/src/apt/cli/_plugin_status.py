@@ -214,34 +214,47 @@ def order_report(pm: PluginManager, event: str | None = None) -> dict[str, list[
     """For each event with handlers: the handlers in dispatch order, each with the reason for its place.
 
     The order is the kernel's (``hook_manager.ordered(event)``): higher priority first; among
-    equal priorities, the owning plugins' resolved position (requirements first, then
-    higher effective plugin priority, then plugin name); then registration order. A
-    requirement inherits the priority of what requires it, so it can never run later.
+    equal priorities, the owning plugins' resolved position (what must run first by the
+    kernel's rule, ``order_edges``: ``requires``, ``after``, another's ``before``; then higher
+    effective plugin priority, then plugin name); then registration order. What must run
+    first inherits the priority of what runs after it, so it can never run later.
     Each reason names what actually decided a place: a tie is "by name" only when the
     names did.
     """
     from packaging.requirements import Requirement
 
     from apt.plugins import HOOK_NAMES
+    from apt.plugins._loading import order_edges
     from apt.plugins._ordering import resolve_order
     from apt.plugins.hooks import resolve_event
 
     plugins = {p.get_name(): p for p in pm.loaded()}
     position = {name: i for i, name in enumerate(plugins)}
-    requires = {n: [r for r in (Requirement(s).name for s in p.requires) if r in plugins] for n, p in plugins.items()}
-    required_by: dict[str, list[str]] = {n: [m for m in plugins if n in requires[m]] for n in plugins}
-    # the kernel's own computation, so that the explanation cannot drift from the order
-    _, effective = resolve_order(requires, {n: p.priority for n, p in plugins.items()})
+    # the kernel's own rule and computation, so that the explanation cannot drift from the order
+    first = order_edges(plugins)  # {plugin: the loaded plugins that must run before it}
+    runs_after: dict[str, list[str]] = {n: [m for m in plugins if n in first[m]] for n in plugins}
+    _, effective = resolve_order(first, {n: p.priority for n, p in plugins.items()})
 
     def eff(n: str) -> int:
         return effective[n]
+
+    def rule(dep: str, plugin: str) -> str:
+        """Which declaration puts ``dep`` before ``plugin``."""
+        if dep in {Requirement(s).name for s in plugins[plugin].requires}:
+            return "requires"
+        if dep in {Requirement(s).name for s in plugins[plugin].after}:
+            return "after"
+        return f"{dep}'s before"
+
+    def lifted_by(n: str, prio: int) -> str:
+        lifted = [m for m in runs_after[n] if eff(m) == prio]
+        return ", ".join(f"{m} requires it" if rule(n, m) == "requires" else f"{m} runs after it" for m in lifted)
 
     def plugin_priority(n: str) -> str:
         own = plugins[n].priority
         if eff(n) == own:
             return str(own)
-        lifted = [m for m in required_by[n] if eff(m) == eff(n)]
-        return f"{eff(n)} (raised from {own} because {', '.join(lifted)} requires it)"
+        return f"{eff(n)} (raised from {own} because {lifted_by(n, eff(n))})"
 
     def tie(before: str | None, plugin: str | None) -> str | None:
         """Why ``plugin``'s handler comes after ``before``'s, which has the same priority."""
@@ -253,15 +266,17 @@ def order_report(pm: PluginManager, event: str | None = None) -> dict[str, list[
             return "same plugin: in registration order"
         if before is None or before not in position or plugin not in position:
             return f"same priority as {before or 'the previous handler'}: by name"
-        if before in requires[plugin]:
+        if before in first[plugin]:
             return None  # "after X (requires)" already says it
-        # resolve_order places, at each step, the ready plugin (all requirements placed) of
+        # resolve_order places, at each step, the ready plugin (all its `first` placed) of
         # highest effective priority, then first by name. `plugin` comes later because it
         # was not ready yet when `before` was placed, or lost to it on priority, or on name.
-        waiting = [d for d in requires[plugin] if position[d] > position[before]]
+        waiting = [d for d in first[plugin] if position[d] > position[before]]
         if waiting:
             last = max(waiting, key=position.__getitem__)
-            return f"same priority as {before}: later in the plugin order (its requirement {last} comes after {before})"
+            if rule(last, plugin) == "requires":
+                return f"same priority as {before}: later in the plugin order (its requirement {last} comes after {before})"
+            return f"same priority as {before}: later in the plugin order (it runs after {last}, which comes after {before})"
         if eff(before) > eff(plugin):
             return (
                 f"same priority as {before}: later in the plugin order "
@@ -286,11 +301,9 @@ def order_report(pm: PluginManager, event: str | None = None) -> dict[str, list[
                 own = plugins[plugin].priority
                 why = [f"priority {own}"]
                 if prio != own:
-                    lifted = [m for m in required_by[plugin] if eff(m) == prio]
-                    why = [f"priority {prio} (own {own}, raised because {', '.join(lifted)} requires it)"]
-                before = [d for d in requires[plugin] if d in plugins]
-                if before:
-                    why.append(f"after {', '.join(before)} (requires)")
+                    why = [f"priority {prio} (own {own}, raised because {lifted_by(plugin, prio)})"]
+                if first[plugin]:
+                    why.append("after " + ", ".join(f"{d} ({rule(d, plugin)})" for d in first[plugin]))
             else:
                 prio, why = 0, ["priority 0 (a function registered without a plugin)"]
             if previous is not None and previous[0] == prio:

@@ -1,13 +1,6 @@
-"""``TrainerView``: the typed ``trainer`` every hook receives.
+"""``TrainerView``: the typed ``trainer`` every hook receives (:class:`apt.train.Trainer`, ``apt generate``'s host).
 
-It lists what a plugin may read or call on the trainer; nothing else is part of the
-contract. :class:`apt.train.Trainer` satisfies it (checked by mypy and a test), and so does
-``apt generate``'s host. Annotate handlers with it and mypy checks a plugin against it::
-
-    def on_step_end(self, trainer: TrainerView, step: int, **kwargs: Any) -> None:
-        if trainer.is_global_zero:
-            ...
-"""
+Annotate a handler's ``trainer`` with it and mypy checks each read; nothing else of the trainer is a contract."""
 
 from __future__ import annotations
 
@@ -24,6 +17,8 @@ if TYPE_CHECKING:
 
     from apt.core.config import APTConfig
     from apt.core.schedules import Schedule
+    from apt.data import PreparedDataset
+    from apt.data import TextDataset
 
 
 __all__ = ["TrainerView"]
@@ -46,6 +41,7 @@ class TrainerView(Protocol):
     optimizer: torch.optim.Optimizer | None  #: the optimizer (None before it is built)
     device: torch.device  #: where the model runs
     dtype: torch.dtype  #: the autocast dtype of forward passes (parameters stay fp32)
+    stop_reason: str | None  #: why the run stops after this step (a plugin's or the core's), else None
 
     @property
     def is_distributed(self) -> bool:
@@ -58,6 +54,10 @@ class TrainerView(Protocol):
     @property
     def val_batches(self) -> list[tuple[Tensor, Tensor]]:
         """This process's fixed validation batches ``(x, y)``, each ``(B, T)``."""
+
+    @property
+    def data(self) -> TextDataset | PreparedDataset | None:
+        """The run's data (``train`` and ``val`` tokens, ``tokenizer``); None where no data is loaded (``apt generate``)."""
 
     @property
     def tokenizer(self) -> Any:

@@ -25,8 +25,8 @@ from pydantic import BaseModel
 from pydantic import ValidationError
 
 from apt.core.config import config_error_from_validation
+from apt.core.readonly import read_only
 from apt.errors import CheckpointError
-from apt.plugins._config import read_only
 from apt.plugins.hookspecs import ALIASES
 from apt.plugins.hookspecs import CRITICAL_EVENTS
 from apt.plugins.hookspecs import HOOK_MARK

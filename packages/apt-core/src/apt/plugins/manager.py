@@ -155,12 +155,9 @@ class PluginManager(RunState):
         """Names of the installed plugins (entry points, metadata only), or with ``path`` of the
         plugins in a directory (its modules are imported: the user named it)."""
         if path is not None:
-            names = []
-            for cls in load_directory(path):
-                name = class_name(cls)
-                self._candidates[name] = _Candidate(name, "directory", cls=cls)
-                names.append(name)
-            return names
+            classes = {class_name(cls): cls for cls in load_directory(path)}
+            self._candidates.update({name: _Candidate(name, "directory", cls=cls) for name, cls in classes.items()})
+            return list(classes)
         by_name: dict[str, list[PluginEntryPoint]] = {}
         for ep in discover_entry_points(self.entry_point_group):
             by_name.setdefault(ep.name, []).append(ep)

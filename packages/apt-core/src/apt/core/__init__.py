@@ -1,7 +1,7 @@
 """Configuration, schedules and the provider registry (no torch import here).
 
 ``from apt.core import APTConfig`` and the global ``registry`` are as in the original
-project; ``config.py``, ``registry.py`` and ``schedules.py`` are the modules behind them.
+project; ``config.py``, ``readonly.py``, ``registry.py`` and ``schedules.py`` are the modules behind them.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from apt.core.config import DataConfig
 from apt.core.config import ModelConfig
 from apt.core.config import RunConfig
 from apt.core.config import TrainingConfig
+from apt.core.readonly import read_only
 from apt.core.registry import CORE_KINDS
 from apt.core.registry import ProviderInfo
 from apt.core.registry import ProviderRegistry
@@ -29,6 +30,7 @@ __all__ = [
     "RunConfig",
     "Schedule",
     "TrainingConfig",
+    "read_only",
     "registry",
 ]
 

@@ -9,12 +9,12 @@ instances (the plugin manager uses the global ``apt.core.registry``); construct
 from __future__ import annotations
 
 from apt.core import registry as _registry
+from apt.core.readonly import read_only
 from apt.plugins._conditions import Condition
 from apt.plugins._conditions import after_epoch
 from apt.plugins._conditions import before_epoch
 from apt.plugins._conditions import every_n_epochs
 from apt.plugins._conditions import every_n_steps
-from apt.plugins._config import read_only
 from apt.plugins._discovery import ENTRY_POINT_GROUP
 from apt.plugins._discovery import PluginEntryPoint
 from apt.plugins._discovery import discover_entry_points

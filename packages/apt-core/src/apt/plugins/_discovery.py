@@ -60,11 +60,7 @@ def plugin_class_from(obj: Any, name: str, where: str = "") -> type[Plugin]:
     if isinstance(obj, type) and issubclass(obj, Plugin):
         return obj
     if isinstance(obj, ModuleType):
-        found = [
-            c
-            for c in vars(obj).values()
-            if isinstance(c, type) and issubclass(c, Plugin) and c is not Plugin and not inspect.isabstract(c)
-        ]
+        found = [c for c in _plugin_classes(obj) if not inspect.isabstract(c)]
         if len(found) == 1:
             return found[0]
         what = (
@@ -121,9 +117,9 @@ def load_directory(path: str | Path) -> list[type[Plugin]]:
             raise PluginLoadError(
                 f"plugin module {str(file)!r} failed to import: {type(exc).__name__}: {exc}", plugin=file.stem
             ) from exc
-        classes.extend(
-            c
-            for c in vars(module).values()
-            if isinstance(c, type) and issubclass(c, Plugin) and c is not Plugin and c.__module__ == module_name
-        )
+        classes += [c for c in _plugin_classes(module) if c.__module__ == module_name]
     return classes
+
+
+def _plugin_classes(module: ModuleType) -> list[type[Plugin]]:
+    return [c for c in vars(module).values() if isinstance(c, type) and issubclass(c, Plugin) and c is not Plugin]

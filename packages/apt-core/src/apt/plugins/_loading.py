@@ -51,43 +51,35 @@ NOT_HOOKS = frozenset({"on_enable", "on_disable"})
 
 def validate_plugin_class(name: str, cls: type[Plugin], where: str = "") -> None:
     """Check a plugin class against the contract: API version, version, hook names, requires."""
+    who = f"plugin {name!r}{where}"
     try:
-        spec = SpecifierSet(cls.api_version)
+        supported = SpecifierSet(cls.api_version).contains(PLUGIN_API_VERSION, prereleases=True)
     except InvalidSpecifier:
-        raise PluginValidationError(
-            f"plugin {name!r}{where}: api_version {cls.api_version!r} is not a version specifier (write e.g. '>=1,<2')",
-            plugin=name,
-        ) from None
-    if not spec.contains(PLUGIN_API_VERSION, prereleases=True):
-        raise PluginValidationError(
-            f"plugin {name!r}{where} supports plugin API {cls.api_version} but apt-core provides plugin API "
-            f"{PLUGIN_API_VERSION}; install a version of the plugin made for this apt-core, or an apt-core "
-            "that matches the plugin",
-            plugin=name,
-        )
+        problem = f"{who}: api_version {cls.api_version!r} is not a version specifier (write e.g. '>=1,<2')"
+        raise PluginValidationError(problem, plugin=name) from None
+    if not supported:
+        problem = (f"{who} supports plugin API {cls.api_version} but apt-core provides plugin API "
+                   f"{PLUGIN_API_VERSION}; install a version of the plugin made for this apt-core, or an apt-core "
+                   "that matches the plugin")  # fmt: skip
+        raise PluginValidationError(problem, plugin=name)
     try:
         Version(cls.version)
     except InvalidVersion:
-        raise PluginValidationError(
-            f"plugin {name!r}{where}: version {cls.version!r} is not a PEP 440 version", plugin=name
-        ) from None
+        raise PluginValidationError(f"{who}: version {cls.version!r} is not a PEP 440 version", plugin=name) from None
+    events = [*HOOK_NAMES, *ALIASES]
     for attr in sorted(dir(cls)):
-        if attr.startswith("on_") and attr not in {*HOOK_NAMES, *ALIASES, *NOT_HOOKS} and callable(getattr(cls, attr)):
-            raise PluginValidationError(
-                f"plugin {name!r}{where}: method {cls.__qualname__}.{attr} looks like a hook but matches "
-                f"none{did_you_mean(attr, [*HOOK_NAMES, *ALIASES])}; rename it, or give helper methods a name "
-                "that does not start with 'on_'",
-                plugin=name,
-            )
+        if attr.startswith("on_") and attr not in {*events, *NOT_HOOKS} and callable(getattr(cls, attr)):
+            problem = (f"{who}: method {cls.__qualname__}.{attr} looks like a hook but matches none"
+                       f"{did_you_mean(attr, events)}; rename it, or give helper methods a name that does not start "
+                       "with 'on_'")  # fmt: skip
+            raise PluginValidationError(problem, plugin=name)
     for req in [*cls.requires, *cls.conflicts, *cls.after, *cls.before]:
         try:
             Requirement(req)
         except InvalidRequirement:
-            raise PluginValidationError(
-                f"plugin {name!r}{where}: {req!r} in requires/conflicts/after/before is not a plugin name with an "
-                "optional version specifier (write e.g. 'moe>=1.0')",
-                plugin=name,
-            ) from None
+            problem = (f"{who}: {req!r} in requires/conflicts/after/before is not a plugin name with an optional "
+                       "version specifier (write e.g. 'moe>=1.0')")  # fmt: skip
+            raise PluginValidationError(problem, plugin=name) from None
 
 
 def instantiate(name: str, cls: type[Plugin], section: Any, where: str) -> Plugin:
@@ -177,33 +169,22 @@ def requirement_problem(
     """
     for spec in plugin.requires:
         req = Requirement(spec)
-        dep = req.name
-        if dep in plugins:
-            version = plugins[dep].get_version()
-            if req.specifier and not req.specifier.contains(version, prereleases=True):
-                return (
-                    f"plugin {name!r} requires {spec!r} but {dep} {version} is loaded; install a matching "
-                    f"version (pip install '{known.get(dep) or f'apt-plugin-{dep}'}{req.specifier}')",
-                    [name, dep],
-                )
-        elif dep in failures:
+        dep, who = req.name, f"plugin {name!r} requires"
+        if dep in failures:
             chain = [name, *(failures[dep].chain or [dep])]
-            return (
-                f"plugin {name!r} requires {dep!r}, which failed: {' -> '.join(chain)}: {failures[dep].message}",
-                chain,
-            )
-        elif dep in known:
-            return (
-                f"plugin {name!r} requires {dep!r}, which is installed but not selected; add {dep!r} to "
-                "plugins: [...] (or remove it from disable_plugins)",
-                [name, dep],
-            )
+            return f"{who} {dep!r}, which failed: {' -> '.join(chain)}: {failures[dep].message}", chain
+        if dep not in plugins and dep in known:
+            problem = (f"{who} {dep!r}, which is installed but not selected; add {dep!r} to plugins: [...] "
+                       "(or remove it from disable_plugins)")  # fmt: skip
+        elif dep not in plugins:
+            problem = (f"{who} {spec!r}, which is not installed; install it (pip install apt-plugin-{dep}) "
+                       f"or turn {name!r} off")  # fmt: skip
+        elif req.specifier and not req.specifier.contains(version := plugins[dep].get_version(), prereleases=True):
+            problem = (f"{who} {spec!r} but {dep} {version} is loaded; install a matching version "
+                       f"(pip install '{known.get(dep) or f'apt-plugin-{dep}'}{req.specifier}')")  # fmt: skip
         else:
-            return (
-                f"plugin {name!r} requires {spec!r}, which is not installed; install it "
-                f"(pip install apt-plugin-{dep}) or turn {name!r} off",
-                [name, dep],
-            )
+            continue
+        return problem, [name, dep]
     return None
 
 

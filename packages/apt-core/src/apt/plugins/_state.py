@@ -45,11 +45,7 @@ class RunState:
             if want != plugin.is_enabled():
                 changed = True
                 log.info(
-                    "schedule: %s plugin %r at epoch %s, step %s",
-                    "enabling" if want else "disabling",
-                    name,
-                    epoch,
-                    step,
+                    "schedule: %s plugin %r at epoch %s, step %s", ("disabling", "enabling")[want], name, epoch, step
                 )
                 _toggle(plugin, want, trainer, epoch, step)
         return changed
@@ -84,9 +80,8 @@ class RunState:
     def collect_states(self, trainer: TrainerView | None, checkpoint: dict[str, Any]) -> dict[str, Any]:
         """Fire ``on_save_checkpoint``; returns ``{plugin: {version, state_version, state}}``."""
         out: dict[str, Any] = {}
-        for name, state in self.hook_manager.trigger_by_plugin(
-            "on_save_checkpoint", trainer=trainer, checkpoint=checkpoint
-        ):
+        results = self.hook_manager.trigger_by_plugin("on_save_checkpoint", trainer=trainer, checkpoint=checkpoint)
+        for name, state in results:
             if name is not None:
                 plugin = self._plugins[name]
                 out[name] = {"version": plugin.get_version(), "state_version": plugin.state_version, "state": state}
@@ -117,22 +112,17 @@ class RunState:
         """How the plugin set differs from ``saved`` (gone or new, versions, order); warns, or raises when strict."""
         if not saved:
             return []
-        now, diffs = self.fingerprint(), []
+        now, before = self.fingerprint(), saved.get("order", {})
         old = {p["name"]: p["version"] for p in saved.get("plugins", [])}
         new = {p["name"]: p["version"] for p in now["plugins"]}
-        for name in sorted(old.keys() - new.keys()):
-            diffs.append(
-                f"plugin {name!r} {old[name]} was active when the checkpoint was written but is not loaded now"
-            )
-        for name in sorted(new.keys() - old.keys()):
-            diffs.append(f"plugin {name!r} {new[name]} is loaded now but was not when the checkpoint was written")
-        diffs += [
-            f"plugin {n!r} was version {old[n]}, now {new[n]}"
-            for n in sorted(old.keys() & new.keys())
-            if old[n] != new[n]
-        ]
-        for event in sorted(set(saved.get("order", {})) | set(now["order"])):
-            a, b = saved.get("order", {}).get(event, []), now["order"].get(event, [])
+        diffs = [f"plugin {n!r} {old[n]} was active when the checkpoint was written but is not loaded now"
+                 for n in sorted(old.keys() - new.keys())]  # fmt: skip
+        diffs += [f"plugin {n!r} {new[n]} is loaded now but was not when the checkpoint was written"
+                  for n in sorted(new.keys() - old.keys())]  # fmt: skip
+        diffs += [f"plugin {n!r} was version {old[n]}, now {new[n]}" for n in sorted(old.keys() & new.keys())
+                  if old[n] != new[n]]  # fmt: skip
+        for event in sorted(set(before) | set(now["order"])):
+            a, b = before.get(event, []), now["order"].get(event, [])
             if a != b and set(a) == set(b):
                 diffs.append(f"hook order of {event!r} changed: {a} -> {b}")
         if diffs:

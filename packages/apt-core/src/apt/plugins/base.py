@@ -25,8 +25,8 @@ from pydantic import BaseModel
 from pydantic import ValidationError
 
 from apt.core.config import config_error_from_validation
+from apt.core.readonly import read_only
 from apt.errors import CheckpointError
-from apt.plugins._config import read_only
 from apt.plugins.hookspecs import ALIASES
 from apt.plugins.hookspecs import CRITICAL_EVENTS
 from apt.plugins.hookspecs import HOOK_MARK
@@ -53,16 +53,16 @@ class Plugin:
     ``name``, ``version``, ``description``: identity (the entry-point name must equal ``name``).
     ``requires``: plugins that must load first (``"moe>=1.0"``); they run before this one.
     ``after``, ``before``: plugins this one runs after / before when they are loaded (no error
-    when not). ``conflicts``: plugins that cannot load with this one. ``priority``: higher
-    runs earlier among plugins not ordered otherwise (default 0). ``critical``: whether a
-    handler error stops the run (True) or disables this plugin (False); None (default)
-    means True for a plugin that changes the loss, the gradients or the model (handles one
-    of :data:`~apt.plugins.hookspecs.CRITICAL_EVENTS`). ``providers``: the ``"kind:name"``
-    providers :meth:`setup` registers (informative). ``config_model``: the pydantic model of
-    the plugin's config section, validated once by the manager; ``self.config`` is that
-    instance (a mapping without a model), read-only. ``state_version``: version of what
-    ``on_save_checkpoint`` returns (see :meth:`migrate_state`). ``api_version``: the plugin
-    API versions supported, as a specifier (``">=1,<2"``).
+    when not). ``conflicts``: plugins that cannot load with this one. ``priority``: higher runs
+    earlier among plugins not ordered otherwise (default 0). ``critical``: whether a handler
+    error stops the run (True) or disables this plugin (False); None (default) means True for a
+    plugin that changes the loss, the gradients or the model (handles one of
+    :data:`~apt.plugins.hookspecs.CRITICAL_EVENTS`). ``providers``: the ``"kind:name"``
+    providers :meth:`setup` registers (shown by ``apt plugins info``). ``config_model``: the
+    pydantic model of the plugin's config section, validated once by the manager;
+    ``self.config`` is that instance (a mapping without a model), read-only. ``state_version``:
+    version of what ``on_save_checkpoint`` returns (see :meth:`migrate_state`). ``api_version``:
+    the plugin API versions supported, as a specifier (``">=1,<2"``).
     """
 
     name: ClassVar[str | None] = None
@@ -108,8 +108,6 @@ class Plugin:
         except ValidationError as exc:
             raise config_error_from_validation(exc, model, prefix=name or cls.name or "") from None
 
-    # --- identity ---------------------------------------------------------------------
-
     def get_name(self) -> str:
         """The plugin's unique name (its config section and entry-point name)."""
         name = self._apt_name or type(self).name
@@ -149,8 +147,6 @@ class Plugin:
         if self.critical is not None:
             return self.critical
         return not handled_events(type(self)).isdisjoint(CRITICAL_EVENTS)
-
-    # --- lifecycle --------------------------------------------------------------------
 
     def setup(self, registry: ProviderRegistry, hook_manager: HookManager) -> None:
         """Register providers and extra hooks; lifecycle methods need no registration.

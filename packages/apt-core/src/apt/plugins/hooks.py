@@ -1,14 +1,9 @@
 """The HookManager: register handlers for events and trigger them.
 
-Every handler (a plugin's lifecycle method, or a function given to
-:meth:`HookManager.register`) is one pluggy hook implementation of the event's hookspec:
-pluggy holds them and checks their argument names against the spec. Registering or
-removing a handler is one pluggy call.
-
-:meth:`HookManager.trigger` runs the implementations in one loop, the shape of pluggy's
-own call loop plus what APT adds: each handler gets the arguments it names (or all, with
-``**kwargs``), its condition is checked, its time and errors are counted, and an error
-does not stop the other handlers; the error policy applies once the loop is over.
+Every handler (a plugin's lifecycle method, or a function given to :meth:`HookManager.register`)
+is one pluggy hook implementation of the event's hookspec. :meth:`HookManager.trigger` runs them
+in one loop, pluggy's shape plus what APT adds: each handler gets the arguments it names, its
+condition is checked, its time and errors are counted, and an error does not stop the others.
 
 Order: higher ``priority`` first; ties by the owning plugin's resolved position (its
 ``requires`` and ``after`` first), then plugin name, then registration order. The sorted
@@ -55,10 +50,6 @@ Middleware = Callable[[str, dict[str, Any]], dict[str, Any] | None]
 
 # Arguments that carry a {plugin name: value} map; each handler receives its own value.
 PER_PLUGIN_ARGS: Final[dict[str, str]] = {"on_load_checkpoint": "state"}
-
-# How a handler takes its arguments: fn(*values), fn(**some), fn(**all), or by keyword
-# with the per-plugin argument narrowed to its own value.
-POSITIONAL, KEYWORD, ALL, OWN_SHARE = 0, 1, 2, 3
 
 _now = time.perf_counter
 
@@ -111,8 +102,8 @@ class Handler:
     priority: int | None
     condition: Condition | None
     seq: int
-    params: tuple[str, ...]  # the hook arguments fn takes
-    mode: int  # POSITIONAL, KEYWORD, ALL or OWN_SHARE
+    params: tuple[str, ...] | None  # the hook arguments fn takes by keyword; None: all (**kwargs)
+    shared: str | None  # the one of PER_PLUGIN_ARGS it takes, narrowed to its plugin's value
     stats: HandlerStats = field(default_factory=HandlerStats)
 
     @property
@@ -169,8 +160,6 @@ class HookManager:
         self._setup_owner: Owner | None = None  # plain functions registered now belong to it
         self.error_policy = error_policy
 
-    # --- registration -----------------------------------------------------------------
-
     def register(
         self, event: str, fn: Callable[..., Any], priority: int | None = None, condition: Any = None, *,
         owner: Owner | None = None,
@@ -188,15 +177,17 @@ class HookManager:
         existing = next((h for h in self._registered(event) if h.fn == fn), None)
         if existing is not None:
             return existing
-        owner = owner or _plugin_of(fn) or self._setup_owner
+        bound_to = getattr(fn, "__self__", None)
+        owner = owner or (bound_to if isinstance(bound_to, Owner) else None) or self._setup_owner
         if owner is not None and owner.hook_manager is None:
             owner.hook_manager = self  # so that its enable()/disable() reach this manager
-        spec_args = self._argnames(event)
+        spec_args = tuple(getattr(self._pm.hook, event).spec.argnames)
         cond = as_condition(condition) if condition is not None else None
         if cond is not None:
             _check_args(f"condition {cond.description}", event, sorted(cond.requires - set(spec_args)), spec_args)
-        params, mode = _call_plan(fn, event, spec_args)
-        handler = Handler(event, fn, owner, priority, cond, next(self._seq), params, mode)
+        params = _params(fn, event, spec_args)
+        shared = PER_PLUGIN_ARGS.get(event) if PER_PLUGIN_ARGS.get(event) in (params or spec_args) else None
+        handler = Handler(event, fn, owner, priority, cond, next(self._seq), params, shared)
         self._pm.register(handler, name=f"apt-handler-{handler.seq}")
         self._tables.clear()
         return handler
@@ -249,8 +240,6 @@ class HookManager:
         """``owner`` was enabled or disabled: its handlers join or leave the dispatch."""
         self._tables.clear()
 
-    # --- dispatch ---------------------------------------------------------------------
-
     def trigger(self, event: str, /, **kwargs: Any) -> list[Any]:
         """Call every enabled handler of ``event``; returns their non-None results in order.
 
@@ -276,7 +265,13 @@ class HookManager:
         if self._middleware:
             kwargs = self._apply_middleware(table.event, kwargs)
         if len(kwargs) != len(table.argnames) or tuple(kwargs) != table.argnames:
-            kwargs = _complete_args(table.event, kwargs, table.argnames)  # raises on a misspelt argument
+            unknown = next((k for k in kwargs if k not in table.argnames), None)
+            if unknown is not None:
+                raise HookError(
+                    f"hook {table.event!r} has no argument {unknown!r}{did_you_mean(unknown, table.argnames)}; "
+                    f"it takes: {', '.join(table.argnames)}"
+                )
+            kwargs = {**dict.fromkeys(table.argnames), **kwargs}  # what the caller left out is None
         results: list[tuple[str | None, Any]] = []
         failures: list[tuple[Handler, Exception]] = []
         start = _now()
@@ -285,15 +280,10 @@ class HookManager:
                 if h.condition is not None and not h.condition(kwargs):
                     h.stats.skipped += 1
                     continue
-                mode = h.mode
-                if mode == POSITIONAL:
-                    result = h.fn(*[kwargs[a] for a in h.params])
-                elif mode == ALL:
-                    result = h.fn(**kwargs)
-                elif mode == KEYWORD:
-                    result = h.fn(**{a: kwargs[a] for a in h.params})
-                else:
-                    result = h.fn(**_own_share(h, kwargs))
+                args = kwargs if h.params is None else {a: kwargs[a] for a in h.params}
+                if h.shared is not None:
+                    args = {**args, h.shared: (args[h.shared] or {}).get(h.plugin)}
+                result = h.fn(**args)
             except PluginHookError:
                 raise  # a critical error of an event this handler triggered itself: the run stops
             except Exception as exc:
@@ -318,8 +308,7 @@ class HookManager:
         canonical = resolve_event(event)
         spec = getattr(self._pm.hook, canonical).spec
         handlers = tuple(h for h in self.ordered(canonical) if h.enabled)
-        table = _Table(canonical, handlers, tuple(spec.argnames), bool(spec.opts.get("firstresult")))
-        self._tables[event] = table
+        table = self._tables[event] = _Table(canonical, handlers, spec.argnames, bool(spec.opts.get("firstresult")))
         return table
 
     def _apply_middleware(self, event: str, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -340,21 +329,14 @@ class HookManager:
     def _settle(self, failures: list[tuple[Handler, Exception]], step: Any) -> None:
         """Apply the error policy to one dispatch's handler errors."""
         fatal: list[tuple[Handler, Exception, str]] = []
+        where, raising = (f" at step {step}" if step is not None else ""), self.error_policy == "raise"
         for handler, exc in failures:
-            handler.stats.errors += 1
-            who = f"plugin {handler.plugin!r}" if handler.owner is not None else f"handler {handler.name!r}"
-            where = f" at step {step}" if step is not None else ""
-            message = handler.stats.last_error = (
-                f"{who} raised in hook {handler.event!r}{where}: {type(exc).__name__}: {exc}"
-            )
-            owner = handler.owner
+            owner, stats = handler.owner, handler.stats
+            who = f"plugin {handler.plugin!r}" if owner is not None else f"handler {handler.name!r}"
+            message = f"{who} raised in hook {handler.event!r}{where}: {type(exc).__name__}: {exc}"
+            stats.errors, stats.last_error = stats.errors + 1, message
             # writing to a read-only config is a bug in the plugin: never isolated
-            if (
-                owner is None
-                or self.error_policy == "raise"
-                or owner.is_critical()
-                or isinstance(exc, ReadOnlyConfigError)
-            ):
+            if owner is None or raising or owner.is_critical() or isinstance(exc, ReadOnlyConfigError):
                 fatal.append((handler, exc, message))
             elif owner.is_enabled():
                 log.warning(
@@ -367,14 +349,9 @@ class HookManager:
             more = f" (and {len(fatal) - 1} more: {'; '.join(m for *_, m in fatal[1:])})" if len(fatal) > 1 else ""
             raise PluginHookError(message + more, plugin=handler.plugin, hook=handler.event, step=step) from exc
 
-    # --- order and introspection ------------------------------------------------------
-
     def _registered(self, event: str) -> list[Handler]:
         impls = getattr(self._pm.hook, event).get_hookimpls()
         return [impl.plugin for impl in impls if isinstance(impl.plugin, Handler)]
-
-    def _argnames(self, event: str) -> tuple[str, ...]:
-        return tuple(getattr(self._pm.hook, event).spec.argnames)
 
     def _sort_key(self, h: Handler) -> tuple[Any, ...]:
         effective, position = self._order.get(h.plugin or "", (None, 1 << 30))
@@ -416,41 +393,20 @@ class HookManager:
         return f"HookManager({self.list_hooks()})"
 
 
-def _complete_args(event: str, kwargs: dict[str, Any], argnames: tuple[str, ...]) -> dict[str, Any]:
-    """``kwargs`` with the arguments the caller left out set to None; an unknown one is an error."""
-    unknown = next((k for k in kwargs if k not in argnames), None)
-    if unknown is not None:
-        raise HookError(
-            f"hook {event!r} has no argument {unknown!r}{did_you_mean(unknown, argnames)}; "
-            f"it takes: {', '.join(argnames)}"
-        )
-    return {**dict.fromkeys(argnames), **kwargs}
-
-
-def _own_share(h: Handler, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """``h``'s arguments, with the per-plugin one (``{plugin: value}``) narrowed to ``h``'s value."""
-    arg, shares = PER_PLUGIN_ARGS[h.event], kwargs[PER_PLUGIN_ARGS[h.event]]
-    return {a: (shares.get(h.plugin) if shares is not None else None) if a == arg else kwargs[a] for a in h.params}
-
-
-def _call_plan(fn: Callable[..., Any], event: str, spec_args: tuple[str, ...]) -> tuple[tuple[str, ...], int]:
-    """``(params, mode)`` of a handler (see :class:`Handler`); refuses a required parameter the hook lacks."""
+def _params(fn: Callable[..., Any], event: str, spec_args: tuple[str, ...]) -> tuple[str, ...] | None:
+    """The hook arguments ``fn`` takes (None: all); refuses a required parameter the hook lacks."""
     try:
         params = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):
-        return spec_args, ALL
-    named = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    unknown = [p.name for p in named if p.name not in spec_args and p.default is p.empty]
+        return None
+    named = [p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    # handlers are called by keyword: a required positional-only parameter cannot be filled
+    unknown = [p.name for p in params if p.default is p.empty and (p.kind is p.POSITIONAL_ONLY or
+               (p in named and p.name not in spec_args))]  # fmt: skip
     _check_args(f"handler {getattr(fn, '__qualname__', fn)!r}", event, unknown, spec_args)
-    wants_all = any(p.kind is p.VAR_KEYWORD for p in params)
-    wanted = spec_args if wants_all else tuple(p.name for p in named if p.name in spec_args)
-    if PER_PLUGIN_ARGS.get(event) in wanted:
-        return wanted, OWN_SHARE
-    if wants_all:
-        return wanted, ALL
-    # positional when the wanted parameters come first, in order; else by keyword
-    positional = tuple(p.name for p in named if p.kind is not p.KEYWORD_ONLY)
-    return wanted, POSITIONAL if positional[: len(wanted)] == wanted else KEYWORD
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return tuple(p.name for p in named if p.name in spec_args)
 
 
 def _check_args(what: str, event: str, unknown: list[str], spec_args: tuple[str, ...]) -> None:
@@ -463,11 +419,6 @@ def _check_args(what: str, event: str, unknown: list[str], spec_args: tuple[str,
 
 def _label(h: Handler) -> str:
     return f"{h.plugin}:{h.name}" if h.plugin else h.name
-
-
-def _plugin_of(fn: Callable[..., Any]) -> Owner | None:
-    owner = getattr(fn, "__self__", None)
-    return owner if isinstance(owner, Owner) else None
 
 
 def hook(event: str, priority: int | None = None, condition: Any = None) -> Callable[[F], F]:

@@ -4,7 +4,13 @@ APT dispatches every event through pluggy (project name ``"apt"``). A handler, b
 :class:`~apt.plugins.Plugin` method of the same name or a function registered with
 :meth:`~apt.plugins.HookManager.register`, is called with keyword arguments and may
 accept any subset of the arguments listed below, or ``**kwargs`` for all of them.
-An argument the caller did not supply arrives as ``None``.
+An argument the caller did not supply arrives as ``None``. Arguments shared by many
+hooks mean the same everywhere unless a hook says otherwise: ``trainer`` is the
+:class:`~apt.plugins.TrainerView` (``None`` outside a trainer), ``model`` the model
+being trained (unwrapped, never the DDP wrapper), ``config`` the resolved
+:class:`~apt.core.APTConfig`, ``optimizer`` the ``torch.optim.Optimizer``,
+``micro_step`` the index of the micro-batch inside the step; ``epoch`` and ``step``
+are the counters below.
 
 Order of the training lifecycle (one optimizer step with ``grad_accum`` micro-batches)::
 
@@ -64,8 +70,6 @@ hookimpl: Final = pluggy.HookimplMarker(PROJECT)
 class Hookspecs:
     """The hook specifications. Each method documents one event and its arguments."""
 
-    # --- model ------------------------------------------------------------------------
-
     @hookspec
     def on_model_built(self, trainer: TrainerView, model: Any, config: Any) -> Any:
         """The model was built from its providers; plugins may change it before training.
@@ -74,21 +78,14 @@ class Hookspecs:
         module to replace it entirely (at most one plugin may do that). The optimizer is
         created after this hook, so new parameters are trained.
 
-        :param trainer: the :class:`~apt.plugins.TrainerView` of the trainer (``None`` outside one).
         :param model: the freshly built :class:`~apt.model.GPT`.
-        :param config: the resolved :class:`~apt.core.APTConfig`.
         :returns: ``None``, or a replacement ``torch.nn.Module``.
         """
-
-    # --- run and epoch ----------------------------------------------------------------
 
     @hookspec
     def on_train_begin(self, trainer: TrainerView, model: Any, config: Any, epoch: int, step: int) -> None:
         """Training is about to start (or resume: ``epoch``/``step`` are then not 0).
 
-        :param trainer: the trainer.
-        :param model: the model being trained (unwrapped, never the DDP wrapper).
-        :param config: the resolved configuration.
         :param epoch: the epoch training starts in.
         :param step: the global step training starts at.
         """
@@ -97,8 +94,6 @@ class Hookspecs:
     def on_train_end(self, trainer: TrainerView, model: Any, epoch: int, step: int, metrics: dict[str, float]) -> None:
         """Training finished normally (all epochs done, or a stop was requested).
 
-        :param trainer: the trainer.
-        :param model: the model.
         :param epoch: the last epoch that ran.
         :param step: the number of optimizer steps taken.
         :param metrics: the final metrics (``val_loss``, ``val_bpb`` ...).
@@ -108,9 +103,6 @@ class Hookspecs:
     def on_epoch_begin(self, trainer: TrainerView, model: Any, epoch: int, step: int, schedule: Any) -> None:
         """An epoch starts. Scheduled plugins have been enabled for it already.
 
-        :param trainer: the trainer.
-        :param model: the model.
-        :param epoch: the 0-based epoch index.
         :param step: the global step at the start of the epoch.
         :param schedule: the run's :class:`~apt.core.Schedule`.
         """
@@ -123,15 +115,11 @@ class Hookspecs:
         :returns: optionally a ``dict[str, float]`` of extra metrics to log.
         """
 
-    # --- one optimizer step -----------------------------------------------------------
-
     @hookspec
     def on_step_begin(self, trainer: TrainerView, model: Any, batch: Any, epoch: int, step: int) -> None:
         """An optimizer step starts.
 
         :param batch: ``(x, y)`` for the whole step, shape ``(grad_accum * B, T)`` each.
-        :param epoch: the epoch index.
-        :param step: the index of the step about to be taken.
         """
 
     @hookspec
@@ -152,7 +140,6 @@ class Hookspecs:
         :param outputs: a :class:`~apt.model.ModelOutput` with ``logits (B, T, V)`` and
             ``hidden (B, T, C)`` (final hidden states after the last norm).
         :param loss: the language-model loss of the micro-batch (scalar tensor).
-        :param micro_step: index of the micro-batch inside the step.
         :returns: ``None`` or ``dict[str, Tensor]`` of scalar terms. The trainer adds
             them to the loss (each already weighted by the plugin) and logs them as
             ``loss/<name>``. Two plugins returning the same name is an error.
@@ -185,7 +172,6 @@ class Hookspecs:
         :param terms: ``dict[str, Tensor]``: the named parts of ``loss``, each scaled by
             ``1/grad_accum`` so that they sum to ``loss``: ``"lm"`` (the language-model
             loss) and every ``on_compute_loss`` term under its name.
-        :param micro_step: index of the micro-batch inside the step.
         :returns: ``True`` when the handler did the backward, else ``None``.
         """
 
@@ -204,7 +190,6 @@ class Hookspecs:
         the step with ``trainer.skip_optimizer_step(reason)``. A plugin handling this
         event changes gradients: it is critical by default.
 
-        :param optimizer: the ``torch.optim.Optimizer``.
         """
 
     @hookspec
@@ -215,7 +200,6 @@ class Hookspecs:
 
         A handler may still veto this step with ``trainer.skip_optimizer_step(reason)``.
 
-        :param optimizer: the ``torch.optim.Optimizer``.
         :param grad_norm: the total gradient norm before the core's clipping (after
             ``on_after_backward`` handlers changed the gradients).
         """
@@ -251,8 +235,6 @@ class Hookspecs:
             that returned it.
         """
 
-    # --- validation -------------------------------------------------------------------
-
     @hookspec
     def on_validation_begin(self, trainer: TrainerView, model: Any, epoch: int, step: int) -> None:
         """Validation starts; the model is in eval mode."""
@@ -266,8 +248,6 @@ class Hookspecs:
         :param metrics: ``val_loss`` and ``val_bpb`` of the live model.
         :returns: optionally a ``dict[str, float]`` of extra validation metrics.
         """
-
-    # --- state ------------------------------------------------------------------------
 
     @hookspec
     def on_save_checkpoint(self, trainer: TrainerView, checkpoint: dict[str, Any]) -> Any:
@@ -300,8 +280,6 @@ class Hookspecs:
         :param resume: ``"latest"`` or a path, as the user gave it.
         :returns: the state dict produced by ``trainer.state_dict()``, or ``None``.
         """
-
-    # --- failure ----------------------------------------------------------------------
 
     @hookspec
     def on_exception(self, trainer: TrainerView, model: Any, exception: BaseException, epoch: int, step: int) -> None:

@@ -93,17 +93,14 @@ class _Candidate:
     source: str  # "registered" | "entry-point" | "directory"
     cls: type[Plugin] | None = None
     entry_point: PluginEntryPoint | None = None
+    distribution: str | None = None
+    version: str | None = None
+    where: str = ""  # " (distribution version)", for messages
 
-    @property
-    def distribution(self) -> str | None:
-        return self.entry_point.distribution if self.entry_point else None
-
-    @property
-    def dist_version(self) -> str | None:
-        return self.entry_point.version if self.entry_point else None
-
-    def where(self) -> str:
-        return f" ({self.distribution} {self.dist_version})" if self.distribution else ""
+    def __post_init__(self) -> None:
+        if self.entry_point is not None and self.entry_point.distribution:
+            self.distribution, self.version = self.entry_point.distribution, self.entry_point.version
+            self.where = f" ({self.distribution} {self.version})"
 
 
 class PluginManager(RunState):
@@ -138,8 +135,6 @@ class PluginManager(RunState):
         self._strict = False
         self._discovered = False
 
-    # --- registration and discovery ---------------------------------------------------
-
     def register_plugin(self, name: str, plugin_class: type[Plugin]) -> None:
         """Make ``plugin_class`` available under ``name`` (it still has to be loaded)."""
         if not (isinstance(plugin_class, type) and issubclass(plugin_class, Plugin)):
@@ -160,12 +155,9 @@ class PluginManager(RunState):
         """Names of the installed plugins (entry points, metadata only), or with ``path`` of the
         plugins in a directory (its modules are imported: the user named it)."""
         if path is not None:
-            names = []
-            for cls in load_directory(path):
-                name = class_name(cls)
-                self._candidates[name] = _Candidate(name, "directory", cls=cls)
-                names.append(name)
-            return names
+            classes = {class_name(cls): cls for cls in load_directory(path)}
+            self._candidates.update({name: _Candidate(name, "directory", cls=cls) for name, cls in classes.items()})
+            return list(classes)
         by_name: dict[str, list[PluginEntryPoint]] = {}
         for ep in discover_entry_points(self.entry_point_group):
             by_name.setdefault(ep.name, []).append(ep)
@@ -199,8 +191,6 @@ class PluginManager(RunState):
         cand = self._candidates.get(name)
         return cand.entry_point if cand else None
 
-    # --- loading ----------------------------------------------------------------------
-
     def load(self, name: str, config: Any = None) -> Plugin:
         """Import (if needed), validate and instantiate plugin ``name`` with its config section
         (a mapping, a pydantic model instance, or None).
@@ -219,12 +209,12 @@ class PluginManager(RunState):
         self.available()
         cand = self._candidates.get(name)
         if cand is None:
-            raise self._not_found(name, "load")
+            raise self._not_found(name)
         if cand.cls is None:
             assert cand.entry_point is not None  # a candidate has a class or an entry point
             cand.cls = cand.entry_point.load()
-        validate_plugin_class(name, cand.cls, cand.where())
-        self._plugins[name] = instantiate(name, cand.cls, config, cand.where())
+        validate_plugin_class(name, cand.cls, cand.where)
+        self._plugins[name] = instantiate(name, cand.cls, config, cand.where)
         self.failures.pop(name, None)
         return self._plugins[name]
 
@@ -241,7 +231,7 @@ class PluginManager(RunState):
         self._strict = config.training.plugin_errors == "raise"
         for name in [*(config.plugins or []), *config.disable_plugins]:
             if name not in known:
-                raise self._not_found(name, "config")
+                raise self._not_found(name, in_config=True)
         self.schedule.check_plugins(known)
         if config.plugins is not None:
             self._explicit |= set(config.plugins)
@@ -263,9 +253,8 @@ class PluginManager(RunState):
         return self.loaded()
 
     def _fail(self, name: str, stage: str, error: BaseException, chain: list[str] | None = None) -> None:
-        cand = self._candidates.get(name)
-        dist, version = (cand.distribution, cand.dist_version) if cand else (None, None)
-        self.failures[name] = PluginFailure(name, stage, error, dist, version, chain or [])
+        cand = self._candidates.get(name) or _Candidate(name, "registered")
+        self.failures[name] = PluginFailure(name, stage, error, cand.distribution, cand.version, chain or [])
         plugin = self._plugins.pop(name, None)
         if plugin is not None:
             self.hook_manager.unregister_owner(plugin)
@@ -297,8 +286,6 @@ class PluginManager(RunState):
         self._plugins = {n: self._plugins[n] for n in order}
         self.hook_manager.set_plugin_order({n: (effective[n], i) for i, n in enumerate(order)})
 
-    # --- setup, dispatch, teardown -------------------------------------------------------
-
     def setup_all(self) -> None:
         """Set up every loaded plugin in resolved order and register its hooks. Requirements are
         checked again first: plugins may have been loaded or unloaded one by one since."""
@@ -311,12 +298,12 @@ class PluginManager(RunState):
             except PluginConflictError:
                 raise
             except Exception as exc:
-                cand = self._candidates.get(name)
+                cand = self._candidates.get(name) or _Candidate(name, "registered")
                 err = PluginLoadError(
-                    f"plugin {name!r}{cand.where() if cand else ''}: setup failed: {type(exc).__name__}: {exc}",
+                    f"plugin {name!r}{cand.where}: setup failed: {type(exc).__name__}: {exc}",
                     plugin=name,
-                    distribution=cand.distribution if cand else None,
-                    version=cand.dist_version if cand else None,
+                    distribution=cand.distribution,
+                    version=cand.version,
                 )
                 err.__cause__ = exc
                 self._fail(name, "setup", err)
@@ -377,7 +364,7 @@ class PluginManager(RunState):
         """Tear down (if set up) and forget plugin ``name``; it can be loaded again."""
         plugin = self._plugins.get(name)
         if plugin is None:
-            raise self._not_found(name, "unload")
+            raise self._not_found(name)
         dependents = [n for n, p in self._plugins.items() if any(Requirement(s).name == name for s in p.requires)]
         if dependents:
             raise PluginDependencyError(
@@ -394,13 +381,11 @@ class PluginManager(RunState):
             del self._plugins[name]
             self._order_plugins()
 
-    # --- queries ----------------------------------------------------------------------
-
     def get_plugin(self, name: str) -> Plugin:
         """The loaded plugin ``name``."""
         plugin = self._plugins.get(name)
         if plugin is None:
-            raise self._not_found(name, "get_plugin")
+            raise self._not_found(name)
         return plugin
 
     def loaded(self) -> list[Plugin]:
@@ -422,19 +407,17 @@ class PluginManager(RunState):
             "hooks": sorted({h.event for h in self.hook_manager.handlers() if h.owner is plugin}),
         }
 
-    def _not_found(self, name: str, where: str) -> PluginNotFoundError:
+    def _not_found(self, name: str, in_config: bool = False) -> PluginNotFoundError:
         known = sorted(self._candidates)
-        listing = ", ".join(known) or "none"
-        if name in self.failures and name not in self._candidates:
-            text = f"plugin {name!r} cannot load: {self.failures[name].message}"
-        elif where == "config":
-            text = (
-                f"unknown plugin {name!r}{did_you_mean(name, known)} named in the config; installed plugins: {listing}"
-            )
-        elif name in self._candidates:
+        if name in self._candidates:
             text = f"plugin {name!r} is installed but not loaded; load it first (plugin_manager.load({name!r}))"
+        elif name in self.failures:
+            text = f"plugin {name!r} cannot load: {self.failures[name].message}"
         else:
-            text = f"unknown plugin {name!r}{did_you_mean(name, known)}; installed plugins: {listing}"
+            text = (
+                f"unknown plugin {name!r}{did_you_mean(name, known)}{' named in the config' if in_config else ''}; "
+                f"installed plugins: {', '.join(known) or 'none'}"
+            )
         return PluginNotFoundError(text, plugin=name)
 
     def statistics(self) -> dict[str, Any]:

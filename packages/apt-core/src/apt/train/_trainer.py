@@ -25,6 +25,7 @@ from torch import Tensor
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from apt.core.readonly import read_only
 from apt.data import BatchSource
 from apt.data import load_dataset
 from apt.data import padded_vocab_size
@@ -40,7 +41,6 @@ from apt.interop import init_weights
 from apt.interop import resolve_init_from
 from apt.model import GPT
 from apt.model import ModelOutput
-from apt.plugins._config import read_only
 from apt.train._console import ConsoleLines
 from apt.train._console import stdout_is_terminal
 from apt.train._disk import check_free_space

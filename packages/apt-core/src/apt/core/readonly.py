@@ -1,4 +1,4 @@
-"""Read-only configs: what plugins see of their own section and of the run's config.
+"""Read-only configs: what plugins see of their config section, and of the run config.
 
 A pydantic model comes back as an instance of a subclass of its own class (``isinstance``,
 ``model_dump`` and field access work as before) whose ``__setattr__`` raises

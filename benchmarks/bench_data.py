@@ -33,6 +33,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -69,14 +71,27 @@ def train_tokenizer(corpus: Path, out: Path, vocab_size: int = 4096) -> Path:
     return out
 
 
+@contextmanager
+def tokenizer_threads(on: bool | None) -> Iterator[None]:
+    """Set TOKENIZERS_PARALLELISM for the block (None: leave it), restoring it after."""
+    old = os.environ.get("TOKENIZERS_PARALLELISM")
+    if on is not None:
+        os.environ["TOKENIZERS_PARALLELISM"] = "true" if on else "false"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = old
+
+
 def direct_encode_mb_s(corpus: Path, tokenizer: Path, parallel: bool) -> float:
     """MB/s of encode_batch on the corpus's pieces, ~1 MB per call, in this process (text read beforehand)."""
     from apt.data import load_tokenizer
     from apt.data._prepare import pieces_of
 
-    env = os.environ.get("TOKENIZERS_PARALLELISM")
-    os.environ["TOKENIZERS_PARALLELISM"] = "true" if parallel else "false"
-    try:
+    with tokenizer_threads(parallel):
         tok = load_tokenizer(tokenizer)
         batches, batch, size = [], [], 0
         for piece in pieces_of(str(corpus)):
@@ -92,11 +107,6 @@ def direct_encode_mb_s(corpus: Path, tokenizer: Path, parallel: bool) -> float:
         for b in batches:
             tok.encode_batch(b)
         return n_bytes / 1e6 / (time.perf_counter() - t0)
-    finally:
-        if env is None:
-            os.environ.pop("TOKENIZERS_PARALLELISM", None)
-        else:
-            os.environ["TOKENIZERS_PARALLELISM"] = env
 
 
 def prepare_mb_s(corpus: Path, tokenizer: Path, out: Path, workers: int, n_bytes: int, one_core: bool = False) -> float:
@@ -104,18 +114,10 @@ def prepare_mb_s(corpus: Path, tokenizer: Path, out: Path, workers: int, n_bytes
     from apt.data import prepare
 
     shutil.rmtree(out, ignore_errors=True)
-    env = os.environ.get("TOKENIZERS_PARALLELISM")
-    if one_core:
-        os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    try:
+    with tokenizer_threads(False if one_core else None):
         t0 = time.perf_counter()
         prepare([str(corpus)], out, tokenizer=str(tokenizer), workers=workers, progress=False)
         return n_bytes / 1e6 / (time.perf_counter() - t0)
-    finally:
-        if env is None:
-            os.environ.pop("TOKENIZERS_PARALLELISM", None)
-        else:
-            os.environ["TOKENIZERS_PARALLELISM"] = env
 
 
 def peak_memory(corpus: Path, tokenizer: Path, out: Path, workers: int) -> tuple[float, float, float]:

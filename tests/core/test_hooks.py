@@ -222,6 +222,31 @@ def test_trigger_by_plugin_and_per_plugin_state(pm: PluginManager) -> None:
     assert received == {"a": {"me": "a"}, "b": {"me": "b"}}
 
 
+def test_a_load_handler_may_take_no_arguments_or_all(pm: PluginManager) -> None:
+    """on_load_checkpoint's per-plugin state reaches **kwargs handlers narrowed, and no-argument handlers run."""
+    seen: list[Any] = []
+
+    class Bare(Plugin):
+        name = "bare"
+
+        def on_load_checkpoint(self) -> None:
+            seen.append("bare")
+
+    class Kw(Plugin):
+        name = "kw"
+
+        def on_load_checkpoint(self, **kwargs: Any) -> None:
+            seen.append(kwargs["state"])
+
+    pm.register_plugin("bare", Bare)
+    pm.register_plugin("kw", Kw)
+    pm.load_from_config(APTConfig(plugins=["bare", "kw"]))
+    pm.setup_all()
+    pm.restore_states(trainer=None, checkpoint={}, states={"kw": {"state": 7}, "bare": {"state": 1}})
+    assert seen == ["bare", 7]
+    assert all(h.stats.errors == 0 for h in pm.hook_manager.handlers("on_load_checkpoint"))
+
+
 def test_on_resume_is_first_result() -> None:
     hm = HookManager()
     hm.register("on_resume", lambda resume: None)

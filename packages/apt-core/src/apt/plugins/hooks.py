@@ -186,7 +186,8 @@ class HookManager:
         if cond is not None:
             _check_args(f"condition {cond.description}", event, sorted(cond.requires - set(spec_args)), spec_args)
         params = _params(fn, event, spec_args)
-        shared = PER_PLUGIN_ARGS.get(event) if PER_PLUGIN_ARGS.get(event) in (params or spec_args) else None
+        own = PER_PLUGIN_ARGS.get(event)
+        shared = own if own in (spec_args if params is None else params) else None
         handler = Handler(event, fn, owner, priority, cond, next(self._seq), params, shared)
         self._pm.register(handler, name=f"apt-handler-{handler.seq}")
         self._tables.clear()

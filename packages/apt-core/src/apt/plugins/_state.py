@@ -45,7 +45,11 @@ class RunState:
             if want != plugin.is_enabled():
                 changed = True
                 log.info(
-                    "schedule: %s plugin %r at epoch %s, step %s", ("disabling", "enabling")[want], name, epoch, step
+                    "schedule: %s plugin %r at epoch %s, step %s",
+                    "enabling" if want else "disabling",
+                    name,
+                    epoch,
+                    step,
                 )
                 _toggle(plugin, want, trainer, epoch, step)
         return changed

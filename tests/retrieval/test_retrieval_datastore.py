@@ -11,7 +11,9 @@ import pytest
 import torch
 from apt.core import APTConfig
 from apt.data import TextDataset
+from apt.data import prepare
 from apt.errors import PluginHookError
+from apt.errors import UsageError
 from apt.train import load_weights
 from apt_plugin_retrieval import INDEX_FILE
 from apt_plugin_retrieval import KEYS_FILE
@@ -247,3 +249,20 @@ def test_a_resume_with_a_datastore_rebuilt_by_other_weights_is_refused(tmp_path:
     cause = info.value.__cause__
     assert isinstance(cause, RetrievalError) and "other weights" in str(cause)
     assert str(run_dir / "retrieval" / MANIFEST_FILE) in str(cause) and "\n" not in str(cause)
+
+
+def test_prepared_data_is_refused_before_the_first_step_with_the_fix(tmp_path: Path, corpus_path: Path) -> None:
+    """The datastore indexes text data; a prepared (sharded) data.path is refused at on_train_begin, naming it."""
+    docs, text = tmp_path / "docs", corpus_path.read_text(encoding="utf-8")
+    docs.mkdir()
+    for i in range(8):  # eight documents, so that the split has some of each
+        (docs / f"{i}.txt").write_text(text[i * 3000 : (i + 1) * 3000], encoding="utf-8")
+    prepared = tmp_path / "prepared"
+    prepare([str(docs)], prepared, val_fraction=0.3)
+    config = retrieval_config(corpus_path).with_overrides([f"data.path={prepared}"])
+    trainer = make_trainer(config, tmp_path / "run")
+    with pytest.raises(PluginHookError) as info:
+        trainer.fit()
+    cause = info.value.__cause__
+    assert isinstance(cause, UsageError) and str(prepared) in str(cause) and "text file" in str(cause)
+    assert trainer.global_step == 0

@@ -11,13 +11,22 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from collections.abc import Iterator
 from collections.abc import Mapping
 from typing import Any
 
 from apt.errors import HookError
 
 
-__all__ = ["Condition", "after_epoch", "as_condition", "before_epoch", "every_n_epochs", "every_n_steps"]
+__all__ = [
+    "Condition",
+    "after_epoch",
+    "as_condition",
+    "before_epoch",
+    "every_n_epochs",
+    "every_n_steps",
+    "keyword_params",
+]
 
 
 class Condition:
@@ -38,14 +47,10 @@ class Condition:
         return bool(self._check(kwargs))
 
     def __and__(self, other: Any) -> Condition:
-        right = as_condition(other)
-        return Condition(lambda kw: self(kw) and right(kw), f"({self.description} & {right.description})",
-                         self.requires | right.requires)  # fmt: skip
+        return _join(self, as_condition(other), "&", all)
 
     def __or__(self, other: Any) -> Condition:
-        right = as_condition(other)
-        return Condition(lambda kw: self(kw) or right(kw), f"({self.description} | {right.description})",
-                         self.requires | right.requires)  # fmt: skip
+        return _join(self, as_condition(other), "|", any)
 
     def __invert__(self) -> Condition:
         return Condition(lambda kw: not self(kw), f"~{self.description}", self.requires)
@@ -55,6 +60,12 @@ class Condition:
 
     def __repr__(self) -> str:
         return f"Condition({self.description})"
+
+
+def _join(a: Condition, b: Condition, op: str, test: Callable[[Iterator[bool]], bool]) -> Condition:
+    """``a op b``, evaluated left to right with short-circuit (``test`` is ``all`` or ``any``)."""
+    description, requires = f"({a.description} {op} {b.description})", a.requires | b.requires
+    return Condition(lambda kw: test(c(kw) for c in (a, b)), description, requires)
 
 
 def _on(counter: str, test: Callable[[int], bool], description: str) -> Condition:
@@ -90,20 +101,32 @@ def _positive(n: int, what: str) -> int:
     return n
 
 
+def keyword_params(fn: Callable[..., Any]) -> tuple[tuple[str, ...] | None, frozenset[str]]:
+    """The calling rule of handlers and conditions, which get a hook's arguments by keyword:
+    ``(names, required)``, the parameters ``fn`` takes by keyword (None: it takes ``**kwargs``,
+    so all) and those without a default. A required positional-only parameter cannot be
+    filled: it is listed as ``"name/"``, an argument no hook provides."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return None, frozenset()
+    names = tuple(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+    required = frozenset(
+        p.name + "/" * (p.kind is p.POSITIONAL_ONLY)
+        for p in params
+        if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    )
+    return (None if any(p.kind is p.VAR_KEYWORD for p in params) else names), required
+
+
 def as_condition(obj: Any) -> Condition:
     """Wrap a plain callable (taking some of the hook's keyword arguments) as a Condition."""
     if isinstance(obj, Condition):
         return obj
     if not callable(obj):
         raise HookError(f"a hook condition must be callable, got {obj!r}")
+    names, required = keyword_params(obj)
     description = getattr(obj, "__qualname__", repr(obj))
-    try:
-        params = inspect.signature(obj).parameters.values()
-    except (TypeError, ValueError):
-        return Condition(lambda kw: obj(**kw), description)
-    named = [p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    required = frozenset(p.name for p in named if p.default is p.empty)
-    if any(p.kind is p.VAR_KEYWORD for p in params):
+    if names is None:
         return Condition(lambda kw: obj(**kw), description, required)
-    names = [p.name for p in named]
     return Condition(lambda kw: obj(**{n: kw[n] for n in names if n in kw}), description, required)

@@ -1,22 +1,20 @@
-"""The HookManager: register handlers for events and trigger them.
+"""The HookManager: every handler (a plugin's lifecycle method, or a registered function) is one
+pluggy hook implementation of its event's hookspec. :meth:`HookManager.trigger` runs them in one
+loop, pluggy's shape plus what APT adds: each handler gets the arguments it names, its condition
+is checked, its time and errors are counted, and an error does not stop the others.
 
-Every handler (a plugin's lifecycle method, or a function given to :meth:`HookManager.register`)
-is one pluggy hook implementation of the event's hookspec. :meth:`HookManager.trigger` runs them
-in one loop, pluggy's shape plus what APT adds: each handler gets the arguments it names, its
-condition is checked, its time and errors are counted, and an error does not stop the others.
-
-Order: higher ``priority`` first; ties by the owning plugin's resolved position (its
-``requires`` and ``after`` first), then plugin name, then registration order. The sorted
-table of enabled handlers is built on the first trigger after a change and kept.
+Order: higher ``priority`` first; ties by the owning plugin's resolved position, then plugin name,
+then registration order. An event's sorted table of enabled handlers is kept until a change.
 """
 
 from __future__ import annotations
 
-import inspect
+import dataclasses
 import itertools
 import logging
 import time
 from collections.abc import Callable
+from collections.abc import Iterable
 from collections.abc import Iterator
 from dataclasses import dataclass
 from dataclasses import field
@@ -34,6 +32,7 @@ from apt.errors import PluginHookError
 from apt.errors import ReadOnlyConfigError
 from apt.plugins._conditions import Condition
 from apt.plugins._conditions import as_condition
+from apt.plugins._conditions import keyword_params
 from apt.plugins.hookspecs import HOOK_MARK
 from apt.plugins.hookspecs import HOOK_NAMES
 from apt.plugins.hookspecs import PROJECT
@@ -56,40 +55,31 @@ _now = time.perf_counter
 
 @runtime_checkable
 class Owner(Protocol):
-    """What the hook manager uses of the plugin a handler belongs to (a :class:`~apt.plugins.Plugin`).
-
-    A Protocol: this module does not depend on the plugin base class.
-    """
+    """What the hook manager uses of a handler's plugin (a Protocol: no import of the Plugin class)."""
 
     hook_manager: HookManager | None
 
     @property
     def priority(self) -> int: ...
-
     def get_name(self) -> str: ...
-
     def is_enabled(self) -> bool: ...
-
     def is_critical(self) -> bool: ...
-
     def disable_for_error(self, message: str) -> None: ...
 
 
 @dataclass(slots=True)
 class HandlerStats:
-    """Always-on statistics of one handler."""
+    """Always-on statistics of one handler (times in seconds)."""
 
     calls: int = 0
     skipped: int = 0
     errors: int = 0
-    total: float = 0.0
-    max: float = 0.0
+    total_s: float = 0.0
+    max_s: float = 0.0
     last_error: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        mean = self.total / self.calls if self.calls else 0.0
-        return {"calls": self.calls, "skipped": self.skipped, "errors": self.errors, "total_s": self.total,
-                "mean_s": mean, "max_s": self.max, "last_error": self.last_error}  # fmt: skip
+        return {**dataclasses.asdict(self), "mean_s": self.total_s / self.calls if self.calls else 0.0}
 
 
 @dataclass(eq=False)
@@ -125,8 +115,9 @@ class _Pluggy(pluggy.PluginManager):
     def parse_hookimpl_opts(self, plugin: object, name: str) -> pluggy.HookimplOpts | None:
         if not (isinstance(plugin, Handler) and name == "fn"):
             return None
-        return pluggy.HookimplOpts(wrapper=False, hookwrapper=False, optionalhook=False, tryfirst=False,
-                                   trylast=False, specname=plugin.event)  # fmt: skip
+        return pluggy.HookimplOpts(
+            wrapper=False, hookwrapper=False, optionalhook=False, tryfirst=False, trylast=False, specname=plugin.event
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,9 +152,14 @@ class HookManager:
         self.error_policy = error_policy
 
     def register(
-        self, event: str, fn: Callable[..., Any], priority: int | None = None, condition: Any = None, *,
+        self,
+        event: str,
+        fn: Callable[..., Any],
+        priority: int | None = None,
+        condition: Any = None,
+        *,
         owner: Owner | None = None,
-    ) -> Handler:  # fmt: skip
+    ) -> Handler:
         """Register ``fn`` for ``event``; returns its :class:`Handler`.
 
         ``fn`` is called with the hook arguments it names (or all, with ``**kwargs``).
@@ -183,11 +179,13 @@ class HookManager:
             owner.hook_manager = self  # so that its enable()/disable() reach this manager
         spec_args = tuple(getattr(self._pm.hook, event).spec.argnames)
         cond = as_condition(condition) if condition is not None else None
+        names, required = keyword_params(fn)
+        _check_args(f"handler {getattr(fn, '__qualname__', fn)!r}", event, required, spec_args)
         if cond is not None:
-            _check_args(f"condition {cond.description}", event, sorted(cond.requires - set(spec_args)), spec_args)
-        params = _params(fn, event, spec_args)
-        own = PER_PLUGIN_ARGS.get(event)
-        shared = own if own in (spec_args if params is None else params) else None
+            _check_args(f"condition {cond.description}", event, cond.requires, spec_args)
+        params = None if names is None else tuple(a for a in names if a in spec_args)
+        shared = PER_PLUGIN_ARGS.get(event)
+        shared = shared if shared in (spec_args if params is None else params) else None
         handler = Handler(event, fn, owner, priority, cond, next(self._seq), params, shared)
         self._pm.register(handler, name=f"apt-handler-{handler.seq}")
         self._tables.clear()
@@ -204,18 +202,19 @@ class HookManager:
 
     def unregister(self, event: str, fn: Callable[..., Any] | Handler | None = None) -> int:
         """Remove ``fn`` (or every handler, when ``fn`` is None) from ``event``; returns how many."""
-        return self._remove([h for h in self._registered(resolve_event(event)) if fn is None or fn in (h, h.fn)])
+        return self._remove(h for h in self._registered(resolve_event(event)) if fn is None or fn in (h, h.fn))
 
     def unregister_owner(self, owner: Owner) -> int:
         """Remove every handler that belongs to ``owner``."""
-        return self._remove([h for e in HOOK_NAMES for h in self._registered(e) if h.owner is owner])
+        return self._remove(h for h in self.handlers() if h.owner is owner)
 
     def clear(self) -> None:
         """Remove every handler and middleware (statistics go with them)."""
-        self._remove([h for e in HOOK_NAMES for h in self._registered(e)])
+        self._remove(self.handlers())
         self._middleware.clear()
 
-    def _remove(self, gone: list[Handler]) -> int:
+    def _remove(self, handlers: Iterable[Handler]) -> int:
+        gone = list(handlers)
         for h in gone:
             self._pm.unregister(h)
         self._tables.clear()
@@ -244,10 +243,9 @@ class HookManager:
     def trigger(self, event: str, /, **kwargs: Any) -> list[Any]:
         """Call every enabled handler of ``event``; returns their non-None results in order.
 
-        Arguments the caller leaves out reach handlers as ``None``. When a handler
-        raises, the others still run; then the error policy applies: a critical
-        plugin's (or a plain function's) error raises :class:`PluginHookError`, a
-        non-critical plugin is disabled with a warning.
+        Arguments the caller leaves out reach handlers as ``None``. When a handler raises, the
+        others still run; then a critical plugin's (or a plain function's) error raises
+        :class:`PluginHookError` and a non-critical plugin is disabled with a warning.
         """
         table = self._tables.get(event) or self._table(event)
         return [r for _, r in self._run(table, kwargs)] if table.handlers else []
@@ -265,7 +263,7 @@ class HookManager:
         """The dispatch loop: every handler of ``table`` once, isolated and timed."""
         if self._middleware:
             kwargs = self._apply_middleware(table.event, kwargs)
-        if len(kwargs) != len(table.argnames) or tuple(kwargs) != table.argnames:
+        if tuple(kwargs) != table.argnames:
             unknown = next((k for k in kwargs if k not in table.argnames), None)
             if unknown is not None:
                 raise HookError(
@@ -293,9 +291,9 @@ class HookManager:
             end = _now()  # one clock read per handler: its time includes its share of this loop
             stats, took, start = h.stats, end - start, end
             stats.calls += 1
-            stats.total += took
-            if took > stats.max:
-                stats.max = took
+            stats.total_s += took
+            if took > stats.max_s:
+                stats.max_s = took
             if result is not None:
                 results.append((h.plugin, result))
                 if table.firstresult:
@@ -330,20 +328,27 @@ class HookManager:
     def _settle(self, failures: list[tuple[Handler, Exception]], step: Any) -> None:
         """Apply the error policy to one dispatch's handler errors."""
         fatal: list[tuple[Handler, Exception, str]] = []
-        where, raising = (f" at step {step}" if step is not None else ""), self.error_policy == "raise"
+        where = f" at step {step}" if step is not None else ""
         for handler, exc in failures:
             owner, stats = handler.owner, handler.stats
             who = f"plugin {handler.plugin!r}" if owner is not None else f"handler {handler.name!r}"
             message = f"{who} raised in hook {handler.event!r}{where}: {type(exc).__name__}: {exc}"
             stats.errors, stats.last_error = stats.errors + 1, message
             # writing to a read-only config is a bug in the plugin: never isolated
-            if owner is None or raising or owner.is_critical() or isinstance(exc, ReadOnlyConfigError):
+            if (
+                owner is None
+                or self.error_policy == "raise"
+                or owner.is_critical()
+                or isinstance(exc, ReadOnlyConfigError)
+            ):
                 fatal.append((handler, exc, message))
             elif owner.is_enabled():
                 log.warning(
                     "%s; the plugin is not critical, so it is disabled for the rest of the run "
-                    "(set plugin_errors: raise to stop instead)", message, exc_info=exc,
-                )  # fmt: skip
+                    "(set plugin_errors: raise to stop instead)",
+                    message,
+                    exc_info=exc,
+                )
                 owner.disable_for_error(message)
         if fatal:
             handler, exc, message = fatal[0]
@@ -365,52 +370,37 @@ class HookManager:
         """Every handler of ``event`` (enabled or not) in the order it runs."""
         return sorted(self._registered(resolve_event(event)), key=self._sort_key)
 
+    def handlers(self, event: str | None = None) -> Iterator[Handler]:
+        """Every handler (of ``event``, or of all events) in run order."""
+        for e in [event] if event is not None else HOOK_NAMES:
+            yield from self.ordered(e)
+
     def list_hooks(self, event: str | None = None) -> list[str] | dict[str, list[str]]:
         """Handler names of ``event`` in run order, or ``{event: names}`` for every event."""
         if event is not None:
             return [_label(h) for h in self.ordered(event)]
         return {e: labels for e in HOOK_NAMES if (labels := [_label(h) for h in self.ordered(e)])}
 
-    def handlers(self, event: str | None = None) -> Iterator[Handler]:
-        """Every handler (of ``event``, or of all events) in run order."""
-        for e in [resolve_event(event)] if event is not None else HOOK_NAMES:
-            yield from self.ordered(e)
-
     def get_stats(self, event: str | None = None) -> dict[str, Any]:
         """Per event: totals and per-handler statistics (calls, skipped, errors, seconds)."""
         out: dict[str, Any] = {}
         for e in [resolve_event(event)] if event is not None else HOOK_NAMES:
-            handlers = self.ordered(e)
-            if handlers or event is not None:
-                out[e] = {
-                    **{k: sum(getattr(h.stats, k) for h in handlers) for k in ("calls", "skipped", "errors")},
-                    "total_s": sum(h.stats.total for h in handlers),
-                    "handlers": [{"handler": h.name, "plugin": h.plugin, "enabled": h.enabled, **h.stats.as_dict()}
-                                 for h in handlers],
-                }  # fmt: skip
+            stats = [
+                {"handler": h.name, "plugin": h.plugin, "enabled": h.enabled, **h.stats.as_dict()}
+                for h in self.ordered(e)
+            ]
+            if stats or event is not None:
+                out[e] = {k: sum(s[k] for s in stats) for k in ("calls", "skipped", "errors", "total_s")}
+                out[e]["handlers"] = stats
         return out
 
     def __repr__(self) -> str:
         return f"HookManager({self.list_hooks()})"
 
 
-def _params(fn: Callable[..., Any], event: str, spec_args: tuple[str, ...]) -> tuple[str, ...] | None:
-    """The hook arguments ``fn`` takes (None: all); refuses a required parameter the hook lacks."""
-    try:
-        params = list(inspect.signature(fn).parameters.values())
-    except (TypeError, ValueError):
-        return None
-    named = [p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    # handlers are called by keyword: a required positional-only parameter cannot be filled
-    unknown = [p.name for p in params if p.default is p.empty and (p.kind is p.POSITIONAL_ONLY or
-               (p in named and p.name not in spec_args))]  # fmt: skip
-    _check_args(f"handler {getattr(fn, '__qualname__', fn)!r}", event, unknown, spec_args)
-    if any(p.kind is p.VAR_KEYWORD for p in params):
-        return None
-    return tuple(p.name for p in named if p.name in spec_args)
-
-
-def _check_args(what: str, event: str, unknown: list[str], spec_args: tuple[str, ...]) -> None:
+def _check_args(what: str, event: str, required: Iterable[str], spec_args: tuple[str, ...]) -> None:
+    """Refuse a handler or condition that requires an argument ``event`` does not provide."""
+    unknown = sorted(set(required) - set(spec_args))
     if unknown:
         raise HookError(
             f"{what} for hook {event!r} takes argument(s) {', '.join(map(repr, unknown))}, which that hook "

@@ -137,7 +137,7 @@ def _cell(text: str) -> str:
 
 
 def _trainer_view() -> list[str]:
-    """The members of ``apt.plugins.TrainerView``: attributes (with their ``#:`` comment), then methods."""
+    """The members of ``apt.plugins.TrainerView``: attributes (with their ``#:`` comment), then methods (the comment above each)."""
     from apt.plugins import TrainerView
 
     source = inspect.getsource(TrainerView)
@@ -155,7 +155,8 @@ def _trainer_view() -> list[str]:
             p.name + (f"={p.default!r}" if p.default is not p.empty else "") for p in signature.parameters.values()
         ]
         shown = name if isinstance(member, property) else f"{name}({', '.join(params[1:])})"
-        summary = _rst_to_md(inspect.cleandoc(fn.__doc__ or "").split("\n\n")[0].replace("\n", " "))
+        comment = " ".join(line.lstrip("# ") for line in (inspect.getcomments(fn) or "").splitlines())
+        summary = _rst_to_md(comment[:1].upper() + comment[1:] + ".")
         lines.append(f"| `{shown}` | `{_cell(str(signature.return_annotation))}` | {_cell(summary)} |")
     return lines
 

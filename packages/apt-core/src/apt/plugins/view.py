@@ -43,43 +43,32 @@ class TrainerView(Protocol):
     dtype: torch.dtype  #: the autocast dtype of forward passes (parameters stay fp32)
     stop_reason: str | None  #: why the run stops after this step (a plugin's or the core's), else None
 
+    # whether a process group is running (collectives needed)
     @property
-    def is_distributed(self) -> bool:
-        """Whether a process group is running (collectives needed)."""
-
+    def is_distributed(self) -> bool: ...
+    # the run's schedule; ``schedule.get_param(name, epoch=, step=)`` reads an annealed value
     @property
-    def schedule(self) -> Schedule:
-        """The run's schedule; ``schedule.get_param(name, epoch=, step=)`` reads an annealed value."""
-
+    def schedule(self) -> Schedule: ...
+    # this process's fixed validation batches ``(x, y)``, each ``(B, T)``
     @property
-    def val_batches(self) -> list[tuple[Tensor, Tensor]]:
-        """This process's fixed validation batches ``(x, y)``, each ``(B, T)``."""
-
+    def val_batches(self) -> list[tuple[Tensor, Tensor]]: ...
+    # the run's data (``train`` and ``val`` tokens, ``tokenizer``); None where no data is loaded (``apt generate``)
     @property
-    def data(self) -> TextDataset | PreparedDataset | None:
-        """The run's data (``train`` and ``val`` tokens, ``tokenizer``); None where no data is loaded (``apt generate``)."""
-
+    def data(self) -> TextDataset | PreparedDataset | None: ...
+    # the run's tokenizer (``encode``, ``decode``, ``vocab_size``)
     @property
-    def tokenizer(self) -> Any:
-        """The run's tokenizer (``encode``, ``decode``, ``vocab_size``)."""
-
-    def request_stop(self, reason: str, source: str | None = None) -> None:
-        """Ask the run to stop after the current step (requests from several plugins combine)."""
-
-    def skip_optimizer_step(self, reason: str) -> None:
-        """Veto the coming optimizer step (from ``on_after_backward`` or ``on_before_optimizer_step``)."""
-
-    def sync_optimizer(self) -> None:
-        """Make the optimizer match the model after a plugin added or removed parameters."""
-
-    def all_reduce_sum(self, t: Tensor) -> Tensor:
-        """``t`` summed over all processes, in place (identity with one process)."""
-
-    def all_reduce_mean(self, t: Tensor) -> Tensor:
-        """``t`` averaged over all processes, in place (identity with one process)."""
-
-    def check_fingerprint(self, saved: dict[str, Any] | None, strict: bool = False) -> list[str]:
-        """How the plugin set differs from ``saved`` (a state's ``fingerprint``); raises when strict."""
-
-    def state_dict(self) -> dict[str, Any]:
-        """Everything an exact resume needs (a collective under FSDP: every rank calls it)."""
+    def tokenizer(self) -> Any: ...
+    # ask the run to stop after the current step (requests from several plugins combine)
+    def request_stop(self, reason: str, source: str | None = None) -> None: ...
+    # veto the coming optimizer step (from ``on_after_backward`` or ``on_before_optimizer_step``)
+    def skip_optimizer_step(self, reason: str) -> None: ...
+    # make the optimizer match the model after a plugin added or removed parameters
+    def sync_optimizer(self) -> None: ...
+    # ``t`` summed over all processes, in place (identity with one process)
+    def all_reduce_sum(self, t: Tensor) -> Tensor: ...
+    # ``t`` averaged over all processes, in place (identity with one process)
+    def all_reduce_mean(self, t: Tensor) -> Tensor: ...
+    # how the plugin set differs from ``saved`` (a state's ``fingerprint``); raises when strict
+    def check_fingerprint(self, saved: dict[str, Any] | None, strict: bool = False) -> list[str]: ...
+    # everything an exact resume needs (a collective under FSDP: every rank calls it)
+    def state_dict(self) -> dict[str, Any]: ...

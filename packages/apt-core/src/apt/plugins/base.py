@@ -1,18 +1,5 @@
-"""The :class:`Plugin` base class.
-
-The manager validates a plugin's config section with ``config_model``, instantiates the
-class with it, calls :meth:`Plugin.setup` and registers every lifecycle method the
-subclass defines as a handler of the event of that name. Metadata is class attributes::
-
-    class MyPlugin(Plugin):
-        name = "my_plugin"
-        version = "1.0.0"
-        requires = ("moe>=1.0",)
-        priority = 10
-
-        def on_step_end(self, step, loss, **kwargs):
-            ...
-"""
+"""The :class:`Plugin` base class: metadata as class attributes, a config validated once,
+lifecycle methods named after events (see :mod:`apt.plugins.hookspecs`)."""
 
 from __future__ import annotations
 
@@ -48,36 +35,24 @@ PLUGIN_API_VERSION = "1.0"
 
 
 class Plugin:
-    """Base class of every APT plugin. Class attributes (all optional but a name):
+    """Base class of every APT plugin. Metadata is class attributes, all optional but ``name``."""
 
-    ``name``, ``version``, ``description``: identity (the entry-point name must equal ``name``).
-    ``requires``: plugins that must load first (``"moe>=1.0"``); they run before this one.
-    ``after``, ``before``: plugins this one runs after / before when they are loaded (no error
-    when not). ``conflicts``: plugins that cannot load with this one. ``priority``: higher runs
-    earlier among plugins not ordered otherwise (default 0). ``critical``: whether a handler
-    error stops the run (True) or disables this plugin (False); None (default) means True for a
-    plugin that changes the loss, the gradients or the model (handles one of
-    :data:`~apt.plugins.hookspecs.CRITICAL_EVENTS`). ``providers``: the ``"kind:name"``
-    providers :meth:`setup` registers (shown by ``apt plugins info``). ``config_model``: the
-    pydantic model of the plugin's config section, validated once by the manager;
-    ``self.config`` is that instance (a mapping without a model), read-only. ``state_version``:
-    version of what ``on_save_checkpoint`` returns (see :meth:`migrate_state`). ``api_version``:
-    the plugin API versions supported, as a specifier (``">=1,<2"``).
-    """
-
-    name: ClassVar[str | None] = None
-    version: ClassVar[str] = "0.0.0"
-    description: ClassVar[str] = ""
-    requires: ClassVar[tuple[str, ...] | list[str]] = ()
-    after: ClassVar[tuple[str, ...] | list[str]] = ()
-    before: ClassVar[tuple[str, ...] | list[str]] = ()
-    conflicts: ClassVar[tuple[str, ...] | list[str]] = ()
-    priority: ClassVar[int] = 0
+    name: ClassVar[str | None] = None  #: the plugin's unique name; its entry-point name must equal it
+    version: ClassVar[str] = "0.0.0"  #: the plugin's version (PEP 440)
+    description: ClassVar[str] = ""  #: one line for ``apt plugins info``
+    requires: ClassVar[tuple[str, ...] | list[str]] = ()  #: plugins that must load, and run, first (``"moe>=1.0"``)
+    after: ClassVar[tuple[str, ...] | list[str]] = ()  #: plugins this one runs after, when they are loaded
+    before: ClassVar[tuple[str, ...] | list[str]] = ()  #: plugins this one runs before, when they are loaded
+    conflicts: ClassVar[tuple[str, ...] | list[str]] = ()  #: plugins that cannot load with this one
+    priority: ClassVar[int] = 0  #: higher runs earlier among plugins not ordered otherwise
+    #: whether a handler error stops the run (True) or disables this plugin (False); None: True for a
+    #: plugin handling one of :data:`~apt.plugins.hookspecs.CRITICAL_EVENTS` (loss, gradients, model)
     critical: ClassVar[bool | None] = None
-    providers: ClassVar[tuple[str, ...] | list[str]] = ()
+    providers: ClassVar[tuple[str, ...] | list[str]] = ()  #: the ``"kind:name"`` providers :meth:`setup` registers
+    #: the pydantic model of the config section; ``self.config`` is its validated, read-only instance
     config_model: ClassVar[type[BaseModel] | None] = None
-    state_version: ClassVar[int] = 1
-    api_version: ClassVar[str] = ">=1,<2"
+    state_version: ClassVar[int] = 1  #: version of what ``on_save_checkpoint`` returns (see :meth:`migrate_state`)
+    api_version: ClassVar[str] = ">=1,<2"  #: the plugin API versions supported, as a specifier
     # instance state, with class defaults for a subclass __init__ that skips super().__init__
     _apt_name: str | None = None  # the registration name of a class without a name
     _failure: str | None = None  # why a hook error disabled it
@@ -128,18 +103,9 @@ class Plugin:
 
     def get_metadata(self) -> dict[str, Any]:
         """Name, version, description and the ordering metadata, as a plain dict."""
-        return {
-            "name": self.get_name(),
-            "version": self.get_version(),
-            "description": self.description,
-            "requires": list(self.requires),
-            "after": list(self.after),
-            "before": list(self.before),
-            "conflicts": list(self.conflicts),
-            "priority": self.priority,
-            "critical": self.is_critical(),
-            "providers": list(self.providers),
-        }
+        identity = {"name": self.get_name(), "version": self.get_version(), "description": self.description}
+        lists = {k: list(getattr(self, k)) for k in ("requires", "after", "before", "conflicts", "providers")}
+        return {**identity, **lists, "priority": self.priority, "critical": self.is_critical()}
 
     def is_critical(self) -> bool:
         """Whether a handler error stops the run: ``critical``, else whether the plugin handles
@@ -149,8 +115,7 @@ class Plugin:
         return not handled_events(type(self)).isdisjoint(CRITICAL_EVENTS)
 
     def setup(self, registry: ProviderRegistry, hook_manager: HookManager) -> None:
-        """Register providers and extra hooks; lifecycle methods need no registration.
-        Overrides need not call ``super().setup``."""
+        """Register providers and extra hooks (lifecycle methods need none); ``super().setup`` is optional."""
         self.registry = registry
         self.hook_manager = hook_manager
 
@@ -166,16 +131,17 @@ class Plugin:
 
     def enable(self) -> None:
         """Let this plugin's handlers run (the default). Also re-arms a plugin disabled by an error."""
-        self._enabled = True
         self._failure = None
-        if self.hook_manager is not None:
-            self.hook_manager.plugin_toggled(self)
+        self._set_enabled(True)
 
     def disable(self) -> None:
         """Skip this plugin's handlers until :meth:`enable`. Costs nothing per event."""
-        self._enabled = False
+        self._set_enabled(False)
+
+    def _set_enabled(self, enabled: bool) -> None:
+        self._enabled = enabled
         if self.hook_manager is not None:
-            self.hook_manager.plugin_toggled(self)
+            self.hook_manager.plugin_toggled(self)  # its handlers join or leave the dispatch
 
     def disable_for_error(self, message: str) -> None:
         """Disable this plugin because a handler raised (see :attr:`failure`)."""

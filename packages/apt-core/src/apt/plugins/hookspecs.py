@@ -1,16 +1,10 @@
 """The plugin contract: every event a plugin can handle, with its arguments.
 
-APT dispatches every event through pluggy (project name ``"apt"``). A handler, be it a
-:class:`~apt.plugins.Plugin` method of the same name or a function registered with
-:meth:`~apt.plugins.HookManager.register`, is called with keyword arguments and may
-accept any subset of the arguments listed below, or ``**kwargs`` for all of them.
-An argument the caller did not supply arrives as ``None``. Arguments shared by many
-hooks mean the same everywhere unless a hook says otherwise: ``trainer`` is the
-:class:`~apt.plugins.TrainerView` (``None`` outside a trainer), ``model`` the model
-being trained (unwrapped, never the DDP wrapper), ``config`` the resolved
-:class:`~apt.core.APTConfig`, ``optimizer`` the ``torch.optim.Optimizer``,
-``micro_step`` the index of the micro-batch inside the step; ``epoch`` and ``step``
-are the counters below.
+APT dispatches every event through pluggy (project name ``"apt"``). A handler (a
+:class:`~apt.plugins.Plugin` method of the event's name, or a function given to
+:meth:`~apt.plugins.HookManager.register`) is called by keyword with any subset of the
+event's arguments it names, or all of them with ``**kwargs``; an argument the caller did
+not supply arrives as ``None``. Arguments shared by several hooks mean the same in each.
 
 Order of the training lifecycle (one optimizer step with ``grad_accum`` micro-batches)::
 
@@ -74,9 +68,8 @@ class Hookspecs:
     def on_model_built(self, trainer: TrainerView, model: Any, config: Any) -> Any:
         """The model was built from its providers; plugins may change it before training.
 
-        Modify ``model`` in place (replace submodules, add parameters), or return a new
-        module to replace it entirely (at most one plugin may do that). The optimizer is
-        created after this hook, so new parameters are trained.
+        Modify ``model`` in place (replace submodules, add parameters) or return a new module
+        to replace it (at most one plugin may). The optimizer is created after this hook.
 
         :param model: the freshly built :class:`~apt.model.GPT`.
         :returns: ``None``, or a replacement ``torch.nn.Module``.
@@ -140,9 +133,8 @@ class Hookspecs:
         :param outputs: a :class:`~apt.model.ModelOutput` with ``logits (B, T, V)`` and
             ``hidden (B, T, C)`` (final hidden states after the last norm).
         :param loss: the language-model loss of the micro-batch (scalar tensor).
-        :returns: ``None`` or ``dict[str, Tensor]`` of scalar terms. The trainer adds
-            them to the loss (each already weighted by the plugin) and logs them as
-            ``loss/<name>``. Two plugins returning the same name is an error.
+        :returns: ``None`` or ``dict[str, Tensor]`` of scalar terms (weighted by the plugin),
+            added to the loss and logged as ``loss/<name>``; two plugins may not share a name.
         """
 
     @hookspec
@@ -157,16 +149,11 @@ class Hookspecs:
     ) -> Any:
         """Take over the backward pass of one micro-batch; the first handler answering ``True`` owns it.
 
-        Without an answer the trainer calls ``loss.backward()``. A handler that answers
-        ``True`` must leave the micro-batch's contribution to the gradients where the
-        optimizer will find them by the end of ``on_after_backward`` (accumulated in
-        ``.grad``, or kept aside and written there in ``on_after_backward``), and release
-        the graph. This lets a plugin compute one gradient per named loss term from the one
-        forward pass (gradient surgery such as PCGrad, term-gradient diagnostics).
-
-        Under DDP the gradient all-reduce runs inside ``loss.backward()`` on the last
-        micro-batch; a handler that takes over must then reduce the gradients itself, or
-        answer ``None`` there and let the trainer do the backward.
+        Without an answer the trainer calls ``loss.backward()``. A handler answering ``True``
+        must release the graph and have the micro-batch's gradients in ``.grad`` by the end
+        of ``on_after_backward`` (one gradient per loss term for PCGrad-style surgery). Under
+        DDP the all-reduce runs in ``loss.backward()`` of the last micro-batch: a handler
+        taking that one over must reduce the gradients itself, or answer ``None`` there.
 
         :param loss: the micro-batch's total loss, already scaled by ``1/grad_accum``.
         :param terms: ``dict[str, Tensor]``: the named parts of ``loss``, each scaled by
@@ -183,13 +170,10 @@ class Hookspecs:
     def on_after_backward(self, trainer: TrainerView, model: Any, optimizer: Any, epoch: int, step: int) -> None:
         """The last micro-batch's backward finished: gradients are final, not yet clipped.
 
-        Fires once per optimizer step, after every micro-batch's backward (gradients
-        accumulated over ``grad_accum`` micro-batches and, under DDP, all-reduced), and
-        **before** the core's gradient clipping (``training.grad_clip``) and its
-        ``grad_norm``. Handlers may change ``.grad`` in place (clipping, surgery) or veto
-        the step with ``trainer.skip_optimizer_step(reason)``. A plugin handling this
-        event changes gradients: it is critical by default.
-
+        Once per optimizer step, after all ``grad_accum`` backwards (and DDP's all-reduce),
+        **before** the core's clipping (``training.grad_clip``) and ``grad_norm``. Handlers
+        may change ``.grad`` in place or veto the step with ``trainer.skip_optimizer_step(reason)``;
+        a plugin handling this event is critical by default.
         """
 
     @hookspec
@@ -228,11 +212,8 @@ class Hookspecs:
 
         :param loss: the step's total loss (mean over micro-batches).
         :param metrics: what the trainer logs for this step (``loss``, ``lr``, ``loss/<term>`` ...).
-        :returns: optionally a ``dict[str, float]`` of metrics to log with this step
-            (reduce per-step statistics here, once per optimizer step). On a step that
-            is not logged (``training.log_interval``) they are not lost: the next logged
-            record holds each metric's mean over the steps since the previous record
-            that returned it.
+        :returns: optionally a ``dict[str, float]`` of metrics to log with this step; on a step
+            that is not logged (``training.log_interval``) the next record holds their mean.
         """
 
     @hookspec
@@ -254,9 +235,8 @@ class Hookspecs:
         """A checkpoint is being assembled; return this plugin's state.
 
         :param checkpoint: the trainer's state so far (read-only for plugins).
-        :returns: ``None`` or this plugin's state: tensors and JSON-compatible values
-            (dict, list, str, int, float, bool, None). It is stored under the plugin's
-            name together with its ``state_version``.
+        :returns: ``None`` or this plugin's state (tensors and JSON-compatible values), stored
+            under the plugin's name with its ``state_version``.
         """
 
     @hookspec
@@ -274,8 +254,7 @@ class Hookspecs:
         """Load the training state to resume from; the first non-``None`` answer wins.
 
         Called before ``on_train_begin`` when ``training.resume`` is set (``apt train
-        --resume latest|PATH``). The trainer applies the answer with
-        ``trainer.load_state_dict``.
+        --resume latest|PATH``); the trainer applies the answer with ``load_state_dict``.
 
         :param resume: ``"latest"`` or a path, as the user gave it.
         :returns: the state dict produced by ``trainer.state_dict()``, or ``None``.

@@ -26,13 +26,13 @@ from apt.core.config import APTConfig
 from apt.core.config import did_you_mean
 from apt.core.registry import ProviderRegistry
 from apt.core.schedules import Schedule
-from apt.errors import AptError
 from apt.errors import ConfigError
 from apt.errors import PluginConflictError
 from apt.errors import PluginDependencyError
 from apt.errors import PluginError
 from apt.errors import PluginLoadError
 from apt.errors import PluginNotFoundError
+from apt.errors import PluginTeardownError
 from apt.errors import PluginValidationError
 from apt.plugins._discovery import PluginEntryPoint
 from apt.plugins._discovery import discover_entry_points
@@ -54,15 +54,6 @@ from apt.plugins.hooks import HookManager
 __all__ = ["PluginFailure", "PluginManager", "PluginTeardownError"]
 
 log = logging.getLogger("apt.plugins")
-
-
-class PluginTeardownError(AptError):
-    """One or more plugins' ``teardown`` raised; ``.errors`` holds ``(plugin, exception)`` pairs."""
-
-    def __init__(self, errors: list[tuple[str, BaseException]]) -> None:
-        lines = "; ".join(f"plugin {n!r}: {type(e).__name__}: {e}" for n, e in errors)
-        super().__init__(f"{len(errors)} plugin teardown(s) failed (every teardown still ran): {lines}")
-        self.errors = errors
 
 
 @dataclass

@@ -225,7 +225,7 @@ def order_report(pm: PluginManager, event: str | None = None) -> dict[str, list[
 
     from apt.plugins import HOOK_NAMES
     from apt.plugins._loading import order_edges
-    from apt.plugins._ordering import resolve_order
+    from apt.plugins._loading import resolve_order
     from apt.plugins.hooks import resolve_event
 
     plugins = {p.get_name(): p for p in pm.loaded()}

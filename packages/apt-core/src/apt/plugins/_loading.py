@@ -1,13 +1,16 @@
 """Loading plugins: the contract check, instantiation with a validated config, selection,
-and requirement / conflict resolution. Discovery is in :mod:`apt.plugins._discovery`, the
-order in :mod:`apt.plugins._ordering`; :class:`~apt.plugins.PluginManager` calls these.
+requirement / conflict resolution and order. Discovery is in :mod:`apt.plugins._discovery`;
+:class:`~apt.plugins.PluginManager` calls these.
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
 import os
 from collections.abc import Collection
+from graphlib import CycleError
+from graphlib import TopologicalSorter
 from typing import Any
 
 from packaging.requirements import InvalidRequirement
@@ -20,6 +23,7 @@ from packaging.version import Version
 from apt.core.config import APTConfig
 from apt.core.config import did_you_mean
 from apt.errors import PluginConflictError
+from apt.errors import PluginDependencyError
 from apt.errors import PluginLoadError
 from apt.errors import PluginValidationError
 from apt.plugins.base import PLUGIN_API_VERSION
@@ -36,6 +40,7 @@ __all__ = [
     "instantiate",
     "order_edges",
     "requirement_problem",
+    "resolve_order",
     "select",
     "unselected_reason",
     "validate_plugin_class",
@@ -204,6 +209,9 @@ def find_conflict(plugins: dict[str, Plugin]) -> None:
                     )
 
 
+# Order: what must run first (requires, after, another's before), then priority (higher first), then name.
+
+
 def order_edges(plugins: dict[str, Plugin]) -> dict[str, list[str]]:
     """``{plugin: the loaded plugins that run before it}``: its ``requires`` and ``after``, and
     those that name it in ``before``. A plugin named in ``after``/``before`` that is not loaded is ignored."""
@@ -216,3 +224,44 @@ def order_edges(plugins: dict[str, Plugin]) -> dict[str, list[str]]:
             if later in plugins and name not in edges[later]:
                 edges[later].append(name)
     return edges
+
+
+def resolve_order(requires: dict[str, list[str]], priority: dict[str, int]) -> tuple[list[str], dict[str, int]]:
+    """The run order of plugins and each one's *effective* priority.
+
+    A requirement must never run after what requires it, so its effective priority is
+    lifted to the highest effective priority of the plugins that require it; among the
+    plugins whose requirements are placed, the highest effective priority goes next, then
+    the first name.
+
+    :param requires: plugin -> the (loaded) plugins it requires.
+    :param priority: plugin -> its declared priority.
+    :raises PluginDependencyError: on a requirement cycle (the message prints it).
+    """
+    dependents: dict[str, list[str]] = {n: [] for n in requires}
+    for n, ds in requires.items():
+        for d in ds:
+            dependents[d].append(n)
+    effective: dict[str, int] = {}
+    try:
+        for n in TopologicalSorter(dependents).static_order():  # what requires n comes first
+            effective[n] = max([priority[n], *(effective[d] for d in dependents[n])])
+    except CycleError as exc:
+        cycle = exc.args[1][:-1]  # each one requires the next; start at the first name
+        first = cycle.index(min(cycle))
+        cycle = [*cycle[first:], *cycle[:first], cycle[first]]
+        raise PluginDependencyError(
+            f"requirement cycle: {' -> '.join(cycle)}; remove one of these requires", plugin=cycle[0]
+        ) from None
+    sorter = TopologicalSorter(requires)
+    sorter.prepare()
+    ready = [(-effective[n], n) for n in sorter.get_ready()]
+    heapq.heapify(ready)
+    order: list[str] = []
+    while ready:
+        _, n = heapq.heappop(ready)
+        order.append(n)
+        sorter.done(n)
+        for m in sorter.get_ready():
+            heapq.heappush(ready, (-effective[m], m))
+    return order, effective

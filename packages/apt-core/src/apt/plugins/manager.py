@@ -2,7 +2,7 @@
 
 Lifecycle: register_plugin / discover → load / load_from_config → setup_all →
 trigger_event → teardown_all → unload. The rules live in :mod:`apt.plugins._loading`
-(selection, contract, requirements, conflicts), :mod:`apt.plugins._ordering` (order) and
+(selection, contract, requirements, conflicts, order) and
 :mod:`apt.plugins._state` (schedules, checkpoint state, fingerprints).
 
 Failures: a plugin that fails to import, validate or set up is reported (name,
@@ -42,9 +42,9 @@ from apt.plugins._loading import find_conflict
 from apt.plugins._loading import instantiate
 from apt.plugins._loading import order_edges
 from apt.plugins._loading import requirement_problem
+from apt.plugins._loading import resolve_order
 from apt.plugins._loading import select
 from apt.plugins._loading import validate_plugin_class
-from apt.plugins._ordering import resolve_order
 from apt.plugins._state import RunState
 from apt.plugins.base import Plugin
 from apt.plugins.base import handler_specs

@@ -11,6 +11,7 @@ from typing import Any
 
 from apt.core.schedules import Schedule
 from apt.errors import PluginDependencyError
+from apt.plugins._loading import Candidate
 from apt.plugins.base import Plugin
 from apt.plugins.hooks import HookManager
 from apt.plugins.hookspecs import HOOK_NAMES
@@ -28,10 +29,7 @@ class RunState:
     schedule: Schedule
     hook_manager: HookManager
     _plugins: dict[str, Plugin]  # loaded, in resolved order
-
-    def distributions(self) -> dict[str, str | None]:
-        """``{plugin: distribution}`` of every plugin that could load (None for code-registered ones)."""
-        raise NotImplementedError
+    _candidates: dict[str, Candidate]  # every plugin that could load
 
     def apply_schedule(
         self, trainer: TrainerView | None = None, epoch: int | None = None, step: int | None = None
@@ -105,9 +103,9 @@ class RunState:
 
     def fingerprint(self) -> dict[str, Any]:
         """The plugin set that produces a run: names, versions, distributions, per-event order."""
-        dists = self.distributions()
         plugins = [
-            {"name": n, "version": p.get_version(), "distribution": dists.get(n)} for n, p in self._plugins.items()
+            {"name": n, "version": p.get_version(), "distribution": self._candidates[n].distribution}
+            for n, p in self._plugins.items()
         ]
         order = {e: [h.plugin or h.name for h in self.hook_manager.ordered(e)] for e in HOOK_NAMES}
         return {"plugins": plugins, "order": {e: names for e, names in order.items() if names}}

@@ -15,8 +15,6 @@ conflicts and requirement cycles are always errors.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from dataclasses import field
 from pathlib import Path
 from typing import Any
 
@@ -37,14 +35,14 @@ from apt.errors import PluginValidationError
 from apt.plugins._discovery import PluginEntryPoint
 from apt.plugins._discovery import discover_entry_points
 from apt.plugins._discovery import load_directory
-from apt.plugins._loading import class_name
-from apt.plugins._loading import find_conflict
+from apt.plugins._loading import Candidate
+from apt.plugins._loading import PluginFailure
+from apt.plugins._loading import check_conflicts
 from apt.plugins._loading import instantiate
 from apt.plugins._loading import order_edges
 from apt.plugins._loading import requirement_problem
 from apt.plugins._loading import resolve_order
 from apt.plugins._loading import select
-from apt.plugins._loading import validate_plugin_class
 from apt.plugins._state import RunState
 from apt.plugins.base import Plugin
 from apt.plugins.base import handler_specs
@@ -54,44 +52,6 @@ from apt.plugins.hooks import HookManager
 __all__ = ["PluginFailure", "PluginManager", "PluginTeardownError"]
 
 log = logging.getLogger("apt.plugins")
-
-
-@dataclass
-class PluginFailure:
-    """Why a plugin did not load: the stage, the cause, and the requirement chain if any."""
-
-    name: str
-    stage: str  # "import" | "validate" | "requires" | "setup"
-    error: BaseException
-    distribution: str | None = None
-    version: str | None = None
-    chain: list[str] = field(default_factory=list)
-
-    @property
-    def message(self) -> str:
-        return str(self.error)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {**{k: getattr(self, k) for k in ("name", "stage", "distribution", "version", "chain")},
-                "error": str(self.error)}  # fmt: skip
-
-
-@dataclass
-class _Candidate:
-    """A plugin that could load: a class registered in code or found in a directory, or an entry point."""
-
-    name: str
-    source: str  # "registered" | "entry-point" | "directory"
-    cls: type[Plugin] | None = None
-    entry_point: PluginEntryPoint | None = None
-    distribution: str | None = None
-    version: str | None = None
-    where: str = ""  # " (distribution version)", for messages
-
-    def __post_init__(self) -> None:
-        if self.entry_point is not None and self.entry_point.distribution:
-            self.distribution, self.version = self.entry_point.distribution, self.entry_point.version
-            self.where = f" ({self.distribution} {self.version})"
 
 
 class PluginManager(RunState):
@@ -120,7 +80,7 @@ class PluginManager(RunState):
         self.schedule = Schedule()
         self.entry_point_group = entry_point_group
         self.failures: dict[str, PluginFailure] = {}
-        self._candidates: dict[str, _Candidate] = {}
+        self._candidates: dict[str, Candidate] = {}
         self._plugins: dict[str, Plugin] = {}  # loaded, in resolved order once resolved
         self._explicit: set[str] = set()
         self._strict = False
@@ -140,14 +100,14 @@ class PluginManager(RunState):
                 f"(unload({name!r})) or choose another name",
                 plugin=name,
             )
-        self._candidates[name] = _Candidate(name, "registered", cls=plugin_class)
+        self._candidates[name] = Candidate(name, "registered", cls=plugin_class)
 
     def discover(self, path: str | Path | None = None) -> list[str]:
         """Names of the installed plugins (entry points, metadata only), or with ``path`` of the
         plugins in a directory (its modules are imported: the user named it)."""
         if path is not None:
-            classes = {class_name(cls): cls for cls in load_directory(path)}
-            self._candidates.update({name: _Candidate(name, "directory", cls=cls) for name, cls in classes.items()})
+            classes = load_directory(path)
+            self._candidates |= {name: Candidate(name, "directory", cls=cls) for name, cls in classes.items()}
             return list(classes)
         by_name: dict[str, list[PluginEntryPoint]] = {}
         for ep in discover_entry_points(self.entry_point_group):
@@ -163,7 +123,7 @@ class PluginManager(RunState):
                 self.failures[name] = PluginFailure(name, "import", error)
             elif name not in self._candidates or self._candidates[name].source == "entry-point":
                 # (code registration wins over an installed entry point of the same name)
-                self._candidates[name] = _Candidate(name, "entry-point", entry_point=eps[0])
+                self._candidates[name] = Candidate(name, "entry-point", entry_point=eps[0])
                 found.append(name)
         self._discovered = True
         return found
@@ -195,18 +155,11 @@ class PluginManager(RunState):
         return plugin
 
     def _load(self, name: str, config: Any = None) -> Plugin:
-        if name in self._plugins:
-            return self._plugins[name]
-        self.available()
-        cand = self._candidates.get(name)
-        if cand is None:
-            raise self._not_found(name)
-        if cand.cls is None:
-            assert cand.entry_point is not None  # a candidate has a class or an entry point
-            cand.cls = cand.entry_point.load()
-        validate_plugin_class(name, cand.cls, cand.where)
-        self._plugins[name] = instantiate(name, cand.cls, config, cand.where)
-        self.failures.pop(name, None)
+        if name not in self._plugins:
+            if name not in self.available():
+                raise self._not_found(name)
+            self._plugins[name] = instantiate(self._candidates[name], config)
+            self.failures.pop(name, None)
         return self._plugins[name]
 
     def load_from_config(self, config: APTConfig | None = None) -> list[Plugin]:
@@ -244,7 +197,7 @@ class PluginManager(RunState):
         return self.loaded()
 
     def _fail(self, name: str, stage: str, error: BaseException, chain: list[str] | None = None) -> None:
-        cand = self._candidates.get(name) or _Candidate(name, "registered")
+        cand = self._candidates[name]
         self.failures[name] = PluginFailure(name, stage, error, cand.distribution, cand.version, chain or [])
         plugin = self._plugins.pop(name, None)
         if plugin is not None:
@@ -255,19 +208,18 @@ class PluginManager(RunState):
     def _resolve(self) -> list[BaseException]:
         """Check requirements (a failed plugin fails its dependents, transitively) and conflicts; order."""
         errors: list[BaseException] = []
-        known = {n: c.distribution for n, c in self._candidates.items()}
         changed = True
         while changed:
             changed = False
             for name, plugin in list(self._plugins.items()):
-                problem = requirement_problem(name, plugin, self._plugins, self.failures, known)
+                problem = requirement_problem(plugin, self._plugins, self.failures, self._candidates)
                 if problem is not None:
                     exc = PluginDependencyError(problem[0], plugin=name)
                     self._fail(name, "requires", exc, problem[1])
                     if name in self._explicit or self._strict:
                         errors.append(exc)
                     changed = True
-        find_conflict(self._plugins)
+        check_conflicts(self._plugins)
         self._order_plugins()
         return errors
 
@@ -289,9 +241,9 @@ class PluginManager(RunState):
             except PluginConflictError:
                 raise
             except Exception as exc:
-                cand = self._candidates.get(name) or _Candidate(name, "registered")
+                cand = self._candidates[name]
                 err = PluginLoadError(
-                    f"plugin {name!r}{cand.where}: setup failed: {type(exc).__name__}: {exc}",
+                    f"{cand.who}: setup failed: {type(exc).__name__}: {exc}",
                     plugin=name,
                     distribution=cand.distribution,
                     version=cand.version,
@@ -388,12 +340,11 @@ class PluginManager(RunState):
 
     def describe(self, name: str) -> dict[str, Any]:
         """Metadata of a loaded plugin plus where it came from."""
-        plugin = self.get_plugin(name)
-        cand = self._candidates.get(name)
+        plugin, cand = self.get_plugin(name), self._candidates[name]
         return {
             **plugin.get_metadata(),
-            "distribution": cand.distribution if cand else None,
-            "source": cand.source if cand else "registered",
+            "distribution": cand.distribution,
+            "source": cand.source,
             "enabled": plugin.is_enabled(),
             "hooks": sorted({h.event for h in self.hook_manager.handlers() if h.owner is plugin}),
         }
@@ -414,9 +365,6 @@ class PluginManager(RunState):
     def statistics(self) -> dict[str, Any]:
         """Hook statistics per event and handler (for summary.json)."""
         return self.hook_manager.get_stats()
-
-    def distributions(self) -> dict[str, str | None]:
-        return {n: c.distribution for n, c in self._candidates.items()}
 
     def __repr__(self) -> str:
         return f"PluginManager(loaded={self.list_loaded()}, available={sorted(self._candidates)})"

@@ -1,15 +1,10 @@
 """The PluginManager: find, load, order, set up and tear down plugins; dispatch to them.
+The rules live in :mod:`apt.plugins._loading`, the run state in :mod:`apt.plugins._state`.
 
-Lifecycle: register_plugin / discover → load / load_from_config → setup_all →
-trigger_event → teardown_all → unload. The rules live in :mod:`apt.plugins._loading`
-(selection, contract, requirements, conflicts, order) and
-:mod:`apt.plugins._state` (schedules, checkpoint state, fingerprints).
-
-Failures: a plugin that fails to import, validate or set up is reported (name,
-distribution, version, cause) in :attr:`PluginManager.failures` and the others still
-load, except those that require it. A plugin the config names explicitly, or any plugin
-under ``training.plugin_errors: raise``, makes the failure an error. Config values,
-conflicts and requirement cycles are always errors.
+A plugin that fails to import, validate or set up is recorded in :attr:`PluginManager.failures`
+(name, distribution, version, cause) and the others still load, except those that require it.
+A plugin the config names explicitly, or any plugin under ``training.plugin_errors: raise``,
+makes its failure an error. Config values, conflicts and requirement cycles are always errors.
 """
 
 from __future__ import annotations
@@ -55,13 +50,8 @@ log = logging.getLogger("apt.plugins")
 
 
 class PluginManager(RunState):
-    """Manages plugin discovery, ordering and lifecycle.
-
-    >>> plugin_manager.register_plugin('my_plugin', MyPlugin)
-    >>> plugin_manager.load_from_config(APTConfig(plugins=['my_plugin']))
-    >>> plugin_manager.setup_all()
-    >>> plugin_manager.trigger_event('on_epoch_start', epoch=1)
-    >>> plugin_manager.teardown_all()
+    """Manages plugin discovery, ordering and lifecycle: register_plugin / discover → load /
+    load_from_config → setup_all → trigger_event → teardown_all → unload.
 
     :param registry: provider registry plugins register into (a fresh one by default).
     :param hook_manager: hook manager plugins' handlers go to (a fresh one by default).
@@ -129,27 +119,22 @@ class PluginManager(RunState):
         return found
 
     def available(self) -> list[str]:
-        """Names of every plugin that could load (registered or installed), sorted."""
+        """Names of every known plugin (registered or installed), sorted."""
         if not self._discovered:
             self.discover()
         return sorted(self._candidates)
 
-    def list_plugins(self) -> list[str]:
-        """Names of every known plugin (registered or installed), as in the original API."""
-        return self.available()
+    list_plugins = available  # the original API's name
 
     def entry_point(self, name: str) -> PluginEntryPoint | None:
+        """The entry point plugin ``name`` was discovered by (None if registered in code or unknown)."""
         cand = self._candidates.get(name)
         return cand.entry_point if cand else None
 
     def load(self, name: str, config: Any = None) -> Plugin:
-        """Import (if needed), validate and instantiate plugin ``name`` with its config section
-        (a mapping, a pydantic model instance, or None).
-
-        Raises PluginNotFoundError, ConfigError (with the key path), PluginLoadError or
-        PluginValidationError. A plugin loaded by name is explicit: :meth:`setup_all` raises
-        if its requirements are not loaded (instead of leaving it out with a warning).
-        """
+        """Import (if needed), validate and instantiate plugin ``name`` with its config section (a
+        mapping, a pydantic model or None). Raises PluginNotFoundError, ConfigError, PluginLoadError or
+        PluginValidationError. A plugin loaded by name is explicit: its later failures are errors."""
         plugin = self._load(name, config)
         self._explicit.add(name)
         return plugin
@@ -177,8 +162,7 @@ class PluginManager(RunState):
             if name not in known:
                 raise self._not_found(name, in_config=True)
         self.schedule.check_plugins(known)
-        if config.plugins is not None:
-            self._explicit |= set(config.plugins)
+        self._explicit |= set(config.plugins or [])
         errors: list[BaseException] = []
         for name in select(config, known, self.failures):
             try:
@@ -186,9 +170,7 @@ class PluginManager(RunState):
             except ConfigError:
                 raise
             except PluginError as exc:
-                self._fail(name, "import" if isinstance(exc, PluginLoadError) else "validate", exc)
-                if name in self._explicit or self._strict:
-                    errors.append(exc)
+                errors += self._fail(name, "import" if isinstance(exc, PluginLoadError) else "validate", exc)
         errors += self._resolve()
         if len(errors) > 1:
             raise PluginLoadError(f"{len(errors)} plugins failed to load: " + "; ".join(str(e) for e in errors))
@@ -196,17 +178,19 @@ class PluginManager(RunState):
             raise errors[0]
         return self.loaded()
 
-    def _fail(self, name: str, stage: str, error: BaseException, chain: list[str] | None = None) -> None:
+    def _fail(self, name: str, stage: str, error: BaseException, chain: list[str] | None = None) -> list[BaseException]:
+        """Record that ``name`` did not load and drop it; returns ``[error]`` if that is an error
+        (the plugin was named explicitly, or plugin errors are strict), else ``[]``."""
         cand = self._candidates[name]
         self.failures[name] = PluginFailure(name, stage, error, cand.distribution, cand.version, chain or [])
         plugin = self._plugins.pop(name, None)
         if plugin is not None:
-            self.hook_manager.unregister_owner(plugin)
-            self.registry.unregister_plugin(name)
+            self._forget(name, plugin)
         log.warning("plugin %r not loaded (%s): %s", name, stage, error)
+        return [error] if name in self._explicit or self._strict else []
 
     def _resolve(self) -> list[BaseException]:
-        """Check requirements (a failed plugin fails its dependents, transitively) and conflicts; order."""
+        """Fail the plugins whose requirements are not met (transitively), check conflicts, order."""
         errors: list[BaseException] = []
         changed = True
         while changed:
@@ -214,25 +198,21 @@ class PluginManager(RunState):
             for name, plugin in list(self._plugins.items()):
                 problem = requirement_problem(plugin, self._plugins, self.failures, self._candidates)
                 if problem is not None:
-                    exc = PluginDependencyError(problem[0], plugin=name)
-                    self._fail(name, "requires", exc, problem[1])
-                    if name in self._explicit or self._strict:
-                        errors.append(exc)
+                    errors += self._fail(name, "requires", PluginDependencyError(problem[0], plugin=name), problem[1])
                     changed = True
         check_conflicts(self._plugins)
         self._order_plugins()
         return errors
 
     def _order_plugins(self) -> None:
-        edges = order_edges(self._plugins)
-        order, effective = resolve_order(edges, {n: p.priority for n, p in self._plugins.items()})
+        order, effective = resolve_order(order_edges(self._plugins), {n: p.priority for n, p in self._plugins.items()})
         self._plugins = {n: self._plugins[n] for n in order}
         self.hook_manager.set_plugin_order({n: (effective[n], i) for i, n in enumerate(order)})
 
     def setup_all(self) -> None:
         """Set up every loaded plugin in resolved order and register its hooks. Requirements are
         checked again first: plugins may have been loaded or unloaded one by one since."""
-        errors: list[BaseException] = self._resolve()
+        errors = self._resolve()
         for name, plugin in list(self._plugins.items()):
             if plugin.is_setup() or name not in self._plugins:
                 continue
@@ -249,9 +229,7 @@ class PluginManager(RunState):
                     version=cand.version,
                 )
                 err.__cause__ = exc
-                self._fail(name, "setup", err)
-                if name in self._explicit or self._strict:
-                    errors.append(err)
+                errors += self._fail(name, "setup", err)
                 errors += self._resolve()
         if errors:
             raise errors[0]
@@ -305,9 +283,7 @@ class PluginManager(RunState):
 
     def unload(self, name: str) -> None:
         """Tear down (if set up) and forget plugin ``name``; it can be loaded again."""
-        plugin = self._plugins.get(name)
-        if plugin is None:
-            raise self._not_found(name)
+        plugin = self.get_plugin(name)
         dependents = [n for n, p in self._plugins.items() if any(Requirement(s).name == name for s in p.requires)]
         if dependents:
             raise PluginDependencyError(
@@ -336,6 +312,7 @@ class PluginManager(RunState):
         return list(self._plugins.values())
 
     def list_loaded(self) -> list[str]:
+        """Names of the loaded plugins in resolved order."""
         return list(self._plugins)
 
     def describe(self, name: str) -> dict[str, Any]:

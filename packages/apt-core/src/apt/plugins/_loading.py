@@ -221,7 +221,10 @@ def requirement_problem(
                 "(or remove it from disable_plugins)"
             )
         elif dep not in plugins:
-            problem = f"{who} {spec!r}, which is not installed; install it (pip install apt-plugin-{dep}) or turn {name!r} off"
+            problem = (
+                f"{who} {spec!r}, which is not installed; install it (pip install apt-plugin-{dep}) "
+                f"or turn {name!r} off"
+            )
         elif req.specifier and not req.specifier.contains(version := plugins[dep].get_version(), prereleases=True):
             problem = (
                 f"{who} {spec!r} but {dep} {version} is loaded; install a matching version "
@@ -266,18 +269,17 @@ def order_edges(plugins: Mapping[str, Plugin]) -> dict[str, list[str]]:
     return edges
 
 
-def resolve_order(requires: dict[str, list[str]], priority: dict[str, int]) -> tuple[list[str], dict[str, int]]:
-    """The run order of plugins and each one's *effective* priority.
+def resolve_order(plugins: Mapping[str, Plugin]) -> tuple[list[str], dict[str, int]]:
+    """The run order of the loaded plugins and each one's *effective* priority.
 
-    A requirement must never run after what requires it, so its effective priority is
-    lifted to the highest effective priority of the plugins that require it; among the
-    plugins whose requirements are placed, the highest effective priority goes next, then
-    the first name.
+    What must run first (:func:`order_edges`) must never run after what waits for it, so its
+    effective priority is lifted to the highest effective priority of the plugins that wait for
+    it; among the plugins whose predecessors are placed, the highest effective priority goes
+    next, then the first name.
 
-    :param requires: plugin -> the (loaded) plugins it requires.
-    :param priority: plugin -> its declared priority.
     :raises PluginDependencyError: on a requirement cycle (the message prints it).
     """
+    requires, priority = order_edges(plugins), {n: p.priority for n, p in plugins.items()}
     dependents: dict[str, list[str]] = {n: [] for n in requires}
     for n, ds in requires.items():
         for d in ds:

@@ -34,7 +34,6 @@ from apt.plugins._loading import Candidate
 from apt.plugins._loading import PluginFailure
 from apt.plugins._loading import check_conflicts
 from apt.plugins._loading import instantiate
-from apt.plugins._loading import order_edges
 from apt.plugins._loading import requirement_problem
 from apt.plugins._loading import resolve_order
 from apt.plugins._loading import select
@@ -206,7 +205,7 @@ class PluginManager:
         return errors
 
     def _order_plugins(self) -> None:
-        order, effective = resolve_order(order_edges(self._plugins), {n: p.priority for n, p in self._plugins.items()})
+        order, effective = resolve_order(self._plugins)
         self._plugins = {n: self._plugins[n] for n in order}
         self.hook_manager.set_plugin_order({n: (effective[n], i) for i, n in enumerate(order)})
 

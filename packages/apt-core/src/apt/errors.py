@@ -21,7 +21,8 @@ else keeps its traceback because it is a bug.
     │   ├── HookError                   unknown event, bad handler registration
     │   ├── CheckpointError             unreadable, corrupt or unsafe checkpoint
     │   └── DataError                   unreadable or inconsistent training data (has .path, .line)
-    └── PluginHookError                 a plugin's hook raised during the run
+    ├── PluginHookError                 a plugin's hook raised during the run
+    └── PluginTeardownError             plugins' teardown raised (has .errors)
     Preempted (a BaseException)         SIGTERM/SIGUSR1 ended the run at a step boundary
 """
 
@@ -42,6 +43,7 @@ __all__ = [
     "PluginHookError",
     "PluginLoadError",
     "PluginNotFoundError",
+    "PluginTeardownError",
     "PluginValidationError",
     "Preempted",
     "ProviderError",
@@ -170,6 +172,15 @@ class PluginHookError(AptError):
         self.plugin = plugin
         self.hook = hook
         self.step = step
+
+
+class PluginTeardownError(AptError):
+    """One or more plugins' ``teardown`` raised; ``.errors`` holds ``(plugin, exception)`` pairs."""
+
+    def __init__(self, errors: list[tuple[str, BaseException]]) -> None:
+        lines = "; ".join(f"plugin {n!r}: {type(e).__name__}: {e}" for n, e in errors)
+        super().__init__(f"{len(errors)} plugin teardown(s) failed (every teardown still ran): {lines}")
+        self.errors = errors
 
 
 class Preempted(BaseException):

@@ -225,7 +225,7 @@ def order_report(pm: PluginManager, event: str | None = None) -> dict[str, list[
 
     from apt.plugins import HOOK_NAMES
     from apt.plugins._loading import order_edges
-    from apt.plugins._ordering import resolve_order
+    from apt.plugins._loading import resolve_order
     from apt.plugins.hooks import resolve_event
 
     plugins = {p.get_name(): p for p in pm.loaded()}
@@ -233,7 +233,7 @@ def order_report(pm: PluginManager, event: str | None = None) -> dict[str, list[
     # the kernel's own rule and computation, so that the explanation cannot drift from the order
     first = order_edges(plugins)  # {plugin: the loaded plugins that must run before it}
     runs_after: dict[str, list[str]] = {n: [m for m in plugins if n in first[m]] for n in plugins}
-    _, effective = resolve_order(first, {n: p.priority for n, p in plugins.items()})
+    _, effective = resolve_order(plugins)
 
     def eff(n: str) -> int:
         return effective[n]

@@ -1,22 +1,15 @@
-"""The PluginManager: find, load, order, set up and tear down plugins; dispatch to them.
+"""The PluginManager: find, load, order, set up and tear down plugins; dispatch to them; keep their
+run state (schedules, checkpointed plugin state, fingerprints). The rules live in :mod:`apt.plugins._loading`.
 
-Lifecycle: register_plugin / discover → load / load_from_config → setup_all →
-trigger_event → teardown_all → unload. The rules live in :mod:`apt.plugins._loading`
-(selection, contract, requirements, conflicts), :mod:`apt.plugins._ordering` (order) and
-:mod:`apt.plugins._state` (schedules, checkpoint state, fingerprints).
-
-Failures: a plugin that fails to import, validate or set up is reported (name,
-distribution, version, cause) in :attr:`PluginManager.failures` and the others still
-load, except those that require it. A plugin the config names explicitly, or any plugin
-under ``training.plugin_errors: raise``, makes the failure an error. Config values,
-conflicts and requirement cycles are always errors.
+A plugin that fails to import, validate or set up is recorded in :attr:`PluginManager.failures`
+(name, distribution, version, cause) and the others still load, except those that require it.
+A plugin the config names explicitly, or any plugin under ``training.plugin_errors: raise``,
+makes its failure an error. Config values, conflicts and requirement cycles are always errors.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from dataclasses import field
 from pathlib import Path
 from typing import Any
 
@@ -26,29 +19,29 @@ from apt.core.config import APTConfig
 from apt.core.config import did_you_mean
 from apt.core.registry import ProviderRegistry
 from apt.core.schedules import Schedule
-from apt.errors import AptError
 from apt.errors import ConfigError
 from apt.errors import PluginConflictError
 from apt.errors import PluginDependencyError
 from apt.errors import PluginError
 from apt.errors import PluginLoadError
 from apt.errors import PluginNotFoundError
+from apt.errors import PluginTeardownError
 from apt.errors import PluginValidationError
 from apt.plugins._discovery import PluginEntryPoint
 from apt.plugins._discovery import discover_entry_points
 from apt.plugins._discovery import load_directory
-from apt.plugins._loading import class_name
-from apt.plugins._loading import find_conflict
+from apt.plugins._loading import Candidate
+from apt.plugins._loading import PluginFailure
+from apt.plugins._loading import check_conflicts
 from apt.plugins._loading import instantiate
-from apt.plugins._loading import order_edges
 from apt.plugins._loading import requirement_problem
+from apt.plugins._loading import resolve_order
 from apt.plugins._loading import select
-from apt.plugins._loading import validate_plugin_class
-from apt.plugins._ordering import resolve_order
-from apt.plugins._state import RunState
 from apt.plugins.base import Plugin
 from apt.plugins.base import handler_specs
 from apt.plugins.hooks import HookManager
+from apt.plugins.hookspecs import HOOK_NAMES
+from apt.plugins.view import TrainerView
 
 
 __all__ = ["PluginFailure", "PluginManager", "PluginTeardownError"]
@@ -56,61 +49,9 @@ __all__ = ["PluginFailure", "PluginManager", "PluginTeardownError"]
 log = logging.getLogger("apt.plugins")
 
 
-class PluginTeardownError(AptError):
-    """One or more plugins' ``teardown`` raised; ``.errors`` holds ``(plugin, exception)`` pairs."""
-
-    def __init__(self, errors: list[tuple[str, BaseException]]) -> None:
-        lines = "; ".join(f"plugin {n!r}: {type(e).__name__}: {e}" for n, e in errors)
-        super().__init__(f"{len(errors)} plugin teardown(s) failed (every teardown still ran): {lines}")
-        self.errors = errors
-
-
-@dataclass
-class PluginFailure:
-    """Why a plugin did not load: the stage, the cause, and the requirement chain if any."""
-
-    name: str
-    stage: str  # "import" | "validate" | "requires" | "setup"
-    error: BaseException
-    distribution: str | None = None
-    version: str | None = None
-    chain: list[str] = field(default_factory=list)
-
-    @property
-    def message(self) -> str:
-        return str(self.error)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {**{k: getattr(self, k) for k in ("name", "stage", "distribution", "version", "chain")},
-                "error": str(self.error)}  # fmt: skip
-
-
-@dataclass
-class _Candidate:
-    """A plugin that could load: a class registered in code or found in a directory, or an entry point."""
-
-    name: str
-    source: str  # "registered" | "entry-point" | "directory"
-    cls: type[Plugin] | None = None
-    entry_point: PluginEntryPoint | None = None
-    distribution: str | None = None
-    version: str | None = None
-    where: str = ""  # " (distribution version)", for messages
-
-    def __post_init__(self) -> None:
-        if self.entry_point is not None and self.entry_point.distribution:
-            self.distribution, self.version = self.entry_point.distribution, self.entry_point.version
-            self.where = f" ({self.distribution} {self.version})"
-
-
-class PluginManager(RunState):
-    """Manages plugin discovery, ordering and lifecycle.
-
-    >>> plugin_manager.register_plugin('my_plugin', MyPlugin)
-    >>> plugin_manager.load_from_config(APTConfig(plugins=['my_plugin']))
-    >>> plugin_manager.setup_all()
-    >>> plugin_manager.trigger_event('on_epoch_start', epoch=1)
-    >>> plugin_manager.teardown_all()
+class PluginManager:
+    """Manages plugin discovery, ordering and lifecycle: register_plugin / discover → load /
+    load_from_config → setup_all → trigger_event → teardown_all → unload.
 
     :param registry: provider registry plugins register into (a fresh one by default).
     :param hook_manager: hook manager plugins' handlers go to (a fresh one by default).
@@ -129,7 +70,7 @@ class PluginManager(RunState):
         self.schedule = Schedule()
         self.entry_point_group = entry_point_group
         self.failures: dict[str, PluginFailure] = {}
-        self._candidates: dict[str, _Candidate] = {}
+        self._candidates: dict[str, Candidate] = {}
         self._plugins: dict[str, Plugin] = {}  # loaded, in resolved order once resolved
         self._explicit: set[str] = set()
         self._strict = False
@@ -149,14 +90,14 @@ class PluginManager(RunState):
                 f"(unload({name!r})) or choose another name",
                 plugin=name,
             )
-        self._candidates[name] = _Candidate(name, "registered", cls=plugin_class)
+        self._candidates[name] = Candidate(name, "registered", cls=plugin_class)
 
     def discover(self, path: str | Path | None = None) -> list[str]:
         """Names of the installed plugins (entry points, metadata only), or with ``path`` of the
         plugins in a directory (its modules are imported: the user named it)."""
         if path is not None:
-            classes = {class_name(cls): cls for cls in load_directory(path)}
-            self._candidates.update({name: _Candidate(name, "directory", cls=cls) for name, cls in classes.items()})
+            classes = load_directory(path)
+            self._candidates |= {name: Candidate(name, "directory", cls=cls) for name, cls in classes.items()}
             return list(classes)
         by_name: dict[str, list[PluginEntryPoint]] = {}
         for ep in discover_entry_points(self.entry_point_group):
@@ -172,50 +113,38 @@ class PluginManager(RunState):
                 self.failures[name] = PluginFailure(name, "import", error)
             elif name not in self._candidates or self._candidates[name].source == "entry-point":
                 # (code registration wins over an installed entry point of the same name)
-                self._candidates[name] = _Candidate(name, "entry-point", entry_point=eps[0])
+                self._candidates[name] = Candidate(name, "entry-point", entry_point=eps[0])
                 found.append(name)
         self._discovered = True
         return found
 
     def available(self) -> list[str]:
-        """Names of every plugin that could load (registered or installed), sorted."""
+        """Names of every known plugin (registered or installed), sorted."""
         if not self._discovered:
             self.discover()
         return sorted(self._candidates)
 
-    def list_plugins(self) -> list[str]:
-        """Names of every known plugin (registered or installed), as in the original API."""
-        return self.available()
+    list_plugins = available  # the original API's name
 
     def entry_point(self, name: str) -> PluginEntryPoint | None:
+        """The entry point plugin ``name`` was discovered by (None if registered in code or unknown)."""
         cand = self._candidates.get(name)
         return cand.entry_point if cand else None
 
     def load(self, name: str, config: Any = None) -> Plugin:
-        """Import (if needed), validate and instantiate plugin ``name`` with its config section
-        (a mapping, a pydantic model instance, or None).
-
-        Raises PluginNotFoundError, ConfigError (with the key path), PluginLoadError or
-        PluginValidationError. A plugin loaded by name is explicit: :meth:`setup_all` raises
-        if its requirements are not loaded (instead of leaving it out with a warning).
-        """
+        """Import (if needed), validate and instantiate plugin ``name`` with its config section (a
+        mapping, a pydantic model or None). Raises PluginNotFoundError, ConfigError, PluginLoadError or
+        PluginValidationError. A plugin loaded by name is explicit: its later failures are errors."""
         plugin = self._load(name, config)
         self._explicit.add(name)
         return plugin
 
     def _load(self, name: str, config: Any = None) -> Plugin:
-        if name in self._plugins:
-            return self._plugins[name]
-        self.available()
-        cand = self._candidates.get(name)
-        if cand is None:
-            raise self._not_found(name)
-        if cand.cls is None:
-            assert cand.entry_point is not None  # a candidate has a class or an entry point
-            cand.cls = cand.entry_point.load()
-        validate_plugin_class(name, cand.cls, cand.where)
-        self._plugins[name] = instantiate(name, cand.cls, config, cand.where)
-        self.failures.pop(name, None)
+        if name not in self._plugins:
+            if name not in self.available():
+                raise self._not_found(name)
+            self._plugins[name] = instantiate(self._candidates[name], config)
+            self.failures.pop(name, None)
         return self._plugins[name]
 
     def load_from_config(self, config: APTConfig | None = None) -> list[Plugin]:
@@ -233,8 +162,7 @@ class PluginManager(RunState):
             if name not in known:
                 raise self._not_found(name, in_config=True)
         self.schedule.check_plugins(known)
-        if config.plugins is not None:
-            self._explicit |= set(config.plugins)
+        self._explicit |= set(config.plugins or [])
         errors: list[BaseException] = []
         for name in select(config, known, self.failures):
             try:
@@ -242,9 +170,7 @@ class PluginManager(RunState):
             except ConfigError:
                 raise
             except PluginError as exc:
-                self._fail(name, "import" if isinstance(exc, PluginLoadError) else "validate", exc)
-                if name in self._explicit or self._strict:
-                    errors.append(exc)
+                errors += self._fail(name, "import" if isinstance(exc, PluginLoadError) else "validate", exc)
         errors += self._resolve()
         if len(errors) > 1:
             raise PluginLoadError(f"{len(errors)} plugins failed to load: " + "; ".join(str(e) for e in errors))
@@ -252,44 +178,41 @@ class PluginManager(RunState):
             raise errors[0]
         return self.loaded()
 
-    def _fail(self, name: str, stage: str, error: BaseException, chain: list[str] | None = None) -> None:
-        cand = self._candidates.get(name) or _Candidate(name, "registered")
+    def _fail(self, name: str, stage: str, error: BaseException, chain: list[str] | None = None) -> list[BaseException]:
+        """Record that ``name`` did not load and drop it; returns ``[error]`` if that is an error
+        (the plugin was named explicitly, or plugin errors are strict), else ``[]``."""
+        cand = self._candidates[name]
         self.failures[name] = PluginFailure(name, stage, error, cand.distribution, cand.version, chain or [])
         plugin = self._plugins.pop(name, None)
         if plugin is not None:
-            self.hook_manager.unregister_owner(plugin)
-            self.registry.unregister_plugin(name)
+            self._forget(name, plugin)
         log.warning("plugin %r not loaded (%s): %s", name, stage, error)
+        return [error] if name in self._explicit or self._strict else []
 
     def _resolve(self) -> list[BaseException]:
-        """Check requirements (a failed plugin fails its dependents, transitively) and conflicts; order."""
+        """Fail the plugins whose requirements are not met (transitively), check conflicts, order."""
         errors: list[BaseException] = []
-        known = {n: c.distribution for n, c in self._candidates.items()}
         changed = True
         while changed:
             changed = False
             for name, plugin in list(self._plugins.items()):
-                problem = requirement_problem(name, plugin, self._plugins, self.failures, known)
+                problem = requirement_problem(plugin, self._plugins, self.failures, self._candidates)
                 if problem is not None:
-                    exc = PluginDependencyError(problem[0], plugin=name)
-                    self._fail(name, "requires", exc, problem[1])
-                    if name in self._explicit or self._strict:
-                        errors.append(exc)
+                    errors += self._fail(name, "requires", PluginDependencyError(problem[0], plugin=name), problem[1])
                     changed = True
-        find_conflict(self._plugins)
+        check_conflicts(self._plugins)
         self._order_plugins()
         return errors
 
     def _order_plugins(self) -> None:
-        edges = order_edges(self._plugins)
-        order, effective = resolve_order(edges, {n: p.priority for n, p in self._plugins.items()})
+        order, effective = resolve_order(self._plugins)
         self._plugins = {n: self._plugins[n] for n in order}
         self.hook_manager.set_plugin_order({n: (effective[n], i) for i, n in enumerate(order)})
 
     def setup_all(self) -> None:
         """Set up every loaded plugin in resolved order and register its hooks. Requirements are
         checked again first: plugins may have been loaded or unloaded one by one since."""
-        errors: list[BaseException] = self._resolve()
+        errors = self._resolve()
         for name, plugin in list(self._plugins.items()):
             if plugin.is_setup() or name not in self._plugins:
                 continue
@@ -298,17 +221,15 @@ class PluginManager(RunState):
             except PluginConflictError:
                 raise
             except Exception as exc:
-                cand = self._candidates.get(name) or _Candidate(name, "registered")
+                cand = self._candidates[name]
                 err = PluginLoadError(
-                    f"plugin {name!r}{cand.where}: setup failed: {type(exc).__name__}: {exc}",
+                    f"{cand.who}: setup failed: {type(exc).__name__}: {exc}",
                     plugin=name,
                     distribution=cand.distribution,
                     version=cand.version,
                 )
                 err.__cause__ = exc
-                self._fail(name, "setup", err)
-                if name in self._explicit or self._strict:
-                    errors.append(err)
+                errors += self._fail(name, "setup", err)
                 errors += self._resolve()
         if errors:
             raise errors[0]
@@ -362,9 +283,7 @@ class PluginManager(RunState):
 
     def unload(self, name: str) -> None:
         """Tear down (if set up) and forget plugin ``name``; it can be loaded again."""
-        plugin = self._plugins.get(name)
-        if plugin is None:
-            raise self._not_found(name)
+        plugin = self.get_plugin(name)
         dependents = [n for n, p in self._plugins.items() if any(Requirement(s).name == name for s in p.requires)]
         if dependents:
             raise PluginDependencyError(
@@ -393,16 +312,16 @@ class PluginManager(RunState):
         return list(self._plugins.values())
 
     def list_loaded(self) -> list[str]:
+        """Names of the loaded plugins in resolved order."""
         return list(self._plugins)
 
     def describe(self, name: str) -> dict[str, Any]:
         """Metadata of a loaded plugin plus where it came from."""
-        plugin = self.get_plugin(name)
-        cand = self._candidates.get(name)
+        plugin, cand = self.get_plugin(name), self._candidates[name]
         return {
             **plugin.get_metadata(),
-            "distribution": cand.distribution if cand else None,
-            "source": cand.source if cand else "registered",
+            "distribution": cand.distribution,
+            "source": cand.source,
             "enabled": plugin.is_enabled(),
             "hooks": sorted({h.event for h in self.hook_manager.handlers() if h.owner is plugin}),
         }
@@ -420,12 +339,116 @@ class PluginManager(RunState):
             )
         return PluginNotFoundError(text, plugin=name)
 
+    # Run state: schedules, checkpointed plugin state, fingerprints.
+
+    def apply_schedule(
+        self, trainer: TrainerView | None = None, epoch: int | None = None, step: int | None = None
+    ) -> bool:
+        """Enable / disable scheduled plugins at this boundary; True if anything changed."""
+        changed = False
+        for name, plugin in self._plugins.items():
+            if not self.schedule.is_scheduled(name) or plugin.failure is not None:
+                continue  # a plugin disabled by an error stays off, whatever its schedule says
+            want = self.schedule.should_enable_plugin(name, epoch=epoch, step=step)
+            if want != plugin.is_enabled():
+                changed, verb = True, "enabling" if want else "disabling"
+                log.info("schedule: %s plugin %r at epoch %s, step %s", verb, name, epoch, step)
+                _toggle(plugin, want, trainer, epoch, step)
+        return changed
+
+    def state_dict(self) -> dict[str, Any]:
+        """Enabled flags, why any plugin was disabled by an error, the schedule and the hook statistics."""
+        return {
+            "enabled": {n: p.is_enabled() for n, p in self._plugins.items()},
+            "failed": {n: p.failure for n, p in self._plugins.items() if p.failure is not None},
+            "schedule": self.schedule.to_dict(),
+            "stats": self.hook_manager.get_stats(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any], trainer: TrainerView | None = None) -> bool:
+        """Restore enabled flags (``on_enable``/``on_disable`` where they differ); True if any changed
+        (the model may have changed: the trainer syncs its optimizer). Error-disabled plugins stay off."""
+        changed = False
+        failed = dict(state.get("failed") or {})
+        for name, enabled in dict(state.get("enabled", {})).items():
+            plugin = self._plugins.get(name)
+            if plugin is None:
+                continue
+            if name in failed:
+                changed = changed or plugin.is_enabled()
+                plugin.disable_for_error(str(failed[name]))
+                log.warning("plugin %r stays disabled: before the checkpoint, %s", name, failed[name])
+            elif enabled != plugin.is_enabled():
+                changed = True
+                _toggle(plugin, enabled, trainer, None, None)
+        return changed
+
+    def collect_states(self, trainer: TrainerView | None, checkpoint: dict[str, Any]) -> dict[str, Any]:
+        """Fire ``on_save_checkpoint``; returns ``{plugin: {version, state_version, state}}``."""
+        out: dict[str, Any] = {}
+        results = self.hook_manager.trigger_by_plugin("on_save_checkpoint", trainer=trainer, checkpoint=checkpoint)
+        for name, state in results:
+            if name is not None:
+                plugin = self._plugins[name]
+                out[name] = {"version": plugin.get_version(), "state_version": plugin.state_version, "state": state}
+        return out
+
+    def restore_states(self, trainer: TrainerView | None, checkpoint: dict[str, Any], states: dict[str, Any]) -> None:
+        """Fire ``on_load_checkpoint``, each plugin receiving its own (migrated) state."""
+        per_plugin: dict[str, Any] = {}
+        for name, entry in dict(states or {}).items():
+            plugin = self._plugins.get(name)
+            if plugin is None:
+                log.warning("checkpoint holds state for plugin %r, which is not loaded now; ignoring it", name)
+                continue
+            state, version = entry.get("state"), int(entry.get("state_version", plugin.state_version))
+            per_plugin[name] = plugin.migrate_state(state, version) if version != plugin.state_version else state
+        self.hook_manager.trigger("on_load_checkpoint", trainer=trainer, checkpoint=checkpoint, state=per_plugin)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The plugin set that produces a run: names, versions, distributions, per-event order."""
+        plugins = [
+            {"name": n, "version": p.get_version(), "distribution": self._candidates[n].distribution}
+            for n, p in self._plugins.items()
+        ]
+        order = {e: [h.plugin or h.name for h in self.hook_manager.ordered(e)] for e in HOOK_NAMES}
+        return {"plugins": plugins, "order": {e: names for e, names in order.items() if names}}
+
+    def check_fingerprint(self, saved: dict[str, Any] | None, strict: bool = False) -> list[str]:
+        """How the plugin set differs from ``saved`` (gone or new, versions, order); warns, or raises when strict."""
+        if not saved:
+            return []
+        now, before = self.fingerprint(), saved.get("order", {})
+        old = {p["name"]: p["version"] for p in saved.get("plugins", [])}
+        new = {p["name"]: p["version"] for p in now["plugins"]}
+        gone, added, kept = old.keys() - new.keys(), new.keys() - old.keys(), old.keys() & new.keys()
+        then = "when the checkpoint was written"
+        diffs = [f"plugin {n!r} {old[n]} was active {then} but is not loaded now" for n in sorted(gone)]
+        diffs += [f"plugin {n!r} {new[n]} is loaded now but was not {then}" for n in sorted(added)]
+        diffs += [f"plugin {n!r} was version {old[n]}, now {new[n]}" for n in sorted(kept) if old[n] != new[n]]
+        for event in sorted(set(before) | set(now["order"])):
+            a, b = before.get(event, []), now["order"].get(event, [])
+            if a != b and set(a) == set(b):
+                diffs.append(f"hook order of {event!r} changed: {a} -> {b}")
+        if diffs:
+            text = "the plugin set differs from the checkpoint's: " + "; ".join(diffs)
+            if strict:
+                raise PluginDependencyError(text + " (strict resume; load the same plugins or turn strict off)")
+            log.warning("%s", text)
+        return diffs
+
     def statistics(self) -> dict[str, Any]:
         """Hook statistics per event and handler (for summary.json)."""
         return self.hook_manager.get_stats()
 
-    def distributions(self) -> dict[str, str | None]:
-        return {n: c.distribution for n, c in self._candidates.items()}
-
     def __repr__(self) -> str:
         return f"PluginManager(loaded={self.list_loaded()}, available={sorted(self._candidates)})"
+
+
+def _toggle(plugin: Plugin, enabled: bool, trainer: TrainerView | None, epoch: int | None, step: int | None) -> None:
+    if enabled:
+        plugin.enable()
+        plugin.on_enable(trainer=trainer, epoch=epoch, step=step)
+    else:
+        plugin.on_disable(trainer=trainer, epoch=epoch, step=step)
+        plugin.disable()

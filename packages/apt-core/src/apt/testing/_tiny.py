@@ -22,7 +22,7 @@ from apt.core import APTConfig
 from apt.plugins import HOOK_NAMES
 from apt.plugins import Plugin
 from apt.plugins import PluginManager
-from apt.plugins._loading import class_name
+from apt.plugins._discovery import class_name
 
 
 __all__ = ["TINY_CONFIG", "RecordingPlugin", "TinyRun", "run_tiny_training", "tiny_config"]

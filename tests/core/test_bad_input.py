@@ -268,6 +268,22 @@ def test_handler_asking_for_an_argument_the_hook_lacks() -> None:
         hm.register("on_stepend", lambda step: None)
 
 
+def test_handler_or_condition_with_a_positional_only_parameter_is_refused() -> None:
+    """Hook arguments are passed by keyword: ``def f(step, /)`` could never be called."""
+    from apt.errors import HookError
+
+    def handler(step: int, /) -> None: ...
+
+    hm = HookManager()
+    with pytest.raises(
+        HookError, match=r"handler 'test_.*handler' for hook 'on_step_end' takes 'step' positional-only"
+    ):
+        hm.register("on_step_end", handler)
+    with pytest.raises(HookError, match=r"condition .* takes 'epoch' positional-only.*remove the '/'"):
+        hm.register("on_epoch_end", lambda **kw: None, condition=lambda epoch, /: epoch > 1)
+    assert hm.list_hooks("on_step_end") == [] and hm.list_hooks("on_epoch_end") == []
+
+
 def test_plugin_named_twice_by_distributions_says_why_it_cannot_load() -> None:
     with fake_entry_points(
         FakeEntryPoint("dup", make("dup"), distribution="apt-plugin-dup"),

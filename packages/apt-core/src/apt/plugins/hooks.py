@@ -399,7 +399,13 @@ class HookManager:
 
 
 def _check_args(what: str, event: str, required: Iterable[str], spec_args: tuple[str, ...]) -> None:
-    """Refuse a handler or condition that requires an argument ``event`` does not provide."""
+    """Refuse a handler or condition with a required parameter that ``event``'s arguments cannot fill."""
+    positional = sorted(n.removesuffix("/") for n in required if n.endswith("/"))
+    if positional:
+        raise HookError(
+            f"{what} for hook {event!r} takes {', '.join(map(repr, positional))} positional-only, but hook "
+            "arguments are passed by keyword; remove the '/' from its signature"
+        )
     unknown = sorted(set(required) - set(spec_args))
     if unknown:
         raise HookError(

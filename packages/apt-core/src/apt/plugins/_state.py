@@ -113,10 +113,8 @@ def fingerprint(plugins: Plugins, distributions: Mapping[str, str | None], hook_
     return {"plugins": listed, "order": {e: names for e, names in order.items() if names}}
 
 
-def check_fingerprint(saved: dict[str, Any] | None, now: dict[str, Any], strict: bool) -> list[str]:
+def check_fingerprint(saved: dict[str, Any], now: dict[str, Any], strict: bool) -> list[str]:
     """How the fingerprint ``now`` differs from ``saved`` (gone or new, versions, order); warns, or raises when strict."""
-    if not saved:
-        return []
     before = saved.get("order", {})
     old = {p["name"]: p["version"] for p in saved.get("plugins", [])}
     new = {p["name"]: p["version"] for p in now["plugins"]}

@@ -377,7 +377,7 @@ class PluginManager:
 
     def check_fingerprint(self, saved: dict[str, Any] | None, strict: bool = False) -> list[str]:
         """How the plugin set differs from ``saved`` (gone or new, versions, order); warns, or raises when strict."""
-        return check_fingerprint(saved, self.fingerprint() if saved else {}, strict)
+        return check_fingerprint(saved, self.fingerprint(), strict) if saved else []
 
     def statistics(self) -> dict[str, Any]:
         """Hook statistics per event and handler (for summary.json)."""

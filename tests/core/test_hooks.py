@@ -119,12 +119,15 @@ def test_statistics_per_handler() -> None:
     def slow(step: int) -> None:
         sum(range(2000))
 
-    hm.register("on_step_end", slow, condition=every_n_steps(2))
+    handler = hm.register("on_step_end", slow, condition=every_n_steps(2))
     for step in range(6):
         hm.trigger("on_step_end", step=step)
     (h,) = hm.get_stats()["on_step_end"]["handlers"]
     assert (h["calls"], h["skipped"], h["errors"]) == (3, 3, 0)
     assert h["total_s"] > 0 and h["max_s"] >= h["mean_s"] > 0
+    # HandlerStats is public: its fields are the report's numbers
+    stats = handler.stats
+    assert (stats.calls, stats.total, stats.max, stats.last_error) == (3, h["total_s"], h["max_s"], None)
 
 
 def test_registering_the_same_function_twice_runs_it_once() -> None:

@@ -90,11 +90,11 @@ def test_the_kernel_source_stays_plain_and_small() -> None:
     assert "# type: ignore" not in text
     pluggy_private = re.findall(r"\._(hookexec|hookimpls|name2plugin|inner_hookexec|multicall)\b", text)
     assert pluggy_private == []
-    # issue 11 asks for at most 1,800 lines; the kernel stands at 2,238 with its contract documented
+    # issue 11 asks for at most 1,800 lines; the kernel stands at 2,237 with its contract documented
     # in the source (hookspecs, TrainerView, Plugin) and ruff formatting every line: this ratchet
     # keeps it from growing
     lines = sum(s.count("\n") for s in sources.values())
-    assert lines <= 2238, f"apt.plugins has {lines} lines; it must not grow (target 1,800)"
+    assert lines <= 2237, f"apt.plugins has {lines} lines; it must not grow (target 1,800)"
 
 
 def test_registering_200_handlers_costs_linear_pluggy_work(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,7 +9,6 @@ then registration order. An event's sorted table of enabled handlers is kept unt
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import logging
 import time
@@ -74,12 +73,14 @@ class HandlerStats:
     calls: int = 0
     skipped: int = 0
     errors: int = 0
-    total_s: float = 0.0
-    max_s: float = 0.0
+    total: float = 0.0
+    max: float = 0.0
     last_error: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "mean_s": self.total_s / self.calls if self.calls else 0.0}
+        counts = {"calls": self.calls, "skipped": self.skipped, "errors": self.errors}
+        mean = self.total / self.calls if self.calls else 0.0
+        return {**counts, "total_s": self.total, "mean_s": mean, "max_s": self.max, "last_error": self.last_error}
 
 
 @dataclass(eq=False)
@@ -291,9 +292,9 @@ class HookManager:
             end = _now()  # one clock read per handler: its time includes its share of this loop
             stats, took, start = h.stats, end - start, end
             stats.calls += 1
-            stats.total_s += took
-            if took > stats.max_s:
-                stats.max_s = took
+            stats.total += took
+            if took > stats.max:
+                stats.max = took
             if result is not None:
                 results.append((h.plugin, result))
                 if table.firstresult:

@@ -156,6 +156,8 @@ def _trainer_view() -> list[str]:
         ]
         shown = name if isinstance(member, property) else f"{name}({', '.join(params[1:])})"
         comment = " ".join(line.lstrip("# ") for line in (inspect.getcomments(fn) or "").splitlines())
+        if not comment:
+            raise SystemExit(f"TrainerView.{name} has no comment above it: document it there (one line)")
         summary = _rst_to_md(comment[:1].upper() + comment[1:] + ".")
         lines.append(f"| `{shown}` | `{_cell(str(signature.return_annotation))}` | {_cell(summary)} |")
     return lines
